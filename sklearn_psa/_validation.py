@@ -1,0 +1,409 @@
+"""Input checks shared by every public entry point.
+
+Every estimator, dataset helper and metric validates its inputs here, so that
+errors read the same everywhere and name the offending item (its index or path)
+and what was expected. Nothing else in the package re-checks inputs by hand.
+"""
+
+import numbers
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from .io import image_size, load_image, load_mask, to_rgb
+
+IGNORE_INDEX = 255
+
+_IMAGE_EXPECTED = (
+    "expected an (H, W, 3) uint8 RGB image (grayscale (H, W) and RGBA (H, W, 4) "
+    "uint8 are converted), a PIL image, or a path to an image file"
+)
+
+
+def _is_path(obj):
+    return isinstance(obj, (str, os.PathLike))
+
+
+def _describe(obj):
+    if isinstance(obj, np.ndarray):
+        return f"array of shape {obj.shape} and dtype {obj.dtype}"
+    return f"{type(obj).__name__}"
+
+
+class ImageSet(Sequence):
+    """Validated images: indexes like a list and loads files lazily.
+
+    Parameters
+    ----------
+    sources : list
+        Each item an (H, W, 3) uint8 array or a path (str).
+    from_array : bool
+        Whether the input was a single ``(n, H, W, 3)`` array (then ``predict``
+        returns an array too).
+    """
+
+    def __init__(self, sources, from_array=False):
+        self.sources = list(sources)
+        self.from_array = bool(from_array)
+
+    def __len__(self):
+        return len(self.sources)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ImageSet(self.sources[index], self.from_array)
+        src = self.sources[index]
+        return load_image(src) if isinstance(src, str) else src
+
+    def shape(self, index):
+        """``(H, W)`` of image ``index`` (reads only the header of a file)."""
+        src = self.sources[index]
+        return image_size(src) if isinstance(src, str) else src.shape[:2]
+
+    @property
+    def shapes(self):
+        return [self.shape(i) for i in range(len(self))]
+
+    def take(self, indices):
+        return ImageSet([self.sources[i] for i in indices], self.from_array)
+
+
+def _check_image_item(item, where):
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    if not isinstance(item, np.ndarray):
+        try:
+            item = np.asarray(item)
+        except Exception as exc:  # pragma: no cover - exotic objects
+            raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(item)}") from exc
+        if item.dtype == object:
+            raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(item)}")
+    if item.dtype != np.uint8:
+        raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(item)}")
+    if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(item)}")
+    if item.shape[0] == 0 or item.shape[1] == 0:
+        raise ValueError(f"{where}: image is empty ({_describe(item)})")
+    return to_rgb(item)
+
+
+def check_images(X, *, name="X"):
+    """Validate images and return an :class:`ImageSet`.
+
+    Parameters
+    ----------
+    X : sequence or ndarray
+        A sequence of images (arrays, PIL images or paths; sizes may differ),
+        an ``(n, H, W, 3)`` uint8 array, or an :class:`ImageSet`.
+    name : str
+        Name used in error messages.
+
+    Returns
+    -------
+    images : ImageSet
+    """
+    if isinstance(X, ImageSet):
+        return X
+    from .records import Records
+
+    if isinstance(X, Records):
+        return X.images
+    if X is None:
+        raise TypeError(f"{name} is None: expected a sequence of images")
+    if _is_path(X):
+        raise TypeError(
+            f"{name} is a single path ({os.fspath(X)!r}): expected a sequence of images; "
+            "wrap it in a list"
+        )
+    if isinstance(X, np.ndarray):
+        if X.dtype == object and X.ndim == 1:
+            X = list(X)
+        elif X.ndim == 4:
+            if X.shape[0] == 0:
+                raise ValueError(f"{name} is empty: expected at least one image")
+            if X.dtype != np.uint8:
+                raise TypeError(
+                    f"{name}: expected an (n, H, W, 3) uint8 array, got {_describe(X)}"
+                )
+            if X.shape[3] not in (1, 3, 4):
+                raise ValueError(
+                    f"{name}: expected an (n, H, W, 3) uint8 array, got {_describe(X)}"
+                )
+            if X.shape[1] == 0 or X.shape[2] == 0:
+                raise ValueError(f"{name}: images are empty ({_describe(X)})")
+            return ImageSet([_check_image_item(x, f"{name}[{i}]") for i, x in enumerate(X)], True)
+        else:
+            raise ValueError(
+                f"{name}: expected an (n, H, W, 3) uint8 array or a sequence of images, "
+                f"got {_describe(X)}"
+            )
+    try:
+        items = list(X)
+    except TypeError as exc:
+        raise TypeError(f"{name}: expected a sequence of images, got {_describe(X)}") from exc
+    if len(items) == 0:
+        raise ValueError(f"{name} is empty: expected at least one image")
+    sources = []
+    for i, item in enumerate(items):
+        if _is_path(item):
+            path = os.fspath(item)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{name}[{i}]: no such image file: {path}")
+            try:
+                image_size(path)
+            except ValueError as exc:
+                raise ValueError(f"{name}[{i}]: {exc}") from exc
+            sources.append(path)
+        else:
+            sources.append(_check_image_item(item, f"{name}[{i}]"))
+    return ImageSet(sources, from_array=False)
+
+
+def check_image_labels(y, n_samples=None, *, n_classes=None, name="y"):
+    """Validate an ``(n, n_classes)`` 0/1 indicator matrix; return it as uint8."""
+    import scipy.sparse as sp
+
+    if y is None:
+        raise TypeError(f"{name} is None: expected an (n_samples, n_classes) 0/1 indicator matrix")
+    if sp.issparse(y):
+        y = y.toarray()
+    try:
+        arr = np.asarray(y)
+    except ValueError as exc:
+        raise ValueError(
+            f"{name}: expected an (n_samples, n_classes) 0/1 indicator matrix with rows "
+            "of equal length"
+        ) from exc
+    if arr.ndim != 2 or arr.dtype == object:
+        raise ValueError(
+            f"{name}: expected an (n_samples, n_classes) 0/1 indicator matrix, got {_describe(arr)}"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: expected at least one row")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name}: expected at least one class column, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(f"{name}: expected numeric 0/1 labels, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        bad = np.argwhere(~np.isfinite(arr))
+        if len(bad):
+            r, c = bad[0]
+            raise ValueError(f"{name}[{r}, {c}] is {arr[r, c]}: expected 0 or 1")
+    bad = np.argwhere((arr != 0) & (arr != 1))
+    if len(bad):
+        r, c = bad[0]
+        raise ValueError(f"{name}[{r}, {c}] is {arr[r, c]}: image-level labels must be 0 or 1")
+    if n_samples is not None and arr.shape[0] != n_samples:
+        raise ValueError(f"{name} has {arr.shape[0]} rows but X has {n_samples} images")
+    if n_classes is not None and arr.shape[1] != n_classes:
+        raise ValueError(f"{name} has {arr.shape[1]} class columns, expected {n_classes}")
+    return arr.astype(np.uint8)
+
+
+def _check_mask_item(item, where, n_classes, shape):
+    if _is_path(item):
+        path = os.fspath(item)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{where}: no such mask file: {path}")
+        try:
+            arr = load_mask(path)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+    else:
+        arr = np.asarray(item)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise TypeError(f"{where}: expected an (H, W) integer mask, got {_describe(arr)}")
+        if arr.ndim != 2:
+            raise ValueError(f"{where}: expected an (H, W) integer mask, got {_describe(arr)}")
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{where}: mask contains NaN or infinite values")
+            if not np.all(arr == np.round(arr)):
+                raise ValueError(f"{where}: mask values must be integers, got fractional values")
+        if arr.size:
+            lo, hi = arr.min(), arr.max()
+            if lo < 0 or hi > IGNORE_INDEX:
+                raise ValueError(
+                    f"{where}: mask values must be 0 (background), 1..K (classes) or 255 "
+                    f"(ignore), got values in [{lo}, {hi}]"
+                )
+        arr = arr.astype(np.uint8)
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{where}: mask has shape {arr.shape} but its image is {tuple(shape)}")
+    if n_classes is not None and arr.size:
+        vals = np.unique(arr)
+        bad = vals[(vals > n_classes) & (vals != IGNORE_INDEX)]
+        if len(bad):
+            raise ValueError(
+                f"{where}: mask value {int(bad[0])} is beyond the {n_classes} classes "
+                f"(expected 0..{n_classes} or 255)"
+            )
+    return arr
+
+
+def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y"):
+    """Validate pixel-level masks; return a list of (H, W) uint8 arrays.
+
+    Parameters
+    ----------
+    masks : sequence or ndarray
+        ``(H, W)`` integer arrays or mask file paths, or an ``(n, H, W)`` array.
+        Values: 0 background, 1..K classes, 255 ignore.
+    n_samples : int, optional
+        Expected number of masks.
+    n_classes : int, optional
+        If given, values above it (other than 255) are errors.
+    shapes : list of (H, W), optional
+        Expected shape of each mask (its image's).
+    """
+    if masks is None:
+        raise TypeError(f"{name} is None: expected a sequence of (H, W) masks")
+    if isinstance(masks, np.ndarray) and masks.ndim == 3 and masks.dtype != object:
+        items = list(masks)
+    elif _is_path(masks):
+        raise TypeError(f"{name} is a single path: expected a sequence of masks; wrap it in a list")
+    else:
+        try:
+            items = list(masks)
+        except TypeError as exc:
+            raise TypeError(f"{name}: expected a sequence of masks, got {_describe(masks)}") from exc
+    if len(items) == 0:
+        raise ValueError(f"{name} is empty: expected at least one mask")
+    if n_samples is not None and len(items) != n_samples:
+        raise ValueError(f"{name} has {len(items)} masks but X has {n_samples} images")
+    if shapes is not None and len(shapes) != len(items):
+        raise ValueError(f"{name} has {len(items)} masks but there are {len(shapes)} images")
+    return [
+        _check_mask_item(m, f"{name}[{i}]", n_classes, None if shapes is None else shapes[i])
+        for i, m in enumerate(items)
+    ]
+
+
+def labels_from_masks(masks, n_classes=None):
+    """Image-level indicator ``(n, n_classes)`` from masks: column j is set where value j+1 occurs.
+
+    ``n_classes`` defaults to the largest class value present (255 excluded), at least 1.
+    """
+    present = [np.unique(m) for m in masks]
+    if n_classes is None:
+        highest = [int(v[v != IGNORE_INDEX].max(initial=0)) for v in present]
+        n_classes = max(max(highest), 1)
+    Y = np.zeros((len(masks), n_classes), dtype=np.uint8)
+    for i, vals in enumerate(present):
+        vals = vals[(vals >= 1) & (vals <= n_classes)]
+        Y[i, vals.astype(int) - 1] = 1
+    return Y
+
+
+def _looks_like_masks(y):
+    if isinstance(y, np.ndarray):
+        return y.ndim == 3 or (y.dtype == object and y.ndim == 1)
+    if isinstance(y, (list, tuple)) and len(y) > 0:
+        first = y[0]
+        if _is_path(first):
+            return True
+        return np.ndim(first) == 2
+    return False
+
+
+class Targets:
+    """Validated targets: image-level ``labels`` always, pixel ``masks`` when given."""
+
+    def __init__(self, labels, masks=None):
+        self.labels = labels
+        self.masks = masks
+
+    @property
+    def kind(self):
+        return "image" if self.masks is None else "pixel"
+
+
+def check_targets(y, n_samples=None, *, n_classes=None, shapes=None, name="y"):
+    """Validate ``y`` as an indicator matrix or as masks (from which labels are derived).
+
+    Returns
+    -------
+    targets : Targets
+        ``labels`` is the ``(n, n_classes)`` uint8 indicator; ``masks`` the list of
+        masks when ``y`` held masks, else None.
+    """
+    if y is None:
+        raise TypeError(
+            f"{name} is None: expected image-level labels (an (n_samples, n_classes) 0/1 "
+            "indicator) or pixel masks"
+        )
+    if _looks_like_masks(y):
+        masks = check_masks(y, n_samples, n_classes=n_classes, shapes=shapes, name=name)
+        return Targets(labels_from_masks(masks, n_classes), masks)
+    return Targets(check_image_labels(y, n_samples, n_classes=n_classes, name=name))
+
+
+def format_masks(masks, images):
+    """Return masks as an ``(n, H, W)`` uint8 array when ``images`` came as one array, else a list."""
+    if getattr(images, "from_array", False):
+        return np.stack(masks).astype(np.uint8, copy=False)
+    return [np.asarray(m, dtype=np.uint8) for m in masks]
+
+
+def check_random_state_seed(random_state):
+    """An int seed derived from ``random_state`` (None, int or RandomState)."""
+    from sklearn.utils import check_random_state
+
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+def check_scalar_in(value, name, low=None, high=None, integer=False):
+    """Check a scalar parameter lies in [low, high]; a small helper for kernels."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
+    return value
+
+
+def check_records(records, *, require_cams=True, require_affinity=False, name="X"):
+    """Validate :class:`~sklearn_psa.records.Records` coming from an earlier step."""
+    from .records import Records
+
+    if not isinstance(records, Records):
+        raise TypeError(
+            f"{name}: expected Records (the output of CAMClassifier.transform or "
+            f"AffinityEstimator.transform), got {_describe(records)}"
+        )
+    if len(records) == 0:
+        raise ValueError(f"{name} is empty: expected at least one record")
+    for i, r in enumerate(records.records):
+        where = f"{name}[{i}]"
+        if r.labels.size and (r.labels.min() < 0 or r.labels.max() >= records.n_classes):
+            raise ValueError(f"{where}: labels must be class columns in 0..{records.n_classes - 1}")
+        if r.labels.size > 1 and np.any(np.diff(r.labels) <= 0):
+            raise ValueError(f"{where}: labels must be sorted and unique, got {r.labels}")
+        if require_cams or r.cams is not None:
+            if r.cams is None:
+                raise ValueError(f"{where}: has no CAMs")
+            expected = (r.labels.size,) + tuple(r.shape)
+            if r.cams.shape != expected:
+                raise ValueError(
+                    f"{where}: cams has shape {r.cams.shape}, expected {expected} "
+                    "(one map per class present, at the image's size)"
+                )
+            if not np.all(np.isfinite(r.cams)):
+                raise ValueError(f"{where}: cams contain NaN or infinite values")
+        if require_affinity or r.affinity is not None:
+            if r.affinity is None:
+                raise ValueError(
+                    f"{where}: has no affinity (run AffinityEstimator.transform first)"
+                )
+            if r.affinity.ndim != 3:
+                raise ValueError(f"{where}: affinity must be (K, h, w), got shape {r.affinity.shape}")
+            if not np.all(np.isfinite(r.affinity)):
+                raise ValueError(f"{where}: affinity contains NaN or infinite values")
+            if r.affinity.size and r.affinity.min() < 0:
+                raise ValueError(f"{where}: affinity must be non-negative")
+            if r.radius is None:
+                raise ValueError(f"{where}: affinity without its radius")
+    return records

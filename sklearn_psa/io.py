@@ -1,0 +1,173 @@
+"""Image and mask input/output: loading, VOC-palette PNGs and atomic writes."""
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "atomic_write",
+    "image_size",
+    "load_image",
+    "load_mask",
+    "save_mask",
+    "to_rgb",
+    "voc_palette",
+]
+
+
+def voc_palette(n=256):
+    """Return the PASCAL VOC colour map.
+
+    Parameters
+    ----------
+    n : int, default=256
+        Number of colours.
+
+    Returns
+    -------
+    palette : ndarray of shape (n, 3), dtype uint8
+        Colour ``i`` is the colour of mask value ``i``: 0 black (background),
+        1 dark red, ..., 255 (ignore) light beige.
+    """
+    palette = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+def _open(path):
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable image file ({exc})") from exc
+
+
+def to_rgb(image):
+    """Convert a PIL image or an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 array to RGB.
+
+    Returns an (H, W, 3) uint8 array. Alpha is dropped.
+    """
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image, dtype=np.uint8).copy()
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.shape[2] == 1:
+        return np.repeat(arr, 3, axis=2)
+    if arr.shape[2] == 4:
+        return np.ascontiguousarray(arr[:, :, :3])
+    return arr
+
+
+def load_image(path):
+    """Load an image file as an (H, W, 3) uint8 RGB array (grayscale, palette and RGBA convert)."""
+    img = _open(path)
+    try:
+        img.load()
+        return to_rgb(img)
+    except OSError as exc:
+        raise ValueError(f"{os.fspath(path)}: corrupt or truncated image file ({exc})") from exc
+    finally:
+        img.close()
+
+
+def image_size(path):
+    """Return ``(height, width)`` of an image file, reading only its header."""
+    img = _open(path)
+    try:
+        return img.size[1], img.size[0]
+    finally:
+        img.close()
+
+
+def load_mask(path):
+    """Load a mask PNG as an (H, W) uint8 array of class values.
+
+    Palette ("P") images give their palette indices, as VOC's ``SegmentationClass``
+    files do; grayscale ("L") images give their values.
+    """
+    img = _open(path)
+    try:
+        img.load()
+        if img.mode not in ("P", "L", "I", "I;16"):
+            raise ValueError(
+                f"{os.fspath(path)}: expected a palette or grayscale mask PNG, got mode {img.mode!r}"
+            )
+        arr = np.asarray(img)
+    except OSError as exc:
+        raise ValueError(f"{os.fspath(path)}: corrupt or truncated mask file ({exc})") from exc
+    finally:
+        img.close()
+    if arr.dtype != np.uint8:
+        if arr.min() < 0 or arr.max() > 255:
+            raise ValueError(f"{os.fspath(path)}: mask values must lie in 0..255")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Open a temporary file next to ``path`` and move it into place on success.
+
+    A reader never sees a half-written ``path``: either the old file (or none)
+    or the complete new one. On an exception the temporary file is removed.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> with atomic_write(os.path.join(d, "a.txt"), "w") as f:
+    ...     _ = f.write("done")
+    >>> open(os.path.join(d, "a.txt")).read()
+    'done'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_mask(path, mask):
+    """Write an (H, W) mask of values 0..255 as a VOC-palette PNG, atomically.
+
+    The file's pixel values are the mask's values (``load_mask`` reads them
+    back exactly); the palette only colours them for viewers.
+    """
+    from PIL import Image
+
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"{os.fspath(path)}: expected an (H, W) mask, got shape {mask.shape}")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(f"{os.fspath(path)}: mask values must lie in 0..255")
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    img.putpalette(voc_palette().ravel().tolist())
+    with atomic_write(path) as f:
+        img.save(f, format="PNG")
