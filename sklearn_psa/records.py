@@ -95,6 +95,11 @@ class Records(Sequence):
     records : iterable of Record
     n_classes : int
         Number of classes (columns of the image-level indicator).
+    source : dict, optional
+        What the producing step wants later steps to know, picklable (e.g.
+        ``CAMClassifier`` puts its backbone's name, options and CPU state dict
+        here, so that ``AffinityEstimator(init="cam")`` can start from it).
+        Passed on by indexing and :meth:`with_affinity`; covered by ``joblib.hash``.
 
     Examples
     --------
@@ -107,18 +112,19 @@ class Records(Sequence):
     (array([1]), 2)
     """
 
-    def __init__(self, records, n_classes):
+    def __init__(self, records, n_classes, source=None):
         self.records = list(records)
         self.n_classes = int(n_classes)
+        self.source = source
 
     def __len__(self):
         return len(self.records)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return Records(self.records[index], self.n_classes)
+            return Records(self.records[index], self.n_classes, self.source)
         if isinstance(index, (list, np.ndarray)):
-            return Records([self.records[i] for i in np.asarray(index).ravel()], self.n_classes)
+            return Records([self.records[i] for i in np.asarray(index).ravel()], self.n_classes, self.source)
         return self.records[index]
 
     def __repr__(self):
@@ -151,6 +157,7 @@ class Records(Sequence):
         return Records(
             [replace(r, affinity=a, radius=radius) for r, a in zip(self.records, affinities)],
             self.n_classes,
+            self.source,
         )
 
     @classmethod
