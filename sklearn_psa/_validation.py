@@ -75,12 +75,13 @@ def _check_image_item(item, where):
     if isinstance(item, Image.Image):
         return to_rgb(item)
     if not isinstance(item, np.ndarray):
+        original = item
         try:
             item = np.asarray(item)
         except Exception as exc:  # pragma: no cover - exotic objects
-            raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(item)}") from exc
+            raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(original)}") from exc
         if item.dtype == object:
-            raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(item)}")
+            raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(original)}")
     if item.dtype != np.uint8:
         raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(item)}")
     if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
@@ -263,6 +264,11 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y")
         raise TypeError(f"{name} is None: expected a sequence of (H, W) masks")
     if isinstance(masks, np.ndarray) and masks.ndim == 3 and masks.dtype != object:
         items = list(masks)
+    elif isinstance(masks, np.ndarray) and masks.ndim == 2 and masks.dtype != object:
+        raise ValueError(
+            f"{name} is a single (H, W) mask of shape {masks.shape}: expected a sequence of "
+            "masks or an (n, H, W) array; wrap it in a list"
+        )
     elif _is_path(masks):
         raise TypeError(f"{name} is a single path: expected a sequence of masks; wrap it in a list")
     else:

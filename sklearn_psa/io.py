@@ -64,6 +64,10 @@ def to_rgb(image):
     from PIL import Image
 
     if isinstance(image, Image.Image):
+        if image.mode.startswith("I;16"):
+            # 16-bit grayscale: keep the 8 most significant bits (Pillow's convert clips)
+            gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+            return np.repeat(gray[:, :, None], 3, axis=2)
         if image.mode != "RGB":
             image = image.convert("RGB")
         return np.asarray(image, dtype=np.uint8).copy()
@@ -123,6 +127,15 @@ def load_mask(path):
     return arr
 
 
+def _file_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """Open a temporary file next to ``path`` and move it into place on success.
@@ -143,6 +156,8 @@ def atomic_write(path, mode="wb"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600): give it the mode open() would
+        os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -20,6 +20,34 @@ import numpy as np
 __all__ = ["Record", "Records"]
 
 
+def _canonical(arr):
+    """``arr`` in a layout that depends only on its shape and dtype (C order)."""
+    if arr.size == 0:
+        return np.empty(arr.shape, arr.dtype)
+    strides, step = [], arr.itemsize
+    for n in reversed(arr.shape):
+        strides.append(step)
+        step *= n
+    if arr.strides == tuple(reversed(strides)):
+        return arr
+    return np.array(arr, order="C", copy=True)
+
+
+def _numpy_tree(obj):
+    """``obj`` with torch tensors (in dicts, lists, tuples) turned into numpy arrays.
+
+    ``joblib.hash`` of a tensor differs between equal tensors and across pickling;
+    that of an array does not.
+    """
+    if isinstance(obj, dict):
+        return {k: _numpy_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_numpy_tree(v) for v in obj)
+    if type(obj).__module__.split(".")[0] == "torch" and hasattr(obj, "detach"):
+        return obj.detach().cpu().numpy().copy()  # a copy: the module may train on
+    return obj
+
+
 @dataclass(eq=False)
 class Record:
     """One image's data between pipeline steps.
@@ -64,6 +92,14 @@ class Record:
             self.cams = np.asarray(self.cams, dtype=np.float32)
         if self.affinity is not None:
             self.affinity = np.asarray(self.affinity, dtype=np.float32)
+
+    def __getstate__(self):
+        # joblib.hash (Pipeline(memory=...)'s cache key) includes the strides of arrays,
+        # and those of equal arrays differ between a fresh record, its pickled copy and
+        # its joblib.load-ed copy (empty arrays, cam[None], strided views): pickle and
+        # hash the arrays in one layout so that a record hashes the same however it was made
+        return {k: _canonical(v) if isinstance(v, np.ndarray) else v
+                for k, v in self.__dict__.items()}
 
     def load_image(self):
         """The image as an (H, W, 3) uint8 array (loaded from disk when a path)."""
@@ -115,7 +151,7 @@ class Records(Sequence):
     def __init__(self, records, n_classes, source=None):
         self.records = list(records)
         self.n_classes = int(n_classes)
-        self.source = source
+        self.source = _numpy_tree(source)
 
     def __len__(self):
         return len(self.records)

@@ -53,7 +53,10 @@ def load_weights(module, weights, *, ignore=(), source=None):
         weights = load_state_dict_file(weights)
     source = source or "state dict"
     ignore = tuple(ignore)
-    state = {k: v for k, v in weights.items() if not k.startswith(ignore)}
+    import torch
+
+    # values may be numpy arrays (Records.source keeps state dicts as arrays)
+    state = {k: torch.as_tensor(v) for k, v in weights.items() if not k.startswith(ignore)}
     own = module.state_dict()
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
