@@ -1,6 +1,9 @@
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Tiny networks gain nothing from a second thread, and spinning OpenMP workers
+# slow everything down on a loaded machine: one passive thread per test process.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest

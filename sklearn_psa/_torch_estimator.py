@@ -1,0 +1,120 @@
+"""What every torch-backed estimator shares: device, seeding, pickling, batched inference.
+
+Use :class:`TorchEstimatorMixin` as the first base of an estimator whose
+parameters include ``device`` and ``random_state`` and whose fitted torch
+modules are listed in ``_torch_attributes``::
+
+    class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
+        _torch_attributes = ("network_",)
+
+        def fit(self, X, y=None):
+            device = self._fit_device()          # resolve_device(self.device)
+            seed = self._fit_seed()              # int from random_state
+            with seeded(seed):                   # sklearn_psa._training.seeded
+                net = Network(make_backbone(...), AffinityHead(...))
+            self.train_result_ = train(net, samples, loss_fn, config, device=device, seed=seed, ...)
+            self.network_ = net
+            ...
+
+        def transform(self, X):
+            net = self._network("network_")      # on the inference device, eval mode
+            for idx, batch in iter_image_batches(images, self.batch_size, device):
+                ...
+
+Pickling stores each module of ``_torch_attributes`` on the CPU, so a model
+fitted on CUDA unpickles on a machine without one; after unpickling, the
+module moves to ``resolve_device(self.device)`` on first use.
+"""
+
+import copy
+
+import numpy as np
+
+from ._device import resolve_device
+
+__all__ = ["TorchEstimatorMixin", "images_to_tensor", "iter_image_batches"]
+
+
+def _module_device(module):
+    import torch
+
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+class TorchEstimatorMixin:
+    """Device handling, seeding and CPU pickling for estimators holding torch modules.
+
+    Attributes
+    ----------
+    _torch_attributes : tuple of str
+        Names of the fitted attributes that hold ``nn.Module`` objects.
+    """
+
+    _torch_attributes = ()
+
+    def _fit_device(self):
+        """``resolve_device(self.device)``: "auto" means CUDA when available, else CPU."""
+        return resolve_device(self.device)
+
+    def _fit_seed(self):
+        """An int seed from ``random_state`` (None draws a fresh one)."""
+        from ._validation import check_random_state_seed
+
+        return check_random_state_seed(self.random_state)
+
+    def _network(self, name="network_"):
+        """The fitted module ``name``, moved to the inference device, in eval mode."""
+        module = getattr(self, name)
+        device = resolve_device(self.device)
+        if _module_device(module) != device:
+            import torch
+
+            module.to(device=device, memory_format=torch.channels_last)
+        module.eval()
+        return module
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # BaseEstimator records the sklearn version
+        for name in self._torch_attributes:
+            module = state.get(name)
+            if module is not None and _module_device(module).type != "cpu":
+                state[name] = copy.deepcopy(module).to("cpu")
+        return state
+
+
+def iter_image_batches(shapes, batch_size, order=None):
+    """Group image indices of equal ``(H, W)`` into batches of at most ``batch_size``.
+
+    Parameters
+    ----------
+    shapes : sequence of (H, W)
+    batch_size : int
+    order : sequence of int, optional
+        The indices to batch (default: all).
+
+    Yields
+    ------
+    indices : list of int
+        Indices of images of one size, in increasing order.
+    """
+    groups = {}
+    for i in range(len(shapes)) if order is None else order:
+        groups.setdefault(tuple(shapes[i]), []).append(int(i))
+    for idx in groups.values():
+        for k in range(0, len(idx), max(1, int(batch_size))):
+            yield idx[k:k + batch_size]
+
+
+def images_to_tensor(images, device, channels_last=True):
+    """Stack equal-size (H, W, 3) uint8 images into a float ``(N, 3, H, W)`` 0..255 tensor."""
+    import torch
+
+    arr = np.stack([np.asarray(im) for im in images])
+    x = torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x

@@ -1,0 +1,554 @@
+"""The one training loop shared by the CAM, affinity and segmentation networks.
+
+An estimator describes its data as a sequence of :class:`Sample` (an image,
+optional pixel maps cropped and flipped with it, optional per-image targets),
+its objective as ``loss_fn(net, batch) -> scalar tensor``, and calls
+:func:`train`::
+
+    from sklearn_psa._training import Augmentation, Sample, TrainConfig, train, seeded
+
+    samples = [Sample(image, maps={"label": label_map}, targets={"labels": y}) ...]
+    config = TrainConfig(max_epochs=10, batch_size=8, learning_rate=0.05,
+                         weight_decay=5e-4,
+                         augmentation=Augmentation(crop_size=128, pad_value=net.backbone.input_mean))
+    with seeded(seed):                      # same seed -> same initial weights
+        net = Network(backbone, head)
+    result = train(net, samples, loss_fn, config,
+                   param_groups=net.parameter_groups(1.0, 10.0),
+                   device=device, seed=seed, verbose=verbose,
+                   checkpoint=path_or_None, fingerprint=data_and_params_hash)
+    result.history          # mean loss per epoch run now
+    result.epoch_seconds    # wall time per epoch run now
+
+``batch`` is a dict on the training device: ``"image"`` a float
+``(N, 3, h, w)`` batch on the 0..255 RGB scale (channels_last; the network
+normalises it), each pixel map under its name as ``(N, h, w)`` (int64 for
+integer maps, padded with 255 = ignore; float32 for float maps, padded with
+0), each per-image target under its name as a float32 ``(N, ...)`` tensor.
+
+What the loop does (the reference code's recipe where it has one):
+
+- SGD with momentum, weight decay on weights (not on biases and norm
+  parameters), the learning rate of each parameter group scaled by its
+  multiplier (layers trained from scratch on a pretrained backbone get a
+  higher rate, 10x in the reference) and decayed polynomially per step:
+  ``lr = base * (1 - step / max_step) ** power`` (power 0.9).
+- Augmentation: random rescale (optional), random crop to ``crop_size``
+  (smaller images are placed at a random offset on a padded canvas),
+  horizontal flip, colour jitter of brightness, contrast and saturation.
+- Mixed precision on CUDA (bfloat16 where supported, else float16 with a
+  gradient scaler); channels_last memory format.
+- Seeding: epoch ``e`` draws its data order, crops and dropout masks from
+  ``(seed, e)`` only, so the same seed gives the same weights on CPU, and a
+  run resumed from a checkpoint gives the same weights as an uninterrupted one.
+- Checkpoints: after each epoch the model, optimizer, epoch and loss history
+  are written atomically to ``checkpoint``; when that file exists at the
+  start, training continues at its epoch (its ``fingerprint`` must match).
+- Progress: a tqdm bar over steps when ``verbose``.
+"""
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "Augmentation",
+    "ImageSamples",
+    "Sample",
+    "TrainConfig",
+    "TrainResult",
+    "load_checkpoint",
+    "poly_lr",
+    "seeded",
+    "sgd_param_groups",
+    "train",
+]
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Sample:
+    """One training item.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3), uint8
+    maps : dict of str to ndarray of shape (H, W)
+        Pixel targets, transformed with the image (integer maps are padded with
+        255, float maps with 0).
+    targets : dict of str to ndarray
+        Per-image targets (e.g. the label indicator), passed through.
+    """
+
+    image: np.ndarray
+    maps: dict = field(default_factory=dict)
+    targets: dict = field(default_factory=dict)
+
+
+class ImageSamples(Sequence):
+    """:class:`Sample` views over validated images, loaded lazily by index.
+
+    Parameters
+    ----------
+    images : ImageSet or sequence of (H, W, 3) uint8 arrays
+    maps : dict of str to sequence, optional
+        Per-image pixel maps (``maps[name][i]`` is image ``i``'s ``(H, W)`` map).
+    targets : dict of str to sequence or array, optional
+        Per-image targets (``targets[name][i]``), e.g. ``{"labels": Y}``.
+    """
+
+    def __init__(self, images, maps=None, targets=None):
+        self.images = images
+        self.maps = dict(maps or {})
+        self.targets = dict(targets or {})
+        for kind in (self.maps, self.targets):
+            for k, v in kind.items():
+                if len(v) != len(images):
+                    raise ValueError(f"{k!r} has {len(v)} items but there are {len(images)} images")
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return Sample(
+            self.images[i],
+            {k: np.asarray(v[i]) for k, v in self.maps.items()},
+            {k: np.asarray(v[i]) for k, v in self.targets.items()},
+        )
+
+
+def _map_fill(arr):
+    return 255 if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool else 0
+
+
+@dataclass
+class Augmentation:
+    """Random geometric and photometric changes applied to training samples.
+
+    Parameters
+    ----------
+    crop_size : int or None
+        Side of the square random crop; None keeps whole images (padded to the
+        largest in the batch).
+    flip : bool
+        Random horizontal flip.
+    color_jitter : float
+        Brightness, contrast and saturation factors drawn from
+        ``[1 - color_jitter, 1 + color_jitter]`` (the reference uses 0.3).
+    scale_range : (float, float)
+        Random rescale factor range applied before cropping.
+    pad_value : tuple of 3 floats
+        RGB value (0..255 scale) of padded pixels; use the backbone's
+        ``input_mean`` so that padding normalises to 0.
+    """
+
+    crop_size: int = None
+    flip: bool = True
+    color_jitter: float = 0.3
+    scale_range: tuple = (1.0, 1.0)
+    pad_value: tuple = (0.0, 0.0, 0.0)
+
+    def geometric(self, sample, rng):
+        """Rescale, crop and flip one sample; return ``(image float32 HxWx3, maps)``."""
+        image = np.asarray(sample.image)
+        maps = {k: np.asarray(v) for k, v in sample.maps.items()}
+        for k, v in maps.items():
+            if v.shape != image.shape[:2]:
+                raise ValueError(f"map {k!r} has shape {v.shape} but its image is {image.shape[:2]}")
+        lo, hi = self.scale_range
+        if (lo, hi) != (1.0, 1.0):
+            scale = rng.uniform(lo, hi)
+            image, maps = _rescale(image, maps, scale)
+        image = image.astype(np.float32, copy=False)
+        if self.crop_size is not None:
+            image, maps = _random_crop(image, maps, int(self.crop_size), rng, self.pad_value)
+        if self.flip and rng.random() < 0.5:
+            image = image[:, ::-1]
+            maps = {k: v[:, ::-1] for k, v in maps.items()}
+        return np.ascontiguousarray(image), {k: np.ascontiguousarray(v) for k, v in maps.items()}
+
+    def jitter_factors(self, n, rng):
+        """``(n, 3)`` brightness, contrast, saturation factors."""
+        j = float(self.color_jitter)
+        if j <= 0:
+            return None
+        return rng.uniform(max(0.0, 1 - j), 1 + j, size=(n, 3)).astype(np.float32)
+
+
+def _rescale(image, maps, scale):
+    import torch
+    from torch.nn import functional as F
+
+    h, w = image.shape[:2]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    out = F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0]
+    image = out.clamp_(0, 255).permute(1, 2, 0).numpy()
+    ys = np.minimum((np.arange(size[0]) + 0.5) * h / size[0], h - 1).astype(int)
+    xs = np.minimum((np.arange(size[1]) + 0.5) * w / size[1], w - 1).astype(int)
+    return image, {k: v[ys][:, xs] for k, v in maps.items()}
+
+
+def _random_crop(image, maps, size, rng, pad_value):
+    """Crop a ``size`` square; an image smaller than it lands at a random offset on a canvas."""
+    h, w = image.shape[:2]
+    ch, cw = min(h, size), min(w, size)
+    y0 = rng.integers(0, h - ch + 1)
+    x0 = rng.integers(0, w - cw + 1)
+    oy = rng.integers(0, size - ch + 1)
+    ox = rng.integers(0, size - cw + 1)
+    canvas = np.empty((size, size, 3), np.float32)
+    canvas[...] = np.asarray(pad_value, np.float32)
+    canvas[oy:oy + ch, ox:ox + cw] = image[y0:y0 + ch, x0:x0 + cw]
+    out = {}
+    for k, v in maps.items():
+        m = np.full((size, size), _map_fill(v), v.dtype)
+        m[oy:oy + ch, ox:ox + cw] = v[y0:y0 + ch, x0:x0 + cw]
+        out[k] = m
+    return canvas, out
+
+
+def _collate(items, pad_value):
+    """Stack ``(image, maps)`` pairs, padding to the largest (bottom/right)."""
+    H = max(im.shape[0] for im, _ in items)
+    W = max(im.shape[1] for im, _ in items)
+    images = np.empty((len(items), H, W, 3), np.float32)
+    images[...] = np.asarray(pad_value, np.float32)
+    names = list(items[0][1])
+    maps = {}
+    for k in names:
+        dtype = items[0][1][k].dtype
+        maps[k] = np.full((len(items), H, W), _map_fill(items[0][1][k]), dtype)
+    for i, (im, mp) in enumerate(items):
+        images[i, : im.shape[0], : im.shape[1]] = im
+        for k in names:
+            maps[k][i, : im.shape[0], : im.shape[1]] = mp[k]
+    return images, maps
+
+
+def _color_jitter(x, factors):
+    """Brightness, contrast, saturation on a float (N, 3, h, w) 0..255 batch."""
+    b, c, s = (factors[:, i].view(-1, 1, 1, 1) for i in range(3))
+    x = x * b
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    mean = gray.mean(dim=(2, 3), keepdim=True)
+    x = (x - mean) * c + mean
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = (x - gray) * s + gray
+    return x.clamp(0, 255)
+
+
+def _batches(n, batch_size, rng):
+    """Shuffled index batches; a trailing batch of one joins the previous batch (BatchNorm)."""
+    order = rng.permutation(n)
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if batch_size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
+        last = batches.pop()
+        batches[-1] = np.concatenate([batches[-1], last])
+    return batches
+
+
+def _steps_per_epoch(n, batch_size):
+    k = math.ceil(n / batch_size)
+    if batch_size > 1 and k > 1 and n - (k - 1) * batch_size == 1:
+        k -= 1
+    return k
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train`.
+
+    Parameters
+    ----------
+    max_epochs, batch_size : int
+    learning_rate : float
+        Base rate (multiplied per parameter group).
+    weight_decay : float
+        L2 penalty on weights (conv/linear kernels), not on biases and norm parameters.
+    momentum : float, default=0.9
+    power : float, default=0.9
+        Exponent of the polynomial decay.
+    augmentation : Augmentation
+    amp : bool, default=True
+        Mixed precision on CUDA (ignored on CPU).
+    channels_last : bool, default=True
+    """
+
+    max_epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    momentum: float = 0.9
+    power: float = 0.9
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    amp: bool = True
+    channels_last: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` reports.
+
+    Attributes
+    ----------
+    history : list of float
+        Mean training loss of every epoch trained so far (including those of a
+        resumed checkpoint).
+    epoch_seconds : list of float
+        Wall time of each epoch run in this call.
+    start_epoch : int
+        Epoch this call started at (0, or the checkpoint's).
+    """
+
+    history: list
+    epoch_seconds: list
+    start_epoch: int = 0
+
+
+def poly_lr(base, step, max_step, power=0.9):
+    """The reference's polynomial decay: ``base * (1 - step / max_step) ** power``."""
+    return base * (1.0 - min(step, max_step) / max(max_step, 1)) ** power
+
+
+def sgd_param_groups(groups, learning_rate, weight_decay):
+    """SGD parameter groups from ``[(parameters, lr_mult), ...]``.
+
+    Each entry is split into weights (``ndim > 1``, with weight decay) and
+    biases/norm parameters (no weight decay); parameters that do not require
+    gradients (frozen layers) are left out; a parameter listed twice is kept once.
+    """
+    seen = set()
+    out = []
+    for params, mult in groups:
+        decay, no_decay = [], []
+        for p in params:
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (decay if p.ndim > 1 else no_decay).append(p)
+        for plist, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if plist:
+                lr = learning_rate * mult
+                out.append({"params": plist, "lr": lr, "initial_lr": lr, "weight_decay": wd})
+    if not out:
+        raise ValueError("the network has no trainable parameters")
+    return out
+
+
+@contextlib.contextmanager
+def seeded(seed, device=None):
+    """Run the block with torch's global RNG seeded by ``seed``, restoring it afterwards.
+
+    Use it around network construction so that the same ``random_state``
+    gives the same initial weights.
+    """
+    import torch
+
+    if device is not None and torch.device(device).type == "cuda":
+        devices = [torch.device(device).index or 0]
+    else:  # manual_seed also seeds every CUDA device: restore them all
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed) % (2**63))
+        yield
+
+
+def _epoch_seed(seed, epoch):
+    return int(np.random.SeedSequence([int(seed) % (2**63), epoch]).generate_state(1, np.uint64)[0] % (2**63))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(path, net, optimizer, scaler, epoch, step, history, fingerprint):
+    import torch
+
+    from .io import atomic_write
+
+    state = {
+        "epoch": int(epoch),
+        "step": int(step),
+        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "history": [float(h) for h in history],
+        "fingerprint": "" if fingerprint is None else str(fingerprint),
+    }
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by :func:`train` (``weights_only=True``)."""
+    import torch
+
+    try:
+        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{os.fspath(path)}: not a readable training checkpoint ({exc})") from exc
+    if not isinstance(state, dict) or not {"epoch", "step", "model", "optimizer"} <= set(state):
+        raise ValueError(f"{os.fspath(path)}: not a training checkpoint written by sklearn_psa")
+    return state
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _to_device_batch(images, maps, targets, factors, device, channels_last):
+    import torch
+
+    x = torch.from_numpy(images).to(device, non_blocking=True).permute(0, 3, 1, 2)
+    if factors is not None:
+        x = _color_jitter(x, torch.from_numpy(factors).to(device))
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    batch = {"image": x}
+    for k, v in maps.items():
+        t = torch.from_numpy(v)
+        t = t.long() if not t.is_floating_point() else t.float()
+        batch[k] = t.to(device, non_blocking=True)
+    for k, v in targets.items():
+        batch[k] = torch.from_numpy(np.stack(v).astype(np.float32)).to(device, non_blocking=True)
+    return batch
+
+
+def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", seed=0, verbose=0,
+          checkpoint=None, fingerprint=None, desc="training"):
+    """Train ``net`` in place on ``samples``; see the module docstring.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Moved to ``device`` (and channels_last); left there in eval mode.
+    samples : sequence of Sample
+        Indexed once per epoch per item (images may load lazily).
+    loss_fn : callable
+        ``loss_fn(net, batch) -> scalar tensor``.
+    config : TrainConfig
+    param_groups : list of (iterable of parameters, float), optional
+        Learning-rate multipliers; default: all parameters at 1x.
+    device : torch.device or str
+    seed : int
+    verbose : int
+        Show a tqdm progress bar when > 0.
+    checkpoint : path, optional
+        Written atomically after every epoch; resumed from when it exists.
+    fingerprint : str, optional
+        Identifies the data and parameters; a checkpoint with another
+        fingerprint is an error rather than silently resumed.
+    desc : str
+        Progress bar label.
+
+    Returns
+    -------
+    TrainResult
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    n = len(samples)
+    if n == 0:
+        raise ValueError("no training samples")
+    max_epochs, batch_size = int(config.max_epochs), int(config.batch_size)
+    steps_per_epoch = _steps_per_epoch(n, batch_size)
+    max_step = steps_per_epoch * max_epochs
+    aug = config.augmentation
+
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    net.to(device=device, memory_format=memory_format)
+    if param_groups is None:
+        param_groups = [(net.parameters(), 1.0)]
+    groups = sgd_param_groups(param_groups, config.learning_rate, config.weight_decay)
+    optimizer = torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
+
+    use_amp = bool(config.amp) and device.type == "cuda"
+    amp_dtype = None
+    scaler = None
+    if use_amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if amp_dtype == torch.float16:
+            scaler = torch.amp.GradScaler("cuda")
+
+    start_epoch, step, history = 0, 0, []
+    if checkpoint is not None and os.path.exists(checkpoint):
+        state = load_checkpoint(checkpoint)
+        saved = state.get("fingerprint", "")
+        if fingerprint is not None and saved != str(fingerprint):
+            raise ValueError(
+                f"checkpoint {os.fspath(checkpoint)} was written for other data or parameters "
+                "(fingerprint differs); delete it or pass another checkpoint path"
+            )
+        from .nn.weights import load_weights
+
+        load_weights(net, state["model"], source=f"checkpoint {os.fspath(checkpoint)}")
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        history = list(state.get("history", []))
+
+    epoch_seconds = []
+    bar = tqdm(total=max_step, initial=min(step, max_step), desc=desc, disable=not verbose,
+               unit="step", leave=verbose > 1)
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            for epoch in range(start_epoch, max_epochs):
+                t0 = time.perf_counter()
+                eseed = _epoch_seed(seed, epoch)
+                rng = np.random.default_rng(eseed)
+                torch.manual_seed(eseed)
+                net.train()
+                total, count = 0.0, 0
+                for idx in _batches(n, batch_size, rng):
+                    items, targets = [], {}
+                    for i in idx:
+                        s = samples[int(i)]
+                        items.append(aug.geometric(s, rng))
+                        for k, v in s.targets.items():
+                            targets.setdefault(k, []).append(np.asarray(v))
+                    images, maps = _collate(items, aug.pad_value)
+                    factors = aug.jitter_factors(len(idx), rng)
+                    batch = _to_device_batch(images, maps, targets, factors, device, config.channels_last)
+                    for g in optimizer.param_groups:
+                        g["lr"] = poly_lr(g["initial_lr"], step, max_step, config.power)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        loss = loss_fn(net, batch)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}, step "
+                            f"{step + 1}; lower learning_rate"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    step += 1
+                    total += float(loss.detach()) * len(idx)
+                    count += len(idx)
+                    bar.update(1)
+                history.append(total / count)
+                epoch_seconds.append(time.perf_counter() - t0)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
+                if checkpoint is not None:
+                    _save_checkpoint(checkpoint, net, optimizer, scaler, epoch + 1, step, history, fingerprint)
+    finally:
+        bar.close()
+        net.eval()
+    return TrainResult(history=history, epoch_seconds=epoch_seconds, start_epoch=start_epoch)

@@ -1,0 +1,482 @@
+"""CAMClassifier: a multilabel image classifier whose transform gives class activation maps."""
+
+import numbers
+import os
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
+
+from ._torch_estimator import TorchEstimatorMixin, images_to_tensor, iter_image_batches
+from ._validation import check_images, check_targets
+
+__all__ = ["CAMClassifier"]
+
+
+def _module_type():
+    from torch import nn
+
+    return nn.Module
+
+
+def _device_type():
+    import torch
+
+    return torch.device
+
+
+class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEstimator):
+    """Multilabel image classifier producing class activation maps (CAMs).
+
+    The first step of AffinityNet (Ahn & Kwak, CVPR 2018, section 3.1): a
+    backbone at output stride 8 and a 1x1 convolution without bias, trained
+    with global average pooling and the multilabel soft-margin loss on
+    image-level labels. The CAM of class ``c`` is ``ReLU(w_c . f(x, y))``; at
+    inference every scale in ``scales`` (and its horizontal flip) goes through
+    the network, the maps are upsampled to the image size and summed, and each
+    class is divided by its maximum (+1e-5), so CAMs lie in [0, 1].
+
+    Read more in :doc:`the method <method>`.
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Module, default="tiny"
+        A name from :func:`sklearn_psa.nn.available_backbones` (``"tiny"``,
+        ``"resnet50"``, ``"resnet38d"``, ``"efficientnet_lite0"`` ...) or a
+        module returning feature maps (see :func:`sklearn_psa.nn.make_backbone`).
+    pretrained : None, bool or path, default=None
+        Backbone weights: None/False random, True the installed weights (where
+        the backbone has a weights package), or a path to a weight file. With
+        pretrained weights the classifier layer learns at 10x the rate, as in
+        the reference code.
+    scales : tuple of float, default=(1.0, 0.5, 1.5, 2.0)
+        Image scales of CAM inference (the paper's).
+    flip : bool, default=True
+        Also run each scale horizontally flipped at inference.
+    threshold : float, default=0.5
+        Probability above which :meth:`predict` (and :meth:`transform`) call a
+        class present.
+    crop_size : int or None, default=112
+        Side of the random training crops; None trains on whole images.
+    batch_size : int, default=16
+        Training batch size, and the most images per inference batch.
+    max_epochs : int, default=50
+        Training epochs.
+    learning_rate : float, default=0.1
+        Base SGD learning rate, decayed as ``(1 - step / max_step) ** 0.9``.
+    weight_decay : float, default=1e-4
+        L2 penalty on convolution weights.
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial weights, data order and augmentation: the same
+        value gives the same fitted weights on the CPU.
+    verbose : int, default=0
+        Show a progress bar during training when > 0.
+    backbone_options : dict or None, default=None
+        Options for the named backbone, e.g. ``{"width": 16, "depth": 2,
+        "dilation": 1}`` for ``"tiny"``, whose depth and dilation at stride 8
+        set its receptive field (27 + 16 * depth * dilation pixels; without
+        ImageNet weights it decides where the CAMs land, see
+        ``benchmarks/bench_cam.py``).
+    warm_start : bool, default=False
+        When True and already fitted on the same classes, ``fit`` continues
+        from the fitted weights (a new learning-rate schedule of
+        ``max_epochs``) instead of starting anew.
+    checkpoint : str, path or None, default=None
+        File written atomically after every epoch; when it exists at ``fit``
+        training resumes at its epoch (it must come from the same data and
+        parameters, else ``fit`` raises).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class columns ``0 .. n_classes - 1`` (column ``j`` is mask value ``j + 1``).
+    n_classes_ : int
+    network_ : sklearn_psa.nn.heads.Network
+        The trained network (backbone + :class:`~sklearn_psa.nn.heads.CAMHead`).
+    loss_curve_ : list of float
+        Mean training loss per epoch.
+    epoch_seconds_ : list of float
+        Wall time of each epoch run by the last ``fit``.
+    n_iter_ : int
+        Epochs trained.
+
+    See Also
+    --------
+    sklearn_psa.AffinityEstimator : learns affinities from the CAMs of :meth:`fit_transform`.
+    sklearn_psa.plotting.plot_cams : CAM heatmaps over the image.
+
+    Notes
+    -----
+    The defaults train the ``"tiny"`` backbone from scratch on 128x128
+    :func:`~sklearn_psa.datasets.make_shapes` images in about a minute on two
+    CPU cores. The reference code (``train_cls.py``, README) trains ResNet-38
+    from ImageNet weights at ``crop_size=448``, ``learning_rate=0.1``,
+    ``batch_size=16``, ``max_epochs=15``, ``weight_decay=5e-4``, polynomial
+    decay with power 0.9, 2x the rate on biases, 10x (20x for biases) on the
+    new classifier, BatchNorm and the first blocks frozen, on images whose
+    long side is rescaled to 256..512 and colour-jittered (0.3, hue 0.1); its
+    optimizer has effectively no momentum (the weight decay is passed where
+    SGD expects the momentum). Here biases get the base rate and momentum is 0.9.
+
+    Examples
+    --------
+    >>> from sklearn_psa import CAMClassifier
+    >>> from sklearn_psa.datasets import make_shapes
+    >>> X, Y, masks = make_shapes(24, image_size=48, random_state=0)
+    >>> cam = CAMClassifier(max_epochs=2, crop_size=None, scales=(1.0,),
+    ...                     device="cpu", random_state=0).fit(X, Y)
+    >>> cam.predict_proba(X[:2]).shape
+    (2, 4)
+    >>> records = cam.fit_transform(X, Y)  # CAMs of the true classes
+    >>> records[0].cams.shape == (int(Y[0].sum()), 48, 48)
+    True
+    """
+
+    _torch_attributes = ("network_",)
+
+    _parameter_constraints = {
+        "backbone": [str, _module_type()],
+        "pretrained": [None, "boolean", str, os.PathLike],
+        "scales": ["array-like"],
+        "flip": ["boolean"],
+        "threshold": [Interval(numbers.Real, 0, 1, closed="both")],
+        "crop_size": [Interval(numbers.Integral, 8, None, closed="left"), None],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "device": [str, _device_type()],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "backbone_options": [dict, None],
+        "warm_start": ["boolean"],
+        "checkpoint": [str, os.PathLike, None],
+    }
+
+    def __init__(
+        self,
+        backbone="tiny",
+        pretrained=None,
+        scales=(1.0, 0.5, 1.5, 2.0),
+        flip=True,
+        threshold=0.5,
+        crop_size=112,
+        batch_size=16,
+        max_epochs=50,
+        learning_rate=0.1,
+        weight_decay=1e-4,
+        device="auto",
+        random_state=None,
+        verbose=0,
+        backbone_options=None,
+        warm_start=False,
+        checkpoint=None,
+    ):
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.scales = scales
+        self.flip = flip
+        self.threshold = threshold
+        self.crop_size = crop_size
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.backbone_options = backbone_options
+        self.warm_start = warm_start
+        self.checkpoint = checkpoint
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        tags.target_tags.required = True
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    # ------------------------------------------------------------------ fitting
+
+    def _checked_scales(self):
+        try:
+            scales = tuple(float(s) for s in np.asarray(self.scales, dtype=float).ravel())
+        except (TypeError, ValueError):
+            scales = ()
+        if not scales or not all(np.isfinite(s) and s > 0 for s in scales):
+            raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {self.scales!r}")
+        return scales
+
+    def _build_network(self, n_classes, seed):
+        from .nn import make_backbone
+        from .nn.heads import CAMHead, Network
+        from ._training import seeded
+
+        with seeded(seed):
+            backbone = make_backbone(self.backbone, pretrained=self.pretrained, **(self.backbone_options or {}))
+            head = CAMHead(backbone.out_channels[2], n_classes)
+            return Network(backbone, head)
+
+    def _fingerprint(self, images, labels):
+        import joblib
+
+        params = {k: v for k, v in self.get_params().items()
+                  if k not in ("verbose", "device", "checkpoint", "warm_start", "threshold", "scales", "flip")}
+        params["backbone"] = params["backbone"] if isinstance(params["backbone"], str) else repr(params["backbone"])
+        return joblib.hash((params, [s if isinstance(s, str) else joblib.hash(s) for s in images.sources], labels))
+
+    @staticmethod
+    def _loss(net, batch):
+        from torch.nn import functional as F
+
+        return F.multilabel_soft_margin_loss(net(batch["image"]).float(), batch["labels"])
+
+    def _fit(self, images, labels):
+        from ._training import Augmentation, ImageSamples, TrainConfig, train
+
+        self._checked_scales()
+        n_classes = labels.shape[1]
+        device = self._fit_device()
+        seed = self._fit_seed()
+        reuse = (
+            self.warm_start
+            and hasattr(self, "network_")
+            and getattr(self, "n_classes_", None) == n_classes
+        )
+        net = self.network_ if reuse else self._build_network(n_classes, seed)
+        pretrained = self.pretrained not in (None, False)
+        config = TrainConfig(
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            augmentation=Augmentation(
+                crop_size=self.crop_size, flip=True, color_jitter=0.3, pad_value=net.backbone.input_mean
+            ),
+        )
+        result = train(
+            net,
+            ImageSamples(images, targets={"labels": labels.astype(np.float32)}),
+            self._loss,
+            config,
+            param_groups=net.parameter_groups(1.0, 10.0 if pretrained else 1.0),
+            device=device,
+            seed=seed,
+            verbose=self.verbose,
+            checkpoint=self.checkpoint,
+            fingerprint=None if self.checkpoint is None else self._fingerprint(images, labels),
+            desc="CAMClassifier",
+        )
+        previous = list(getattr(self, "loss_curve_", [])) if reuse else []
+        self.network_ = net
+        self.classes_ = np.arange(n_classes)
+        self.n_classes_ = n_classes
+        self.loss_curve_ = previous + list(result.history)
+        self.epoch_seconds_ = list(result.epoch_seconds)
+        self.n_iter_ = len(self.loss_curve_)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Train the classifier on images and image-level labels.
+
+        Parameters
+        ----------
+        X : sequence of images or paths, or ndarray of shape (n, H, W, 3)
+        y : ndarray of shape (n, n_classes) or sequence of (H, W) masks
+            0/1 indicator of the classes present, or masks from which it is
+            derived (only the classes present are used).
+
+        Returns
+        -------
+        self : CAMClassifier
+        """
+        images = check_images(X)
+        targets = check_targets(y, len(images), shapes=images.shapes)
+        return self._fit(images, targets.labels)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_transform(self, X, y, **fit_params):
+        """Fit, then return the CAMs of the training images masked by their TRUE labels.
+
+        As in the paper, the CAMs that seed the affinity labels are those of
+        the classes known to be present, not of the predicted ones.
+
+        Parameters
+        ----------
+        X : sequence of images or paths, or ndarray of shape (n, H, W, 3)
+        y : ndarray of shape (n, n_classes) or sequence of (H, W) masks
+
+        Returns
+        -------
+        records : sklearn_psa.records.Records
+        """
+        images = check_images(X)
+        targets = check_targets(y, len(images), shapes=images.shapes)
+        self._fit(images, targets.labels)
+        return self._records(images, targets.labels)
+
+    # ------------------------------------------------------------------ inference
+
+    def _run(self, images, labels=None, cams=True):
+        """Logits (n, C) and, when ``cams``, per-image CAM arrays of the classes in ``labels``.
+
+        ``labels`` None means the predicted classes.
+        """
+        import torch
+        from torch.nn import functional as F
+
+        net = self._network()
+        device = next(net.parameters()).device
+        scales = self._checked_scales() if cams else (1.0,)
+        n = len(images)
+        logits = np.zeros((n, self.n_classes_), np.float32)
+        out = [None] * n
+        use_amp = device.type == "cuda"
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            for idx in iter_image_batches(images.shapes, self.batch_size):
+                x = images_to_tensor([images[i] for i in idx], device)
+                N, _, H, W = x.shape
+                total = None
+                have_logits = False
+                for s in scales:
+                    xs = x
+                    if s != 1.0:
+                        size = (max(1, round(H * s)), max(1, round(W * s)))
+                        xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                    if cams and self.flip:
+                        xs = torch.cat([xs, xs.flip(-1)])
+                    feats = net.features(xs)
+                    if s == 1.0 and not have_logits:
+                        logits[idx] = net.head(tuple(f[:N] for f in feats)).float().cpu().numpy()
+                        have_logits = True
+                    if not cams:
+                        continue
+                    maps = net.head.cams(feats).float()
+                    maps = F.interpolate(maps, size=(H, W), mode="bilinear", align_corners=False)
+                    if self.flip:
+                        maps = maps[:N] + maps[N:].flip(-1)
+                    total = maps if total is None else total + maps
+                if not cams:
+                    continue
+                if not have_logits:  # scales without 1.0: logits from a plain pass
+                    logits[idx] = net(x).float().cpu().numpy()
+                total = total / (total.amax(dim=(2, 3), keepdim=True) + 1e-5)
+                total = total.cpu().numpy()
+                for j, i in enumerate(idx):
+                    if labels is None:
+                        present = np.flatnonzero(_sigmoid(logits[i]) >= self.threshold)
+                    else:
+                        present = np.flatnonzero(labels[i])
+                    out[i] = (present, np.ascontiguousarray(total[j, present], dtype=np.float32))
+        return logits, out
+
+    def _records(self, images, labels=None):
+        from .records import Record, Records
+
+        check_is_fitted(self)
+        _, out = self._run(images, labels, cams=True)
+        records = [
+            Record(images.sources[i], present, cams, shape=tuple(images.shape(i)))
+            for i, (present, cams) in enumerate(out)
+        ]
+        # what a later step may start from (AffinityEstimator(init="cam")): the
+        # fitted backbone, as numpy arrays so that the records hash stably
+        source = {
+            "backbone": self.backbone,
+            "backbone_options": dict(self.backbone_options or {}),
+            "pretrained": self.pretrained,
+            "state_dict": self._network().backbone.state_dict(),
+        }
+        return Records(records, self.n_classes_, source=source)
+
+    def decision_function(self, X):
+        """Class scores (logits) of the whole images at scale 1.
+
+        Parameters
+        ----------
+        X : sequence of images or paths, or ndarray of shape (n, H, W, 3)
+
+        Returns
+        -------
+        scores : ndarray of shape (n, n_classes)
+        """
+        check_is_fitted(self)
+        images = check_images(X)
+        return self._run(images, cams=False)[0]
+
+    def predict_proba(self, X):
+        """Probability of each class being present (sigmoid of the scores).
+
+        Returns
+        -------
+        proba : ndarray of shape (n, n_classes)
+        """
+        return _sigmoid(self.decision_function(X))
+
+    def predict(self, X):
+        """Image-level labels: 1 where ``predict_proba >= threshold``.
+
+        Returns
+        -------
+        y : ndarray of shape (n, n_classes), int
+        """
+        return (self.predict_proba(X) >= self.threshold).astype(np.int64)
+
+    def transform(self, X):
+        """CAMs of the predicted classes.
+
+        Parameters
+        ----------
+        X : sequence of images or paths, or ndarray of shape (n, H, W, 3)
+
+        Returns
+        -------
+        records : sklearn_psa.records.Records
+            One record per image: the image (or its path), the classes with
+            ``predict_proba >= threshold`` and their CAMs, float32
+            ``(L, H, W)`` in [0, 1] at the image's size.
+        """
+        return self.compute_cams(X)
+
+    def compute_cams(self, X, y=None):
+        """CAMs of the classes given in ``y``, or of the predicted ones when ``y`` is None.
+
+        ``compute_cams(X, y)`` on the training images gives the CAMs
+        :meth:`fit_transform` returns, without training again (e.g. to
+        evaluate CAMs against masks, as the paper does).
+
+        Parameters
+        ----------
+        X : sequence of images or paths, or ndarray of shape (n, H, W, 3)
+        y : ndarray of shape (n, n_classes) or sequence of (H, W) masks, optional
+            The classes whose CAMs to keep (masks: the classes present).
+
+        Returns
+        -------
+        records : sklearn_psa.records.Records
+        """
+        check_is_fitted(self)
+        images = check_images(X)
+        labels = None
+        if y is not None:
+            labels = check_targets(y, len(images), n_classes=self.n_classes_, shapes=images.shapes).labels
+        return self._records(images, labels)
+
+    def score(self, X, y, sample_weight=None):
+        """Subset accuracy of :meth:`predict` (as scikit-learn's multilabel classifiers).
+
+        ``y`` may be an indicator matrix or masks (their classes present).
+        """
+        from sklearn.metrics import accuracy_score
+
+        images = check_images(X)
+        labels = check_targets(y, len(images), n_classes=self.n_classes_).labels
+        return accuracy_score(labels, self.predict(images), sample_weight=sample_weight)
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))

@@ -1,0 +1,529 @@
+"""The random walk that propagates class scores along learned affinities.
+
+- :func:`neighbor_offsets` lists the pairs of grid cells an affinity is given for;
+- :func:`random_walk` applies ``T^t``, ``T = D^-1 W ** beta``, to score maps;
+- :class:`RandomWalkRefiner` turns records (CAMs and affinities) into masks.
+
+The reference implementation builds the dense ``n x n`` transition matrix and
+squares it ``log2(t)`` times (17 GB for a 256 x 256 grid, CUDA only). Here
+``T``, with at most ``2K + 1`` non-zeros per row, is applied as a sparse
+product (CSR, or a stencil of shifted multiply-adds) to all channels at once,
+and ``T^t`` is evaluated by a Chebyshev expansion of ``x ** t`` whose
+truncation error is bounded below the rounding error of the working precision
+(see :mod:`sklearn_psa._walk_kernels`): ``O(n K sqrt(t log(1/eps)))`` time,
+``O(n K)`` memory, on CPU or CUDA.
+"""
+
+import contextlib
+import functools
+import numbers
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+
+from ._affinity_labels import STRIDE, score_stack
+from ._validation import check_masks, check_records, format_masks
+
+__all__ = ["neighbor_offsets", "random_walk", "RandomWalkRefiner"]
+
+# STRIDE (8): the affinity grid of an (H, W) image is (ceil(H / 8), ceil(W / 8)).
+_BACKENDS = {"auto", "torch", "scipy"}
+_TORCH_SPARSE_DEVICES = {"cpu", "cuda"}
+
+
+@functools.lru_cache(maxsize=32)
+def _offsets(radius):
+    out = [
+        (dy, dx)
+        for dy in range(radius)
+        for dx in range(-radius + 1, radius)
+        if 0 < dy * dy + dx * dx < radius * radius and (dy > 0 or dx > 0)
+    ]
+    arr = np.array(out, dtype=np.int64).reshape(-1, 2)
+    arr.flags.writeable = False
+    return arr
+
+
+def neighbor_offsets(radius):
+    """Offsets ``(dy, dx)`` of the neighbours within ``radius``, one per unordered pair.
+
+    The offsets satisfy ``0 < dy**2 + dx**2 < radius**2`` and point forward
+    (``dy > 0``, or ``dy == 0 and dx > 0``); the pair seen from the other end,
+    ``(-dy, -dx)``, is not listed. They are sorted by ``dy``, then ``dx``.
+
+    Parameters
+    ----------
+    radius : int
+        Radius on the stride-8 grid, >= 1 (the paper uses 5).
+
+    Returns
+    -------
+    offsets : ndarray of shape (K, 2), int64
+        K = 34 for radius 5 (and 0 for radius 1: no neighbour).
+
+    Examples
+    --------
+    >>> from sklearn_psa import neighbor_offsets
+    >>> neighbor_offsets(2)
+    array([[ 0,  1],
+           [ 1, -1],
+           [ 1,  0],
+           [ 1,  1]])
+    >>> len(neighbor_offsets(5))
+    34
+    """
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Integral):
+        raise TypeError(f"radius must be an integer, got {radius!r}")
+    if radius < 1:
+        raise ValueError(f"radius must be >= 1, got {radius}")
+    return _offsets(int(radius)).copy()
+
+
+def _radius_for_k(K, name="affinity"):
+    """The radius whose ``neighbor_offsets`` has ``K`` entries (a clear error when none has)."""
+    radius, counts = 1, []
+    while True:
+        count = len(_offsets(radius))
+        counts.append(count)
+        if count == K:
+            return radius
+        if count > K:
+            shown = ", ".join(f"{c} (radius {r})" for r, c in enumerate(counts, 1) if r > 1)
+            raise ValueError(
+                f"{name} has {K} channels, which matches no neighbourhood: "
+                f"len(neighbor_offsets(radius)) is {shown}, ..."
+            )
+        radius += 1
+
+
+def _as_tensor(obj, name):
+    """``(tensor, was_tensor)``: a torch tensor view of an array-like of real numbers."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        tensor = obj.detach()
+        if tensor.is_complex():
+            raise TypeError(f"{name} must hold real numbers, got a tensor of dtype {tensor.dtype}")
+        return tensor, True
+    try:
+        arr = np.asarray(obj)
+    except Exception as exc:
+        raise TypeError(f"{name} must be an array of real numbers, got {type(obj).__name__}") from exc
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or (
+        np.issubdtype(arr.dtype, np.complexfloating)
+    ):
+        raise TypeError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr)), False
+
+
+def _first_bad(mask):
+    """Index tuple of the first True entry of a boolean tensor."""
+    import torch
+
+    return tuple(int(i) for i in torch.nonzero(mask)[0])
+
+
+def _check_walk_inputs(scores, affinity):
+    import torch
+
+    from ._walk_kernels import inside_mask
+
+    if scores.ndim != 3:
+        raise ValueError(f"scores must be (C, h, w), got shape {tuple(scores.shape)}")
+    if affinity.ndim != 3:
+        raise ValueError(f"affinity must be (K, h, w), got shape {tuple(affinity.shape)}")
+    if tuple(affinity.shape[1:]) != tuple(scores.shape[1:]):
+        raise ValueError(
+            f"affinity is on a {tuple(affinity.shape[1:])} grid but scores on "
+            f"{tuple(scores.shape[1:])}: both must be (., h, w) on the same grid"
+        )
+    bad = ~torch.isfinite(scores)
+    if bool(bad.any()):
+        idx = _first_bad(bad)
+        raise ValueError(f"scores{list(idx)} is {float(scores[idx])}: scores must be finite")
+    offsets = _offsets(_radius_for_k(affinity.shape[0]))
+    inside = inside_mask(offsets, *affinity.shape[1:], device=affinity.device)
+    bad = inside & ~torch.isfinite(affinity)
+    if bool(bad.any()):
+        idx = _first_bad(bad)
+        raise ValueError(f"affinity{list(idx)} is {float(affinity[idx])}: affinities must be finite")
+    bad = inside & (affinity < 0)
+    if bool(bad.any()):
+        idx = _first_bad(bad)
+        raise ValueError(f"affinity{list(idx)} is {float(affinity[idx])}: affinities must be >= 0")
+    return offsets
+
+
+def _resolve_backend(backend, device, scores_device):
+    """``(backend, compute_device)`` for ``random_walk``."""
+    import torch
+
+    from ._device import resolve_device
+
+    explicit = device is not None
+    device = resolve_device(device) if explicit else scores_device
+    if backend == "auto":
+        backend = "torch" if device.type in _TORCH_SPARSE_DEVICES else "scipy"
+    if backend == "scipy":
+        if explicit and device.type != "cpu":
+            raise ValueError(
+                f"backend='scipy' computes on the CPU, but device={device!s} was asked for"
+            )
+        device = torch.device("cpu")
+    elif device.type not in _TORCH_SPARSE_DEVICES:
+        raise ValueError(
+            f"backend='torch' needs sparse CSR products, which torch offers on "
+            f"{sorted(_TORCH_SPARSE_DEVICES)}, not on {device!s}; use backend='auto' or 'scipy'"
+        )
+    return backend, device
+
+
+@validate_params(
+    {
+        "scores": ["array-like"],
+        "affinity": ["array-like"],
+        "beta": [Interval(numbers.Real, 0, None, closed="neither")],
+        "t": [Interval(numbers.Integral, 0, None, closed="left")],
+        "backend": [StrOptions(_BACKENDS)],
+        "device": "no_validation",  # checked by resolve_device, with a clear message
+    },
+    prefer_skip_nested_validation=True,
+)
+def random_walk(scores, affinity, *, beta=8, t=256, backend="auto", device=None):
+    """Propagate score maps by ``t`` steps of the affinity random walk.
+
+    With ``W`` the symmetric ``n x n`` affinity matrix of the ``n = h * w`` grid
+    cells (``W[p, p + o_k] = W[p + o_k, p] = affinity[k, p]``, self-loops 1,
+    zero elsewhere), ``T = D^-1 W ** beta`` (element-wise power, ``D`` the row
+    sums) and ``vec(out[c]) = T^t vec(scores[c])`` for every channel ``c``,
+    as in the paper (Ahn & Kwak, CVPR 2018, eq. 11-12). Every output is a
+    weighted average of the inputs: a constant map stays constant.
+
+    Pairs are taken at all image borders; affinity entries whose neighbour lies
+    outside the grid are ignored (they may hold any value).
+
+    The result equals the dense formula to float32 rounding (float64 when
+    ``scores`` is float64) at ``O(n K sqrt(t log(1/eps)))`` time and
+    ``O(n K)`` memory: ``T`` is applied as a sparse product (at most
+    ``2K + 1`` non-zeros per row), all channels at once, and ``T^t`` as a
+    Chebyshev expansion of ``x ** t`` truncated where its error bound is below
+    the working precision (96 products instead of 256 for ``t = 256``; see
+    :mod:`sklearn_psa._walk_kernels` for the proof and the kernels). On the
+    CPU, grids below ``2**24 / (2K + 1)`` multiply-adds per product run on
+    one thread (torch's threads cost more than they bring there, and much more
+    on a loaded machine).
+
+    Parameters
+    ----------
+    scores : ndarray or torch.Tensor of shape (C, h, w)
+        Score maps on the grid, finite. Computed in float64 when float64,
+        else in float32.
+    affinity : ndarray or torch.Tensor of shape (K, h, w)
+        ``affinity[k, y, x]`` is the affinity between cells ``(y, x)`` and
+        ``(y + dy_k, x + dx_k)``, ``(dy_k, dx_k) = neighbor_offsets(radius)[k]``
+        (the radius is the one with K offsets: 34 for radius 5). Finite and
+        non-negative where the neighbour is on the grid.
+    beta : float, default=8
+        Power applied to the affinities; larger makes the walk more conservative.
+    t : int, default=256
+        Number of steps, >= 0; ``t = 0`` returns the scores unchanged.
+    backend : {"auto", "torch", "scipy"}, default="auto"
+        ``"torch"``: torch, on CPU or CUDA (sparse CSR products; on the CPU a
+        stencil of shifted multiply-adds from 64 x 64 cells on, where it is
+        faster); ``"scipy"``: scipy CSR products on the CPU; ``"auto"``: torch
+        where torch offers sparse products on the device, else scipy.
+    device : str, torch.device or None, default=None
+        Where torch computes; None means the device of ``scores`` when it is a
+        tensor, else the CPU; ``"auto"`` means CUDA when available. With
+        ``backend="scipy"`` only the CPU is possible.
+
+    Returns
+    -------
+    out : ndarray or torch.Tensor of shape (C, h, w)
+        Same kind as ``scores`` (a tensor stays on its device), float32 or
+        float64 as computed.
+
+    Raises
+    ------
+    ValueError
+        For mismatched shapes, a K that matches no radius, NaN or infinite
+        values, negative affinities, or ``affinity ** beta`` overflowing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_psa import random_walk
+    >>> scores = np.zeros((1, 1, 4), np.float32)
+    >>> scores[0, 0, 0] = 1
+    >>> affinity = np.ones((4, 1, 4), np.float32)  # radius 2: right and lower neighbours
+    >>> random_walk(scores, affinity, beta=1, t=1).round(3)  # row sums of W: 2, 3, 3, 2
+    array([[[0.5  , 0.333, 0.   , 0.   ]]], dtype=float32)
+    >>> random_walk(scores, affinity, beta=1, t=1000).round(3)  # the degree-weighted mean
+    array([[[0.2, 0.2, 0.2, 0.2]]], dtype=float32)
+    """
+    import torch
+
+    from ._device import flush_denormal
+    from ._walk_kernels import cpu_threads, scipy_walk, torch_walk
+
+    S, scores_is_tensor = _as_tensor(scores, "scores")
+    A, _ = _as_tensor(affinity, "affinity")
+    work = S.numel() * (2 * A.shape[0] + 1) if A.ndim == 3 else 0
+    # Small tensors: one CPU thread for the checks and the kernel (see cpu_threads).
+    with torch.no_grad(), cpu_threads(work):
+        offsets = _check_walk_inputs(S, A)
+        cpu = torch.device("cpu")
+        backend, dev = _resolve_backend(backend, device, S.device if scores_is_tensor else cpu)
+        dtype = torch.float64 if S.dtype == torch.float64 else torch.float32
+        C, h, w = S.shape
+        if t == 0 or C == 0 or h * w == 0:
+            out = S.to(dtype=dtype, copy=True)
+        else:
+            kernel = torch_walk if backend == "torch" else scipy_walk
+            S_dev, A_dev = S.to(device=dev, dtype=dtype), A.to(device=dev)
+            with flush_denormal() if dev.type == "cpu" else contextlib.nullcontext():
+                out = kernel(S_dev, A_dev, offsets, float(beta), int(t))
+    if scores_is_tensor:
+        return out.to(S.device)
+    return out.cpu().numpy()
+
+
+def _average_pool(scores, stride):
+    """Mean over each ``stride x stride`` cell of the pixels inside the image.
+
+    ``(C, H, W) -> (C, ceil(H / stride), ceil(W / stride))``; cells at the
+    bottom and right borders average only their in-image pixels.
+    """
+    C, H, W = scores.shape
+    h, w = -(-H // stride), -(-W // stride)
+    padded = np.zeros((C, h * stride, w * stride), dtype=np.float64)
+    padded[:, :H, :W] = scores
+    sums = padded.reshape(C, h, stride, w, stride).sum(axis=(2, 4))
+    rows = np.minimum(stride, H - stride * np.arange(h))
+    cols = np.minimum(stride, W - stride * np.arange(w))
+    return (sums / (rows[:, None] * cols[None, :])).astype(np.float32)
+
+
+def _upsample(grid_scores, shape, stride):
+    """Bilinear upsampling of grid scores to an ``(H, W)`` image.
+
+    Cell ``(y, x)`` covers pixels ``[8y, 8y + 8) x [8x, 8x + 8)``: the grid is
+    upsampled by ``stride`` (half-pixel centres, ``align_corners=False``) and
+    cropped to ``(H, W)``, as the reference implementation does.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    C, h, w = grid_scores.shape
+    x = torch.from_numpy(np.ascontiguousarray(grid_scores, dtype=np.float32))[None]
+    up = F.interpolate(x, size=(h * stride, w * stride), mode="bilinear", align_corners=False)
+    return up[0, :, : shape[0], : shape[1]].numpy().copy()
+
+
+class RandomWalkRefiner(TransformerMixin, BaseEstimator):
+    """Refine class activation maps by the affinity random walk, then take the argmax.
+
+    For each record: the background score ``(1 - max_c M_c) ** alpha`` goes in
+    front of the CAMs of the classes present (all ones when there is none),
+    the stack is averaged over each 8x8 cell (border cells over their in-image
+    pixels) onto the affinity grid, walked ``t`` steps by :func:`random_walk`
+    with ``beta``, upsampled bilinearly to the image size, and the argmax over
+    background and classes gives the mask. ``t = 0`` skips pooling, walk and
+    upsampling: it is exactly the CAM baseline (argmax at full resolution) and
+    needs no affinity.
+
+    Stateless: ``fit`` only validates the parameters and the records.
+
+    Parameters
+    ----------
+    alpha : float, default=16
+        Exponent of the background score; larger weakens the background.
+    beta : float, default=8
+        Power applied to the affinities.
+    t : int, default=256
+        Number of random-walk steps; 0 gives the CAM baseline.
+    backend : {"auto", "torch", "scipy"}, default="auto"
+        Kernel of :func:`random_walk`.
+    device : str or None, default="auto"
+        Where the torch backend computes; ``"auto"`` (or None) means CUDA when
+        available, else CPU. Ignored by ``backend="scipy"``.
+
+    See Also
+    --------
+    random_walk : the walk on one score stack.
+    sklearn_psa.AffinityEstimator : produces the records this step consumes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_psa import RandomWalkRefiner, neighbor_offsets
+    >>> from sklearn_psa.records import Records
+    >>> image = np.zeros((32, 32, 3), np.uint8)  # a 4 x 4 grid of 8 x 8 cells
+    >>> cams = np.zeros((1, 32, 32), np.float32)
+    >>> cams[0, :, :16] = 0.2  # the object fills the left half,
+    >>> cams[0, :16, :8] = 1.0  # but its CAM is strong only on a part
+    >>> x = np.arange(4)  # grid columns; the affinity is 1 within each half
+    >>> affinity = np.array([np.broadcast_to((x < 2) == (x + dx < 2), (4, 4))
+    ...                      for dy, dx in neighbor_offsets(5)], np.float32)
+    >>> records = Records.from_arrays([image], labels=[[1]], cams=[cams],
+    ...                               affinities=[affinity], radius=5)
+    >>> RandomWalkRefiner(alpha=4, t=0).predict(records)[0][::8, ::8]  # the CAM alone
+    array([[1, 0, 0, 0],
+           [1, 0, 0, 0],
+           [0, 0, 0, 0],
+           [0, 0, 0, 0]], dtype=uint8)
+    >>> RandomWalkRefiner(alpha=4, t=256).predict(records)[0][::8, ::8]
+    array([[1, 1, 0, 0],
+           [1, 1, 0, 0],
+           [1, 1, 0, 0],
+           [1, 1, 0, 0]], dtype=uint8)
+    """
+
+    _parameter_constraints = {
+        "alpha": [Interval(numbers.Real, 0, None, closed="neither")],
+        "beta": [Interval(numbers.Real, 0, None, closed="neither")],
+        "t": [Interval(numbers.Integral, 0, None, closed="left")],
+        "backend": [StrOptions(_BACKENDS)],
+        "device": [str, None],
+    }
+
+    def __init__(self, alpha=16, beta=8, t=256, backend="auto", device="auto"):
+        self.alpha = alpha
+        self.beta = beta
+        self.t = t
+        self.backend = backend
+        self.device = device
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Validate the parameters and the records; nothing is learned.
+
+        Parameters
+        ----------
+        X : Records
+            Records with CAMs, and affinities unless ``t == 0``.
+        y : ignored
+            Accepted for pipelines (image-level labels or masks).
+
+        Returns
+        -------
+        self : RandomWalkRefiner
+        """
+        self._check_records(X)
+        return self
+
+    def _check_records(self, X):
+        X = check_records(X, require_affinity=self.t > 0, name="X")
+        if self.t > 0:
+            for i, r in enumerate(X.records):
+                H, W = r.shape
+                grid = (-(-H // STRIDE), -(-W // STRIDE))
+                if tuple(r.affinity.shape[1:]) != grid:
+                    raise ValueError(
+                        f"X[{i}]: affinity is on a {tuple(r.affinity.shape[1:])} grid, but a "
+                        f"{H}x{W} image has the grid {grid} (ceil of the size / {STRIDE})"
+                    )
+                try:
+                    K = len(neighbor_offsets(r.radius))
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"X[{i}]: invalid radius {r.radius!r}: {exc}") from exc
+                if r.affinity.shape[0] != K:
+                    raise ValueError(
+                        f"X[{i}]: affinity has {r.affinity.shape[0]} channels, but radius "
+                        f"{r.radius} has {K} neighbour offsets"
+                    )
+        return X
+
+    def _walk_settings(self):
+        from ._device import resolve_device
+
+        device = resolve_device(self.device)
+        return (self.backend, None) if self.backend == "scipy" else (self.backend, device)
+
+    def _refine(self, record, backend, device):
+        scores = score_stack(record.cams, self.alpha)
+        if self.t == 0:
+            return scores
+        pooled = _average_pool(scores, STRIDE)
+        walked = random_walk(pooled, record.affinity, beta=self.beta, t=self.t,
+                             backend=backend, device=device)
+        return _upsample(walked, record.shape, STRIDE)
+
+    def transform(self, X):
+        """Refined score maps.
+
+        Parameters
+        ----------
+        X : Records
+            Records with CAMs, and affinities unless ``t == 0``.
+
+        Returns
+        -------
+        scores : list of ndarray of shape (1 + L, H, W), float32
+            Per record: channel 0 the background, channel ``1 + i`` the class
+            ``record.labels[i]``, after the walk, at the image's size (not
+            normalised: the walk keeps each map's scale). With ``t = 0``, the
+            background score and the CAMs themselves.
+        """
+        self._validate_params()
+        X = self._check_records(X)
+        backend, device = self._walk_settings()
+        return [self._refine(r, backend, device) for r in X.records]
+
+    def predict(self, X):
+        """One mask per record.
+
+        Parameters
+        ----------
+        X : Records
+            Records with CAMs, and affinities unless ``t == 0``.
+
+        Returns
+        -------
+        masks : list of ndarray of shape (H, W), uint8
+            0 for background, ``j + 1`` for class column ``j``.
+        """
+        self._validate_params()
+        X = self._check_records(X)
+        if X.n_classes > 254:
+            raise ValueError(
+                f"X has {X.n_classes} classes: uint8 masks hold at most 254 (255 is ignore)"
+            )
+        backend, device = self._walk_settings()
+        masks = []
+        for r in X.records:
+            refined = self._refine(r, backend, device)
+            values = np.concatenate([[0], r.labels + 1]).astype(np.uint8)
+            masks.append(values[np.argmax(refined, axis=0)])
+        return format_masks(masks, X.images)
+
+    def score(self, X, y):
+        """Mean IoU (background and classes, 255 ignored) of ``predict(X)`` against ``y``.
+
+        Parameters
+        ----------
+        X : Records
+        y : sequence of (H, W) integer masks or mask paths
+            0 background, ``j + 1`` class column ``j``, 255 ignored.
+
+        Returns
+        -------
+        score : float
+            Mean IoU in [0, 1].
+        """
+        from .metrics import mean_iou
+
+        X = check_records(X, require_affinity=False, name="X")
+        masks = check_masks(y, len(X), n_classes=X.n_classes,
+                            shapes=[r.shape for r in X.records], name="y")
+        return mean_iou(masks, self.predict(X), n_classes=X.n_classes)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.input_tags.two_d_array = False
+        tags.non_deterministic = False
+        return tags
