@@ -20,6 +20,7 @@ _LAZY = {
     "random_walk": "walk",
     "neighbor_offsets": "walk",
     "dense_crf": "crf",
+    "DenseCRF": "crf",
     "Record": "records",
     "Records": "records",
 }

@@ -1,11 +1,14 @@
-"""Plots: CAM heatmaps over the image (Figure 2 of the paper) and mask overlays.
+"""Plots: CAM heatmaps (the paper's Figure 2), mask overlays, learned affinities and
+synthesized masks (Figure 5).
 
 matplotlib is optional; it is imported when a function here is called.
 """
 
 import numpy as np
 
-__all__ = ["plot_cams", "plot_mask"]
+from ._affinity_labels import shift_slices
+
+__all__ = ["affinity_map", "plot_affinity", "plot_cams", "plot_mask", "plot_synthesized"]
 
 
 def _pyplot():
@@ -134,3 +137,152 @@ def plot_mask(image, mask, *, ax=None, alpha=0.5, title=None):
         ax.set_title(title)
     ax.set_axis_off()
     return ax
+
+def affinity_map(affinity, offsets):
+    """Mean affinity of each grid cell to its neighbours within the radius.
+
+    Every pair stored in ``affinity`` counts for both of its cells; pairs whose
+    neighbour lies outside the grid do not count. Low values mark cells on a
+    boundary between regions: the picture of the paper's Figure 5(d).
+
+    Parameters
+    ----------
+    affinity : ndarray of shape (K, h, w)
+        ``affinity[k, y, x]`` between ``(y, x)`` and ``(y + dy_k, x + dx_k)``.
+    offsets : ndarray of shape (K, 2)
+        ``neighbor_offsets(radius)``.
+
+    Returns
+    -------
+    mean : ndarray of shape (h, w), float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> offsets = np.array([[0, 1]])              # right neighbour only
+    >>> aff = np.array([[[0.5, 0.0], [1.0, 0.0]]])  # column 1 has no right neighbour
+    >>> affinity_map(aff, offsets)
+    array([[0.5, 0.5],
+           [1. , 1. ]])
+    """
+    affinity = np.asarray(affinity, dtype=np.float64)
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    if affinity.ndim != 3 or affinity.shape[0] != len(offsets):
+        raise ValueError(f"affinity of shape {affinity.shape} does not match {len(offsets)} offsets")
+    _, h, w = affinity.shape
+    total = np.zeros((h, w))
+    count = np.zeros((h, w))
+    for k, (dy, dx) in enumerate(offsets):
+        (ys, xs), (yt, xt) = shift_slices(int(dy), int(dx), h, w)
+        a = affinity[k, ys, xs]
+        total[ys, xs] += a
+        count[ys, xs] += 1
+        total[yt, xt] += a
+        count[yt, xt] += 1
+    return np.divide(total, count, out=np.ones((h, w)), where=count > 0)
+
+
+def _upsample(grid, shape):
+    """Nearest upsampling of a grid map to ``shape`` (each cell covers its 8x8 block)."""
+    H, W = shape
+    h, w = grid.shape
+    ys = np.minimum(np.arange(H) * h // H, h - 1)
+    xs = np.minimum(np.arange(W) * w // W, w - 1)
+    return grid[ys][:, xs]
+
+
+def _color_mask(mask):
+    from .io import voc_palette
+
+    return voc_palette()[np.asarray(mask, dtype=np.uint8)]
+
+
+def _color_cams(image, record):
+    """Image blended with each class's CAM in its mask colour."""
+    from .io import voc_palette
+
+    base = image.astype(np.float64) * 0.4
+    if record.cams is None or record.cams.shape[0] == 0:
+        return base.astype(np.uint8)
+    colours = voc_palette()[record.labels + 1].astype(np.float64)  # (L, 3)
+    cams = np.clip(record.cams.astype(np.float64), 0, 1)
+    top = cams.argmax(axis=0)
+    strength = cams.max(axis=0)[..., None]
+    return np.clip(base * (1 - strength) + colours[top] * strength, 0, 255).astype(np.uint8)
+
+
+def plot_affinity(record, ax=None, *, show_image=True):
+    """Show a record's learned affinities (Figure 5(d)): dark cells lie on boundaries.
+
+    Parameters
+    ----------
+    record : Record
+        With ``affinity`` and ``radius`` (from ``AffinityEstimator.transform``).
+    ax : matplotlib Axes, optional
+    show_image : bool
+        Blend the image under the map.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+    """
+    from .walk import neighbor_offsets
+
+    plt = _pyplot()
+    if record.affinity is None:
+        raise ValueError("the record has no affinity: run AffinityEstimator.transform first")
+    if ax is None:
+        _, ax = plt.subplots()
+    amap = _upsample(affinity_map(record.affinity, neighbor_offsets(record.radius)), record.shape)
+    if show_image:
+        gray = record.load_image().astype(np.float64).mean(axis=2) / 255.0
+        ax.imshow(0.75 * amap + 0.25 * gray, cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(amap, cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    return ax
+
+
+def plot_synthesized(records, masks, true_masks=None, *, indices=None, max_images=4, figsize=None):
+    """The paper's Figure 5: image, ground truth, CAMs, affinities, synthesized mask.
+
+    Parameters
+    ----------
+    records : Records
+        With CAMs and affinities (``AffinityEstimator.transform``).
+    masks : sequence of (H, W) masks
+        Synthesized masks (e.g. ``RandomWalkRefiner.predict``), one per record.
+    true_masks : sequence of (H, W) masks, optional
+        Ground truth column (left out when None).
+    indices : sequence of int, optional
+        Records to show (default: the first ``max_images``).
+    max_images : int
+    figsize : tuple, optional
+
+    Returns
+    -------
+    fig : matplotlib Figure
+    """
+    plt = _pyplot()
+    indices = list(range(min(len(records), max_images))) if indices is None else list(indices)
+    columns = ["image"] + (["ground truth"] if true_masks is not None else []) + [
+        "CAMs", "affinities", "synthesized"]
+    fig, axes = plt.subplots(len(indices), len(columns), squeeze=False,
+                             figsize=figsize or (2.2 * len(columns), 2.2 * len(indices)))
+    for row, i in enumerate(indices):
+        record = records[i]
+        image = record.load_image()
+        panels = [image]
+        if true_masks is not None:
+            panels.append(_color_mask(true_masks[i]))
+        panels.append(_color_cams(image, record))
+        for col, panel in enumerate(panels):
+            axes[row, col].imshow(panel)
+            axes[row, col].set_axis_off()
+        plot_affinity(record, axes[row, len(panels)], show_image=False)
+        axes[row, -1].imshow(_color_mask(masks[i]))
+        axes[row, -1].set_axis_off()
+    for col, name in enumerate(columns):
+        axes[0, col].set_title(name, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,225 @@
+"""Benchmark AffinityEstimator on make_shapes training images (the paper's Table 1 setting).
+
+Rows (mIoU of the synthesized masks on the training images, as the paper reports):
+
+- ``CAM alone (t=0)``: argmax of background ``(1 - max M_c) ** alpha`` and the CAMs;
+- ``oracle affinity``: the walk with the affinity of the true masks (1 within a
+  label, 0 across): the ceiling of this stage for these CAMs;
+- ``learned: <ablation>``: the walk with AffinityNet trained on the CAM labels,
+  for each ablation (CRF on the labels, initialisation, input resolution,
+  augmentation, training length), plus ``learned on true labels`` (labels from the
+  masks: the ceiling of learning, free of CAM label noise).
+
+Each walk row takes the best (alpha, beta) of a small grid (t = 256), as the
+paper tunes them on train; the table also lists the AUC of the affinity at
+telling same-label from different-label pairs of the true masks, and the
+quality of the confident labels (precision of confident foreground/background
+cells against the true masks, with and without the CRF).
+
+CAM records are cached with joblib under ``--cache`` (the CAM network dominates
+the run time otherwise). Shared machines are noisy: compare rows of one run.
+
+Usage::
+
+    python benchmarks/bench_affinity.py                # docs/bench-affinity.md table
+    python benchmarks/bench_affinity.py --quick        # smoke run (a minute)
+    python benchmarks/bench_affinity.py --ablation base --ablation init_cam
+"""
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+ABLATIONS = {
+    "base": {},
+    "no_crf": {"crf": False},
+    "init_cam": {"init": "cam"},
+    "input_scale_2": {"input_scale": 2.0},
+    "no_augmentation": {"crop_size": None, "scale_range": (1.0, 1.0)},
+    "epochs_x2": {"max_epochs": "x2"},
+    "efficientnet_lite0": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
+                           "learning_rate": 0.01},
+}
+
+
+def _cam_records(n, image_size, seed, cam_params, cache):
+    import joblib
+
+    def make(n, image_size, seed, cam_params):
+        from sklearn_psa import CAMClassifier
+        from sklearn_psa.datasets import make_shapes
+        from sklearn_psa.records import Records
+
+        X, Y, masks = make_shapes(n, image_size=image_size, random_state=seed)
+        cam = CAMClassifier(random_state=seed, **cam_params)
+        records = cam.fit_transform(X, Y)
+        if not (getattr(records, "source", None) or {}).get("state_dict"):
+            bb = cam.network_.backbone
+            records = Records(records.records, records.n_classes, {
+                "backbone": cam.backbone, "backbone_options": dict(cam.backbone_options or {}),
+                "state_dict": {k: v.detach().cpu() for k, v in bb.state_dict().items()}})
+        return records, masks
+
+    if cache:
+        make = joblib.Memory(cache, verbose=0).cache(make)
+    return make(n, image_size, seed, cam_params)
+
+
+def _true_label_records(records, masks):
+    """Records whose CAMs are the one-hot true masks (labels free of CAM noise)."""
+    from sklearn_psa.records import Record, Records
+
+    out = []
+    for r, m in zip(records.records, masks):
+        cams = np.stack([(m == c + 1).astype(np.float32) for c in r.labels]) if r.labels.size else \
+            np.zeros((0,) + r.shape, np.float32)
+        out.append(Record(r.image, r.labels, cams, shape=r.shape))
+    return Records(out, records.n_classes, records.source)
+
+
+def _pair_auc(records, masks, radius):
+    from sklearn.metrics import roc_auc_score
+
+    from sklearn_psa import neighbor_offsets
+    from sklearn_psa._affinity_labels import _shifted_pairs, downsample_mask
+
+    offsets = neighbor_offsets(radius)
+    same, score = [], []
+    for r, m in zip(records.records, masks):
+        frm, to, inside = _shifted_pairs(downsample_mask(m), offsets)
+        same.append((frm == to)[inside])
+        score.append(r.affinity[inside])
+    same, score = np.concatenate(same), np.concatenate(score)
+    return roc_auc_score(same, score) if 0 < same.mean() < 1 else float("nan")
+
+
+def _best_walk(records, masks, alphas, betas):
+    from sklearn_psa import RandomWalkRefiner
+
+    best = (-1.0, None)
+    for alpha in alphas:
+        for beta in betas:
+            s = RandomWalkRefiner(alpha=alpha, beta=beta, t=256).score(records, masks)
+            if s > best[0]:
+                best = (s, (alpha, beta))
+    return best
+
+
+def _label_quality(records, masks, crf):
+    from sklearn_psa._affinity_labels import affinity_label_map, downsample_mask
+
+    fg = fg_ok = bg = bg_ok = true_fg = true_fg_bg = 0
+    t0 = time.perf_counter()
+    for r, m in zip(records.records, masks):
+        g = affinity_label_map(r.cams, r.labels, image=r.load_image(), crf=crf)
+        tg = downsample_mask(m)
+        isfg, isbg = (g > 0) & (g != 255), g == 0
+        fg += isfg.sum(); fg_ok += (isfg & (g == tg)).sum()
+        bg += isbg.sum(); bg_ok += (isbg & (tg == 0)).sum()
+        true_fg += (tg > 0).sum(); true_fg_bg += ((tg > 0) & isbg).sum()
+    sec = (time.perf_counter() - t0) / len(records)
+    n_cells = sum(int(np.prod(downsample_mask(m).shape)) for m in masks)
+    return {"fg_frac": fg / n_cells, "fg_prec": fg_ok / max(fg, 1), "bg_frac": bg / n_cells,
+            "bg_prec": bg_ok / max(bg, 1), "true_fg_as_bg": true_fg_bg / max(true_fg, 1), "sec": sec}
+
+
+def run(args):
+    import torch
+
+    from sklearn_psa import AffinityEstimator, RandomWalkRefiner, neighbor_offsets
+    from sklearn_psa._affinity_labels import oracle_affinity
+    from sklearn_psa.crf import dense_crf
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cam_params = {"device": "cpu"}
+    if args.cam_epochs:
+        cam_params["max_epochs"] = args.cam_epochs
+    t0 = time.perf_counter()
+    records, masks = _cam_records(args.n, args.image_size, args.seed, cam_params, args.cache)
+    print(f"CAM records: {time.perf_counter() - t0:.0f} s", flush=True)
+    alphas, betas = (4, 8, 16), (8, 16)
+
+    lines = []
+    q_plain = _label_quality(records, masks, None)
+    q_crf = _label_quality(records, masks, dense_crf)
+    lines += [
+        "Confident labels on the stride-8 grid against the true masks:",
+        "",
+        "| labels | confident fg (of cells) | fg precision | confident bg | bg precision "
+        "| true-fg cells labelled bg | s/image |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, q in (("no CRF", q_plain), ("dense CRF", q_crf)):
+        lines.append(f"| {name} | {q['fg_frac']:.3f} | {q['fg_prec']:.3f} | {q['bg_frac']:.3f} "
+                     f"| {q['bg_prec']:.3f} | {q['true_fg_as_bg']:.3f} | {q['sec']:.2f} |")
+    lines += ["", "| row | mIoU | gain over CAM | best (alpha, beta) | pair AUC | fit (s) |",
+              "|---|---:|---:|---|---:|---:|"]
+
+    cam_scores = {a: RandomWalkRefiner(alpha=a, t=0).score(records, masks) for a in alphas}
+    cam_alpha = max(cam_scores, key=cam_scores.get)
+    cam = cam_scores[cam_alpha]
+    lines.append(f"| CAM alone (t=0) | {cam:.3f} | - | ({cam_alpha}, -) | - | - |")
+    print(lines[-1], flush=True)
+
+    offsets = neighbor_offsets(5)
+    oracle = records.with_affinity([oracle_affinity(m, offsets) for m in masks], 5)
+    s, ab = _best_walk(oracle, masks, alphas, betas)
+    lines.append(f"| oracle affinity (true masks) | {s:.3f} | {s - cam:+.3f} | {ab} | 1.000 | - |")
+    print(lines[-1], flush=True)
+
+    base = dict(max_epochs=args.epochs, head_widths=(32, 32, 64), device="cpu", random_state=args.seed)
+    runs = [(name, ABLATIONS[name], records) for name in args.ablation]
+    if args.true_labels:
+        runs.append(("learned on true labels", {"crf": False}, _true_label_records(records, masks)))
+    for name, change, recs in runs:
+        params = dict(base)
+        for k, v in change.items():
+            params[k] = args.epochs * 2 if v == "x2" else v
+        t0 = time.perf_counter()
+        try:
+            est = AffinityEstimator(**params).fit(recs)
+        except (ImportError, ValueError) as exc:
+            lines.append(f"| learned: {name} | not run: {exc} | | | | |")
+            print(lines[-1], flush=True)
+            continue
+        fit = time.perf_counter() - t0
+        out = est.transform(records)
+        s, ab = _best_walk(out, masks, alphas, betas)
+        label = name if name.startswith("learned") else f"learned: {name}"
+        lines.append(f"| {label} | {s:.3f} | {s - cam:+.3f} | {ab} | {_pair_auc(out, masks, 5):.3f} | {fit:.0f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100, help="training images")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=4, help="AffinityNet epochs (base)")
+    parser.add_argument("--cam-epochs", type=int, default=None, help="override CAMClassifier max_epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--cache", default=os.path.join("scratch", "bench_affinity_cache"))
+    parser.add_argument("--ablation", action="append", choices=sorted(ABLATIONS),
+                        help="ablations to run (repeatable; default: all)")
+    parser.add_argument("--no-true-labels", dest="true_labels", action="store_false")
+    parser.add_argument("--quick", action="store_true", help="smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.image_size, args.epochs, args.cam_epochs = 16, 64, 1, 1
+        args.ablation = args.ablation or ["base", "no_crf"]
+    args.ablation = args.ablation or list(ABLATIONS)
+    lines = run(args)
+    print()
+    print(f"make_shapes: {args.n} training images, {args.image_size} px, seed {args.seed}; "
+          f"AffinityNet {args.epochs} epochs (tiny backbone unless stated), walk t=256.")
+    print()
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    main()
