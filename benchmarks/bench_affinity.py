@@ -24,6 +24,17 @@ Usage::
     python benchmarks/bench_affinity.py                # docs/bench-affinity.md table
     python benchmarks/bench_affinity.py --quick        # smoke run (a minute)
     python benchmarks/bench_affinity.py --ablation base --ablation init_cam
+
+    # docs/bench-affinity.md run: cached CAM records (pickle with "records" and "masks"),
+    # no CRF unless the ablation sets it, one torch thread, wide walk grid
+    python benchmarks/bench_affinity.py --records REC.pkl --epochs 4 --base-crf off \
+        --no-crf-quality --threads 1 --alphas 1 2 4 8 16 --betas 8 16 32 \
+        --ablation base --ablation input_scale_2 --ablation crf
+
+``--threads`` defaults to 1: on a shared 2-core machine, two torch threads competing with
+another process made one AffinityNet fit take 181 s instead of 8 s. The default walk grid
+reaches down to alpha 0.5 because CAM alone does best near alpha 1 on make_shapes (a grid
+starting at 4 understates the CAM baseline).
 """
 
 import argparse
@@ -41,6 +52,19 @@ ABLATIONS = {
     "epochs_x2": {"max_epochs": "x2"},
     "efficientnet_lite0": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
                            "learning_rate": 0.01},
+    "crf": {"crf": True},
+    # confident-label thresholds: a SMALLER alpha_low (stronger background) shrinks the confident
+    # foreground, a LARGER alpha_high shrinks the confident background
+    "alpha_2_32": {"alpha_low": 2},
+    "alpha_1_32": {"alpha_low": 1},
+    "alpha_8_64": {"alpha_low": 8, "alpha_high": 64},
+    "alpha_2_32_crf": {"alpha_low": 2, "crf": True},
+    "alpha_2_32_x2": {"alpha_low": 2, "max_epochs": "x2"},
+    "alpha_2_32_x4": {"alpha_low": 2, "max_epochs": "x4"},
+    "wide_head": {"head_widths": (64, 128, 256)},
+    "scale2_crf_alpha2_x2": {"input_scale": 2.0, "crf": True, "alpha_low": 2, "max_epochs": "x2"},
+    "scale2_crf_x4": {"input_scale": 2.0, "crf": True, "max_epochs": "x4"},
+    "scale2_x4": {"input_scale": 2.0, "max_epochs": "x4"},
 }
 
 
@@ -107,13 +131,14 @@ def _best_walk(records, masks, alphas, betas):
     return best
 
 
-def _label_quality(records, masks, crf):
+def _label_quality(records, masks, crf, alpha_low=4, alpha_high=32):
     from sklearn_psa._affinity_labels import affinity_label_map, downsample_mask
 
     fg = fg_ok = bg = bg_ok = true_fg = true_fg_bg = 0
     t0 = time.perf_counter()
     for r, m in zip(records.records, masks):
-        g = affinity_label_map(r.cams, r.labels, image=r.load_image(), crf=crf)
+        g = affinity_label_map(r.cams, r.labels, alpha_low=alpha_low, alpha_high=alpha_high,
+                               image=r.load_image(), crf=crf)
         tg = downsample_mask(m)
         isfg, isbg = (g > 0) & (g != 255), g == 0
         fg += isfg.sum(); fg_ok += (isfg & (g == tg)).sum()
@@ -138,13 +163,27 @@ def run(args):
     if args.cam_epochs:
         cam_params["max_epochs"] = args.cam_epochs
     t0 = time.perf_counter()
-    records, masks = _cam_records(args.n, args.image_size, args.seed, cam_params, args.cache)
-    print(f"CAM records: {time.perf_counter() - t0:.0f} s", flush=True)
-    alphas, betas = (4, 8, 16), (8, 16)
+    if args.records:
+        import pickle
+
+        with open(args.records, "rb") as f:
+            saved = pickle.load(f)
+        records, masks = saved["records"], saved["masks"]
+    else:
+        records, masks = _cam_records(args.n, args.image_size, args.seed, cam_params, args.cache)
+    if args.subset:
+        from sklearn_psa.records import Records
+
+        records = Records(records.records[:args.subset], records.n_classes, getattr(records, "source", None))
+        masks = masks[:args.subset]
+    print(f"CAM records: {len(records)} images, {time.perf_counter() - t0:.0f} s", flush=True)
+    alphas, betas = tuple(args.alphas), tuple(args.betas)
 
     lines = []
-    q_plain = _label_quality(records, masks, None)
-    q_crf = _label_quality(records, masks, dense_crf)
+    qualities = [(f"no CRF, alpha {lo}/{hi}", _label_quality(records, masks, None, lo, hi))
+                 for lo, hi in ((1, 32), (2, 32), (4, 32), (8, 64))]
+    if args.crf_quality:
+        qualities.append(("dense CRF, alpha 4/32", _label_quality(records, masks, dense_crf)))
     lines += [
         "Confident labels on the stride-8 grid against the true masks:",
         "",
@@ -152,7 +191,7 @@ def run(args):
         "| true-fg cells labelled bg | s/image |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, q in (("no CRF", q_plain), ("dense CRF", q_crf)):
+    for name, q in qualities:
         lines.append(f"| {name} | {q['fg_frac']:.3f} | {q['fg_prec']:.3f} | {q['bg_frac']:.3f} "
                      f"| {q['bg_prec']:.3f} | {q['true_fg_as_bg']:.3f} | {q['sec']:.2f} |")
     lines += ["", "| row | mIoU | gain over CAM | best (alpha, beta) | pair AUC | fit (s) |",
@@ -170,14 +209,17 @@ def run(args):
     lines.append(f"| oracle affinity (true masks) | {s:.3f} | {s - cam:+.3f} | {ab} | 1.000 | - |")
     print(lines[-1], flush=True)
 
-    base = dict(max_epochs=args.epochs, head_widths=(32, 32, 64), device="cpu", random_state=args.seed)
+    base = dict(max_epochs=args.epochs, head_widths=(32, 32, 64), device="cpu", random_state=args.seed,
+                crf=args.crf)
     runs = [(name, ABLATIONS[name], records) for name in args.ablation]
     if args.true_labels:
-        runs.append(("learned on true labels", {"crf": False}, _true_label_records(records, masks)))
+        true_records = _true_label_records(records, masks)
+        for name in args.true_labels_ablation or ["base"]:
+            runs.append((f"learned on TRUE labels: {name}", {**ABLATIONS[name], "crf": False}, true_records))
     for name, change, recs in runs:
         params = dict(base)
         for k, v in change.items():
-            params[k] = args.epochs * 2 if v == "x2" else v
+            params[k] = args.epochs * int(v[1:]) if isinstance(v, str) and v[:1] == "x" else v
         t0 = time.perf_counter()
         try:
             est = AffinityEstimator(**params).fit(recs)
@@ -201,20 +243,33 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=4, help="AffinityNet epochs (base)")
     parser.add_argument("--cam-epochs", type=int, default=None, help="override CAMClassifier max_epochs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     parser.add_argument("--cache", default=os.path.join("scratch", "bench_affinity_cache"))
     parser.add_argument("--ablation", action="append", choices=sorted(ABLATIONS),
                         help="ablations to run (repeatable; default: all)")
     parser.add_argument("--no-true-labels", dest="true_labels", action="store_false")
+    parser.add_argument("--true-labels-ablation", action="append", choices=sorted(ABLATIONS),
+                        help="settings of the 'learned on TRUE labels' rows (repeatable; default: base)")
+    parser.add_argument("--records", default=None,
+                        help="pickle with 'records' (CAM Records) and 'masks' instead of fitting CAMs")
+    parser.add_argument("--subset", type=int, default=0, help="use only the first N images of the records")
+    parser.add_argument("--base-crf", dest="crf", choices=("on", "off"), default="on",
+                        help="crf of every learned row unless the ablation sets it")
+    parser.add_argument("--no-crf-quality", dest="crf_quality", action="store_false",
+                        help="skip the (slow) dense-CRF confident-label quality row")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.5, 1, 2, 4, 8, 16],
+                        help="walk alpha grid (each row reports its best; CAM alone peaks near 1)")
+    parser.add_argument("--betas", type=float, nargs="+", default=[8, 16, 32], help="walk beta grid")
     parser.add_argument("--quick", action="store_true", help="smoke run")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.image_size, args.epochs, args.cam_epochs = 16, 64, 1, 1
         args.ablation = args.ablation or ["base", "no_crf"]
     args.ablation = args.ablation or list(ABLATIONS)
+    args.crf = args.crf == "on"
     lines = run(args)
     print()
-    print(f"make_shapes: {args.n} training images, {args.image_size} px, seed {args.seed}; "
+    print(f"make_shapes: {args.subset or args.n} training images, {args.image_size} px, seed {args.seed}; "
           f"AffinityNet {args.epochs} epochs (tiny backbone unless stated), walk t=256.")
     print()
     print("\n".join(lines))
