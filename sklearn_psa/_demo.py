@@ -1,0 +1,337 @@
+"""``sklearn-psa demo``: the whole method on synthetic shapes, with a report.
+
+:func:`run_demo` draws training and test images with
+:func:`~sklearn_psa.datasets.make_shapes` (fixed seeds), fits a
+:class:`~sklearn_psa.PSASegmenter` on image-level labels only, fits the same
+segmentation network on the true masks (the fully supervised reference of the
+paper's Table 4), and writes to the output folder:
+
+- ``report.md``: the mean IoU of each stage (CAM and CAM + random walk on the
+  training images, as the paper's Table 1 scores the synthesized labels; the
+  two segmentation networks on the test images, as its Table 4), then one
+  per-class table per stage (:func:`~sklearn_psa.metrics.segmentation_report`)
+  and the time each stage took;
+- ``grid.png``: training images with their CAMs, the CAM masks, the
+  synthesized masks, the two networks' predictions and the true masks;
+- ``model.joblib``: the fitted weakly supervised :class:`PSASegmenter`.
+"""
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["run_demo", "DEMO_SETTINGS"]
+
+#: Settings of the full demo and of ``--quick`` (a smoke test in seconds).
+DEMO_SETTINGS = {
+    "full": {
+        "n_samples": 160, "n_test": 100, "image_size": 128, "grid_rows": 6,
+        "params": {
+            "cam__max_epochs": 30,
+            "affinity__max_epochs": 6,
+            "max_epochs": 20,
+        },
+    },
+    "quick": {
+        "n_samples": 24, "n_test": 12, "image_size": 64, "grid_rows": 3,
+        "params": {
+            "cam__max_epochs": 1, "cam__scales": (1.0,),
+            "affinity__max_epochs": 1, "affinity__crf": False, "affinity__crop_size": 64,
+            "max_epochs": 1,
+        },
+    },
+}
+
+_TEST_SEED_OFFSET = 1000
+
+
+def _log(out, text):
+    if out is not None:
+        print(text, file=out, flush=True)
+
+
+class _Stopwatch:
+    """Records the wall and CPU seconds (all threads of this process) of each named stage."""
+
+    def __init__(self):
+        self.times = {}
+        self.cpu = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.times[name] = time.perf_counter() - wall
+            self.cpu[name] = time.process_time() - cpu
+
+
+def _peak_rss_mb():
+    """Peak resident memory of this process in MiB (None where unknown)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+def _torch_threads():
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_report(stages, class_names, *, times=None, cpu_times=None, settings=None,
+                  peak_mb=None):
+    """The demo's report as Markdown.
+
+    Parameters
+    ----------
+    stages : list of (title, data, y_true, y_pred)
+        One entry per stage: a title, which images were scored ("train" or
+        "test"), the true and the predicted masks.
+    class_names : list of str
+        Names of the classes 1..K.
+    times : dict, optional
+        Wall seconds per stage name.
+    cpu_times : dict, optional
+        CPU seconds per stage name (all threads).
+    settings : dict, optional
+        Printed as the run's settings.
+    peak_mb : float, optional
+        Peak resident memory.
+
+    Returns
+    -------
+    report : str
+    scores : dict
+        Mean IoU (a fraction) per stage title.
+    """
+    from .metrics import segmentation_report
+
+    scores, tables = {}, []
+    for title, data, y_true, y_pred in stages:
+        per_class = segmentation_report(y_true, y_pred, class_names=class_names,
+                                        n_classes=len(class_names), output_dict=True)
+        scores[title] = per_class["mean"]["iou"]
+        text = segmentation_report(y_true, y_pred, class_names=class_names,
+                                   n_classes=len(class_names))
+        tables.append(f"### {title} ({data} images)\n\n```\n{text}\n```")
+    lines = ["# sklearn-psa demo report", ""]
+    lines.append(
+        "AffinityNet (Ahn & Kwak, CVPR 2018) on `make_shapes`: the weakly supervised segmenter "
+        "learns from image-level labels only; the fully supervised reference trains the same "
+        "network on the true masks. CAM and CAM + random walk are scored on the training images "
+        "(the synthesized labels, as in the paper's Table 1), the two networks on held-out test "
+        "images (as in its Table 4). CAM is the argmax of the CAMs of the labelled classes "
+        "against the background score (1 - max CAM) ** alpha, with the walk's alpha (the walk "
+        "with t = 0). Scores are percentages of mean IoU over background and classes."
+    )
+    lines += ["", "## Summary", ""]
+    rows = [[title, data, f"{100 * scores[title]:.1f}"] for title, data, _, _ in stages]
+    lines.append(_markdown_table(["stage", "images", "mIoU (%)"], rows))
+    weak = [t for t, *_ in stages if t.startswith("PSASegmenter")]
+    full = [t for t, *_ in stages if t.startswith("Fully supervised")]
+    if weak and full and scores[full[0]] > 0:
+        ratio = scores[weak[0]] / scores[full[0]]
+        lines += ["", f"Weakly / fully supervised mIoU: **{100 * ratio:.0f}%** "
+                      "(the paper: 76% with ResNet-38, 86% with DeepLab)."]
+    lines += ["", "## Per-class tables", ""]
+    lines += ["\n\n".join(tables)]
+    if times:
+        lines += ["", "## Time", ""]
+        cpu_times = cpu_times or {}
+        rows = [[name, f"{sec:.1f}", f"{cpu_times[name]:.1f}" if name in cpu_times else "-"]
+                for name, sec in times.items()]
+        lines.append(_markdown_table(["stage", "wall seconds", "CPU seconds"], rows))
+    if peak_mb is not None:
+        lines += ["", f"Peak resident memory: {peak_mb:.0f} MiB."]
+    if settings:
+        lines += ["", "## Settings", ""]
+        lines += [f"- `{k}`: `{v!r}`" for k, v in settings.items()]
+    return "\n".join(lines) + "\n", scores
+
+
+def plot_grid(path, columns, n_rows):
+    """Write a grid of images and masks as a PNG (matplotlib, Agg backend).
+
+    Parameters
+    ----------
+    path : path-like
+    columns : list of (title, items, kind)
+        ``kind`` is ``"image"`` (RGB uint8), ``"heat"`` (float map in [0, 1]) or
+        ``"mask"`` (class values, drawn in the VOC palette).
+    n_rows : int
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .io import atomic_write, voc_palette
+
+    palette = voc_palette()
+    n_cols = len(columns)
+    # A Figure with the Agg canvas directly: no pyplot, no global backend switch.
+    fig = Figure(figsize=(1.9 * n_cols, 1.9 * n_rows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for c, (title, items, kind) in enumerate(columns):
+        axes[0, c].set_title(title, fontsize=8)
+        for r in range(n_rows):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            item = items[r]
+            if kind == "mask":
+                ax.imshow(palette[np.asarray(item)], interpolation="nearest")
+            elif kind == "heat":
+                ax.imshow(item, cmap="jet", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(item, interpolation="nearest")
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+
+
+def demo_estimator(quick=False, *, device="auto", random_state=0, verbose=0, memory=None):
+    """The :class:`PSASegmenter` the demo fits (its steps' settings made explicit)."""
+    from .segmenter import PSASegmenter
+
+    params = dict(DEMO_SETTINGS["quick" if quick else "full"]["params"])
+    return PSASegmenter(device=device, random_state=random_state, verbose=verbose,
+                        memory=memory).set_params(**params)
+
+
+def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state=0,
+             progress=True, out=sys.stdout):
+    """Run the whole method on :func:`make_shapes` and write the report.
+
+    Parameters
+    ----------
+    output : str or path
+        Folder for ``report.md``, ``grid.png`` and ``model.joblib`` (created).
+    n_samples : int, optional
+        Training images (default 240, or 24 with ``quick``); the test set has
+        its own fixed size and seed.
+    device : str, default="auto"
+    quick : bool, default=False
+        Small images and one epoch per network: a smoke test in seconds.
+    random_state : int, default=0
+        Seed of the data (training images: ``random_state``, test images:
+        ``random_state + 1000``) and of every network.
+    progress : bool, default=True
+        Progress bars (tqdm, on stderr).
+    out : file or None, default=sys.stdout
+        Where the stage log and the summary are printed.
+
+    Returns
+    -------
+    summary : dict
+        ``scores`` (mean IoU per stage), ``ratio`` (weakly / fully supervised),
+        ``times`` and ``cpu_times`` (wall and CPU seconds per stage),
+        ``wall_seconds``, ``cpu_seconds``, ``peak_rss_mb`` and ``files``
+        (paths written).
+    """
+    import tempfile
+
+    import joblib
+    from sklearn.base import clone
+
+    from .datasets import make_shapes
+    from .io import atomic_write
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    settings = DEMO_SETTINGS["quick" if quick else "full"]
+    n_train = int(n_samples or settings["n_samples"])
+    if n_train < 2:
+        raise ValueError(f"--n-samples must be at least 2, got {n_train}")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    size, n_test = settings["image_size"], settings["n_test"]
+    watch = _Stopwatch()
+
+    _log(out, f"sklearn-psa demo: {n_train} training and {n_test} test images of "
+              f"{size}x{size} px (make_shapes, seeds {random_state} and "
+              f"{random_state + _TEST_SEED_OFFSET}), device {device}")
+    X, Y, M = make_shapes(n_train, image_size=size, random_state=random_state)
+    Xt, _, Mt = make_shapes(n_test, image_size=size, random_state=random_state + _TEST_SEED_OFFSET)
+    class_names = [f"class {j + 1}" for j in range(Y.shape[1])]
+
+    with tempfile.TemporaryDirectory(prefix="sklearn-psa-demo-") as cache:
+        seg = demo_estimator(quick, device=device, random_state=random_state,
+                             verbose=int(progress), memory=cache)
+        _log(out, "[1/3] weakly supervised: CAMs -> AffinityNet -> random walk -> "
+                  "segmentation network (image-level labels only)")
+        with watch("PSASegmenter.fit (image labels)"):
+            seg.fit(X, Y)
+        # The CAM and affinity records of the training images: loaded from the cache.
+        records, _, _ = seg._fit_records(X, Y)
+        cam_masks = clone(seg.refiner_).set_params(t=0).predict(records)
+        cam_heat = [r.cams.max(axis=0) if len(r.labels) else np.zeros(r.shape, np.float32)
+                    for r in records]
+        del records
+        with watch("PSASegmenter.predict (test)"):
+            pred = seg.predict(Xt)
+
+        _log(out, "[2/3] fully supervised reference: the same network, from the same CAM "
+                  "backbone, on the true masks")
+        full = clone(seg).set_params(supervision="pixel")  # its CAM step: from the cache
+        with watch("fully supervised fit (true masks)"):
+            full.fit(X, M)
+    for model in (seg, full):  # the cache folder is gone: do not point the models at it
+        model.set_params(memory=None)
+    pred_full = full.predict(Xt)
+
+    _log(out, "[3/3] report")
+    rows = min(settings["grid_rows"], n_train)
+    stages = [
+        ("CAM", "train", M, cam_masks),
+        ("CAM + random walk (synthesized labels)", "train", M, seg.pseudo_labels_),
+        ("PSASegmenter (image-level labels)", "test", Mt, pred),
+        ("Fully supervised (true masks)", "test", Mt, pred_full),
+    ]
+    peak = _peak_rss_mb()
+    text, scores = format_report(
+        stages, class_names, times=watch.times, cpu_times=watch.cpu, peak_mb=peak,
+        settings={"n_train": n_train, "n_test": n_test, "image_size": size, "device": device,
+                  "random_state": random_state, **DEMO_SETTINGS["quick" if quick else "full"]["params"]},
+    )
+    files = {"report": output / "report.md", "grid": output / "grid.png",
+             "model": output / "model.joblib"}
+    with atomic_write(files["report"], "w") as f:
+        f.write(text)
+    plot_grid(files["grid"], [
+        ("image", X[:rows], "image"),
+        ("CAM (max over classes)", cam_heat[:rows], "heat"),
+        ("CAM mask", cam_masks[:rows], "mask"),
+        ("synthesized (CAM + walk)", seg.pseudo_labels_[:rows], "mask"),
+        ("PSASegmenter", seg.predict(X[:rows]), "mask"),
+        ("fully supervised", full.predict(X[:rows]), "mask"),
+        ("ground truth", M[:rows], "mask"),
+    ], rows)
+    with atomic_write(files["model"]) as f:
+        joblib.dump(seg, f)
+
+    wall = time.perf_counter() - start
+    weak, ref = scores[stages[2][0]], scores[stages[3][0]]
+    ratio = weak / ref if ref > 0 else float("nan")
+    _log(out, "")
+    for title, data, *_ in stages:
+        _log(out, f"  {title:<40} {data:<5}  mIoU {100 * scores[title]:5.1f}%")
+    _log(out, f"  weakly / fully supervised: {100 * ratio:.0f}%")
+    cpu = time.process_time() - cpu_start
+    _log(out, f"  {wall:.0f} s ({cpu:.0f} CPU seconds, {_torch_threads()} torch threads)"
+              + (f", peak memory {peak:.0f} MiB" if peak else ""))
+    _log(out, f"  written: {', '.join(str(p) for p in files.values())}")
+    return {"scores": scores, "ratio": ratio, "times": watch.times, "cpu_times": watch.cpu,
+            "wall_seconds": wall, "cpu_seconds": cpu, "peak_rss_mb": peak,
+            "files": {k: str(v) for k, v in files.items()}}

@@ -1,0 +1,480 @@
+"""The ``sklearn-psa`` command: ``demo``, ``fit``, ``predict`` and ``evaluate``.
+
+Run ``sklearn-psa --help`` (or ``python -m sklearn_psa --help``) for the options;
+``docs/cli.md`` describes each command and the folder and CSV formats.
+
+Data folders
+------------
+A command's ``DATA`` argument is either
+
+- a PASCAL VOC devkit folder (``VOC2012`` holding ``JPEGImages`` and
+  ``Annotations``, or a folder above it), read with
+  :func:`sklearn_psa.datasets.load_voc` for ``--split`` (a split name or a list
+  file such as SBD's ``train_aug.txt``); or
+- a folder of images. Its labels come from ``--labels CSV``: a header
+  ``filename,<class 1>,<class 2>,...`` then one row per image with its file name
+  (relative to the folder) and a 0/1 per class. Without ``--labels``,
+  ``predict`` takes every image file in the folder. Masks for
+  ``--supervision pixel`` come from ``--masks DIR``: ``<image stem>.png``.
+
+Masks are written and read as VOC-palette PNGs (pixel value = class: 0
+background, 1..K classes, 255 ignored), named ``<image id>.png``.
+"""
+
+import argparse
+import ast
+import csv
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+class CommandError(Exception):
+    """An error in the command's input, printed as ``sklearn-psa: error: ...``."""
+
+
+# --------------------------------------------------------------------------------------
+# Data folders
+# --------------------------------------------------------------------------------------
+
+
+def _voc_root(path):
+    """The VOC2012 folder at or under ``path`` (as ``load_voc`` finds it), or None."""
+    from .datasets._voc import _find_voc2012
+
+    if not Path(path).is_dir():
+        return None
+    try:
+        return _find_voc2012(path)
+    except FileNotFoundError:
+        return None
+
+
+def _read_label_csv(csv_path, folder):
+    """Read ``filename,<class>,...`` rows; return (ids, image paths, indicator, class names)."""
+    import numpy as np
+
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise CommandError(f"{csv_path}: no such labels file")
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    if not rows:
+        raise CommandError(f"{csv_path}: empty; expected a header 'filename,<class 1>,...'")
+    header = [cell.strip() for cell in rows[0]]
+    class_names = header[1:]
+    if not class_names:
+        raise CommandError(
+            f"{csv_path}: the header {header} names no class; expected 'filename,<class 1>,...'"
+        )
+    if len(set(class_names)) != len(class_names):
+        raise CommandError(f"{csv_path}: repeated class names in the header {class_names}")
+    if len(rows) == 1:
+        raise CommandError(f"{csv_path}: has a header but no image rows")
+    paths, labels = [], np.zeros((len(rows) - 1, len(class_names)), dtype=np.uint8)
+    for i, row in enumerate(rows[1:]):
+        line = i + 2
+        if len(row) != len(header):
+            raise CommandError(
+                f"{csv_path}, line {line}: {len(row)} fields, expected {len(header)} "
+                f"(a file name and one 0/1 per class)"
+            )
+        name = row[0].strip()
+        path = Path(name) if os.path.isabs(name) else Path(folder) / name
+        if not path.is_file():
+            raise CommandError(f"{csv_path}, line {line}: no such image file: {path}")
+        for j, cell in enumerate(row[1:]):
+            cell = cell.strip()
+            if cell not in ("0", "1"):
+                raise CommandError(
+                    f"{csv_path}, line {line}, column {class_names[j]!r}: {cell!r} is not 0 or 1"
+                )
+            labels[i, j] = int(cell)
+        paths.append(str(path))
+    return _image_ids(paths), paths, labels, class_names
+
+
+def _image_ids(paths):
+    """File stems, checked to be unique (they name the output masks)."""
+    ids = [Path(p).stem for p in paths]
+    seen = {}
+    for p, i in zip(paths, ids):
+        if i in seen:
+            raise CommandError(
+                f"two images share the name {i!r} ({seen[i]} and {p}); their masks would "
+                f"both be {i}.png"
+            )
+        seen[i] = p
+    return ids
+
+
+def _list_images(folder):
+    folder = Path(folder)
+    paths = sorted(
+        str(p) for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
+    if not paths:
+        raise CommandError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return paths
+
+
+def _mask_paths(mask_dir, ids, *, what="mask"):
+    mask_dir = Path(mask_dir)
+    if not mask_dir.is_dir():
+        raise CommandError(f"{mask_dir}: no such {what} folder")
+    paths = [mask_dir / f"{i}.png" for i in ids]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise CommandError(
+            f"{len(missing)} of {len(ids)} {what}s are missing in {mask_dir} (first: {missing[0]})"
+        )
+    return [str(p) for p in paths]
+
+
+def load_data(data, *, labels=None, masks=None, split="train", need_labels=True,
+              need_masks=False):
+    """Resolve a command's DATA argument.
+
+    Returns a dict with ``ids``, ``images`` (paths), ``labels`` (indicator or
+    None), ``masks`` (paths or None) and ``class_names`` (or None).
+    """
+    data = Path(data)
+    if not data.exists():
+        raise CommandError(f"{data}: no such folder")
+    voc = _voc_root(data)
+    if voc is not None:
+        from .datasets import load_voc
+
+        bunch = load_voc(voc, split=split)
+        out = {
+            "ids": list(bunch.ids),
+            "images": [str(p) for p in bunch.images],
+            "labels": bunch.labels,
+            "masks": None,
+            "class_names": list(bunch.class_names),
+        }
+        if masks is not None:
+            out["masks"] = _mask_paths(masks, out["ids"])
+        elif need_masks:
+            voc_masks = list(bunch.masks)
+            missing = [i for i, m in zip(out["ids"], voc_masks) if m is None]
+            if missing:
+                raise CommandError(
+                    f"{voc}: {len(missing)} images of split {split!r} have no "
+                    f"SegmentationClass mask (first: {missing[0]}); use a segmentation split"
+                )
+            out["masks"] = [str(m) for m in voc_masks]
+        return out
+    if not data.is_dir():
+        raise CommandError(f"{data}: expected a VOC devkit folder or a folder of images")
+    if labels is not None:
+        ids, paths, Y, class_names = _read_label_csv(labels, data)
+    elif need_labels:
+        raise CommandError(
+            f"{data} is not a VOC devkit folder: give the image labels with --labels CSV "
+            "(header 'filename,<class 1>,<class 2>,...', one 0/1 per class)"
+        )
+    else:
+        paths = _list_images(data)
+        ids, Y, class_names = _image_ids(paths), None, None
+    out = {"ids": ids, "images": paths, "labels": Y, "masks": None, "class_names": class_names}
+    if masks is not None:
+        out["masks"] = _mask_paths(masks, ids)
+    elif need_masks:
+        raise CommandError("--supervision pixel needs the true masks: give --masks DIR")
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------
+
+
+def _parse_param(text):
+    """``name=value`` -> (name, value); the value is a Python literal when it parses as one."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    name, value = text.split("=", 1)
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass
+    return name.strip(), value
+
+
+def _save_model(model, path):
+    import joblib
+
+    from .io import atomic_write
+
+    with atomic_write(path) as f:
+        joblib.dump(model, f)
+
+
+def _load_model(path):
+    import joblib
+
+    path = Path(path)
+    if not path.is_file():
+        raise CommandError(f"{path}: no such model file (write one with 'sklearn-psa fit')")
+    model = joblib.load(path)
+    from .segmenter import PSASegmenter
+
+    if not isinstance(model, PSASegmenter):
+        raise CommandError(f"{path}: holds a {type(model).__name__}, not a fitted PSASegmenter")
+    return model
+
+
+def cmd_demo(args):
+    from ._demo import run_demo
+
+    run_demo(
+        args.output,
+        n_samples=args.n_samples,
+        device=args.device or "auto",
+        quick=args.quick,
+        random_state=args.random_state,
+        progress=not args.quiet,
+        out=sys.stdout,
+    )
+    return 0
+
+
+def cmd_fit(args):
+    from .segmenter import PSASegmenter
+
+    data = load_data(args.data, labels=args.labels, masks=args.masks, split=args.split,
+                     need_masks=args.supervision == "pixel")
+    params = dict(
+        backbone=args.backbone,
+        supervision=args.supervision,
+        device=args.device or "auto",
+        random_state=args.random_state,
+        verbose=0 if args.quiet else 1,
+        memory=args.memory,
+    )
+    if args.max_epochs is not None:
+        params["max_epochs"] = args.max_epochs
+    model = PSASegmenter(**params)
+    try:
+        model.set_params(**dict(args.set))
+    except ValueError as exc:
+        raise CommandError(f"--set: {exc}") from exc
+    y = data["masks"] if args.supervision == "pixel" else data["labels"]
+    print(f"fitting on {len(data['images'])} images from {args.data} "
+          f"({args.supervision}-level supervision)", file=sys.stderr)
+    model.fit(data["images"], y)
+    _save_model(model, args.model)
+    print(f"model written to {args.model}")
+    if args.pseudo_labels and args.supervision == "image":
+        written = model.save_pseudo_labels(args.pseudo_labels, names=data["ids"])
+        print(f"{len(written)} pseudo-label masks written to {args.pseudo_labels}")
+    return 0
+
+
+def cmd_predict(args):
+    from .io import save_mask
+
+    model = _load_model(args.model)
+    if args.device is not None:
+        model.set_params(device=args.device)
+    if args.crf is not None:
+        model.set_params(crf=args.crf)
+    data = load_data(args.data, labels=args.labels, split=args.split, need_labels=False)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [(i, p) for i, p in zip(data["ids"], data["images"])
+            if args.overwrite or not (out / f"{i}.png").exists()]
+    skipped = len(data["ids"]) - len(todo)
+    if skipped:
+        print(f"{skipped} masks already in {out}: skipped (resume; --overwrite redoes them)",
+              file=sys.stderr)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=args.quiet, file=sys.stderr)
+    for start in range(0, len(todo), args.batch_size):
+        chunk = todo[start:start + args.batch_size]
+        preds = model.predict([p for _, p in chunk])
+        for (image_id, _), mask in zip(chunk, preds):
+            save_mask(out / f"{image_id}.png", mask)
+        bar.update(len(chunk))
+    bar.close()
+    print(f"{len(todo)} masks written to {out}")
+    return 0
+
+
+def cmd_evaluate(args):
+    from .io import atomic_write
+    from .metrics import segmentation_report
+
+    pred_dir = Path(args.predictions)
+    if not pred_dir.is_dir():
+        raise CommandError(f"{pred_dir}: no such folder of predicted masks")
+    class_names = None
+    voc = _voc_root(args.truth)
+    if voc is not None:
+        from .datasets import VOC_CLASSES
+
+        true_dir = voc / "SegmentationClass"
+        class_names = list(VOC_CLASSES)
+    else:
+        true_dir = Path(args.truth)
+    if not true_dir.is_dir():
+        raise CommandError(f"{true_dir}: no such folder of true masks")
+    if args.labels is not None:
+        class_names = _read_label_csv_header(args.labels)
+    if args.class_names is not None:
+        class_names = [c.strip() for c in args.class_names.split(",")]
+    ids = sorted(p.stem for p in pred_dir.glob("*.png") if not p.name.startswith("."))
+    if not ids:
+        raise CommandError(f"{pred_dir}: no predicted masks (*.png)")
+    true = _mask_paths(true_dir, ids, what="true mask")
+    pred = [str(pred_dir / f"{i}.png") for i in ids]
+    try:
+        report = segmentation_report(true, pred, class_names=class_names)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    text = f"{len(ids)} masks: {pred_dir} against {true_dir}\n\n{report}\n"
+    print(text, end="")
+    if args.output:
+        with atomic_write(args.output, "w") as f:
+            f.write(text)
+    return 0
+
+
+def _read_label_csv_header(csv_path):
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), None)
+    if not header or len(header) < 2:
+        raise CommandError(f"{csv_path}: expected a header 'filename,<class 1>,...'")
+    return [c.strip() for c in header[1:]]
+
+
+# --------------------------------------------------------------------------------------
+# Argument parsing
+# --------------------------------------------------------------------------------------
+
+
+def build_parser():
+    """The ``sklearn-psa`` argument parser."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sklearn-psa",
+        description="Weakly supervised semantic segmentation with AffinityNet "
+                    "(Ahn & Kwak, CVPR 2018).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def common(p):
+        p.add_argument("--device", default=None,
+                       help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "demo", help="run the whole method on synthetic shapes and write a report",
+        description="Fit the CAM classifier, AffinityNet, the random walk and the segmentation "
+                    "network on make_shapes images (image-level labels only), fit the same "
+                    "network on the true masks as a reference, and write report.md, grid.png "
+                    "and model.joblib to the output folder.",
+    )
+    p.add_argument("--output", required=True, help="folder for report.md, grid.png, model.joblib")
+    p.add_argument("--n-samples", type=int, default=None,
+                   help="training images (default 240; 24 with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny images and one epoch per network: a smoke test in seconds")
+    p.add_argument("--random-state", type=int, default=0)
+    common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "fit", help="fit a PSASegmenter on a VOC devkit or a folder of images",
+        description="Fit a PSASegmenter and write it to --model (joblib).",
+    )
+    p.add_argument("data", help="VOC devkit folder, or a folder of images (with --labels)")
+    p.add_argument("--model", required=True, help="where to write the fitted model (.joblib)")
+    p.add_argument("--labels", help="CSV of image labels: 'filename,<class 1>,...' then 0/1 rows")
+    p.add_argument("--masks", help="folder of true masks <image id>.png (--supervision pixel)")
+    p.add_argument("--split", default="train", help="VOC split (default train)")
+    p.add_argument("--supervision", choices=("image", "pixel"), default="image")
+    p.add_argument("--backbone", default="tiny", help="segmentation backbone (default tiny)")
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help="epochs of the segmentation network")
+    p.add_argument("--memory", default=None,
+                   help="cache folder for the CAM and affinity steps (reused by later fits)")
+    p.add_argument("--pseudo-labels", default=None,
+                   help="also write the synthesized training masks to this folder")
+    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], type=_parse_param,
+                   metavar="NAME=VALUE",
+                   help="any PSASegmenter parameter, nested ones too: --set refiner__beta=16 "
+                        "--set cam__max_epochs=5 (values are Python literals)")
+    common(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser(
+        "predict", help="write predicted masks for a folder of images or a VOC split",
+        description="Predict a mask per image and write <image id>.png (VOC palette) into "
+                    "--output, atomically; masks already there are skipped, so an "
+                    "interrupted run resumes.",
+    )
+    p.add_argument("data", help="VOC devkit folder, or a folder of images")
+    p.add_argument("--model", required=True, help="a model written by 'sklearn-psa fit'")
+    p.add_argument("--output", required=True, help="folder for the predicted masks")
+    p.add_argument("--labels", help="CSV naming the images to predict (default: all images)")
+    p.add_argument("--split", default="val", help="VOC split (default val)")
+    p.add_argument("--crf", dest="crf", action="store_true", default=None,
+                   help="refine with the dense CRF")
+    p.add_argument("--no-crf", dest="crf", action="store_false", help="no dense CRF")
+    p.add_argument("--batch-size", type=int, default=16, help="images per predict call")
+    p.add_argument("--overwrite", action="store_true", help="redo masks already written")
+    common(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "evaluate", help="per-class IoU of predicted masks against true masks",
+        description="Print the segmentation report (IoU, precision, recall per class, mean) "
+                    "of every predicted mask against the true mask of the same name.",
+    )
+    p.add_argument("predictions", help="folder of predicted masks <image id>.png")
+    p.add_argument("truth", help="folder of true masks, or a VOC devkit folder")
+    p.add_argument("--labels", help="CSV whose header names the classes")
+    p.add_argument("--class-names", help="comma-separated class names (1..K)")
+    p.add_argument("--output", help="also write the report to this file")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv=None):
+    """Run the ``sklearn-psa`` command; return its exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    status : int
+        0 on success, 2 on a usage or input error (printed to stderr).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CommandError, FileNotFoundError, ValueError, TypeError) as exc:
+        if os.environ.get("SKLEARN_PSA_TRACEBACK"):
+            raise
+        print(f"sklearn-psa {args.command}: error: {exc}", file=sys.stderr)
+        if not isinstance(exc, CommandError):
+            print("(set SKLEARN_PSA_TRACEBACK=1 to see where it came from)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sklearn-psa {args.command}: interrupted", file=sys.stderr)
+        return 130

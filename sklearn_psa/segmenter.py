@@ -1,0 +1,679 @@
+"""PSASegmenter: AffinityNet's whole method as one estimator.
+
+CAMs, learned affinities and the random walk synthesize masks for the
+training images; a segmentation network trained on those masks then predicts
+new images alone (Ahn & Kwak, CVPR 2018, section 3.5).
+"""
+
+import numbers
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, _fit_context, clone
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._torch_estimator import TorchEstimatorMixin, images_to_tensor, iter_image_batches
+from ._validation import IGNORE_INDEX, check_images, check_masks, check_targets, format_masks
+
+__all__ = ["PSASegmenter"]
+
+_STEPS = ("cam", "affinity", "refiner")
+
+
+def _module_type():
+    from torch import nn
+
+    return nn.Module
+
+
+def _device_type():
+    import torch
+
+    return torch.device
+
+
+class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
+    """Weakly supervised semantic segmentation: AffinityNet end to end.
+
+    ``fit(X, y)`` with image-level labels ``y``:
+
+    1. trains the CAM classifier (``cam``) and takes the CAMs of the training
+       images for the classes they are labelled with;
+    2. trains AffinityNet (``affinity``) on the confident parts of those CAMs
+       and predicts each training image's affinities;
+    3. synthesizes a mask per training image by the random walk (``refiner``):
+       :attr:`pseudo_labels_`;
+    4. trains a segmentation network on the synthesized masks: a backbone at
+       output stride 8 with a DeepLab-style head
+       (:class:`~sklearn_psa.nn.seg_head.ASPPHead`), cross-entropy with 255
+       ignored, by the shared training loop.
+
+    :meth:`predict` then needs only the segmentation network (and optionally
+    the dense CRF). With ``supervision="pixel"`` the same network trains on
+    the true masks instead: the fully supervised reference of the paper's
+    Table 4.
+
+    The three steps work like a :class:`~sklearn.pipeline.Pipeline`'s: None
+    means a default-made step (built at ``fit``, the parameter is left
+    untouched), nested parameters read and set as ``cam__max_epochs``,
+    ``refiner__beta`` ..., and ``memory`` caches the fitted CAM and affinity
+    steps, so that fits that differ only in the refiner's or the segmentation
+    network's parameters do not retrain them.
+
+    Read more in :doc:`the method <method>`.
+
+    Parameters
+    ----------
+    cam : CAMClassifier or None, default=None
+        Step 1; None makes ``CAMClassifier(device=device,
+        random_state=random_state, verbose=verbose)``.
+    affinity : AffinityEstimator or None, default=None
+        Step 2; None makes ``AffinityEstimator(device=device,
+        random_state=random_state, verbose=verbose)``.
+    refiner : RandomWalkRefiner or None, default=None
+        Step 3; None makes ``RandomWalkRefiner(device=device)`` (alpha 16,
+        beta 8, t 256: the paper's).
+    supervision : {"image", "pixel"}, default="image"
+        "image": learn from image-level labels through the three steps.
+        "pixel": train the segmentation network on the true masks ``y`` (the
+        steps are not used).
+    init : {"cam", "scratch"}, default="cam"
+        Where the segmentation network's backbone starts when ``pretrained``
+        is None: a copy of the fitted CAM classifier's backbone (architecture
+        and weights; it already recognises the classes, as ImageNet weights do
+        for the paper's networks), or random weights of ``backbone``. With
+        ``supervision="pixel"`` and ``"cam"``, the CAM step is fitted on the
+        labels derived from the masks first (with ``memory``, a CAM step
+        fitted on the same images and labels is loaded from the cache), so
+        that both supervisions train the same network from the same start.
+    backbone : str or torch.nn.Module, default="tiny"
+        Backbone of the segmentation network when ``init="scratch"`` or
+        ``pretrained`` is set: a name from
+        :func:`sklearn_psa.nn.available_backbones` or a module (see
+        :func:`sklearn_psa.nn.make_backbone`).
+    pretrained : None, bool or path, default=None
+        Backbone weights: None/False random (or the CAM's with
+        ``init="cam"``), True the installed weights (where the backbone has a
+        weights package), a path a weight file. Whenever the backbone starts
+        from weights, the head learns at ``head_lr_mult`` times the rate.
+    backbone_options : dict or None, default=None
+        Options for the named backbone, e.g. ``{"depth": 4, "dilation": 2}``
+        for ``"tiny"``.
+    aspp_rates : tuple of int, default=(2, 4, 6)
+        Dilation rates of the head's 3x3 branches, in cells of the stride-8
+        grid. DeepLab v3 uses (6, 12, 18) for 300-500 px images; the default
+        suits ~128 px images.
+    head_channels : int, default=64
+        Channels of each head branch.
+    crf : bool or dict, default=False
+        Refine predicted probabilities with :func:`sklearn_psa.dense_crf`
+        (a dict is passed to it as options).
+    crop_size : int or None, default=None
+        Side of the random training crops; None trains on whole images
+        (padded to the largest in a batch).
+    scale_range : tuple of 2 float, default=(0.9, 1.1)
+        Random rescaling of the training images before cropping.
+    batch_size : int, default=8
+        Training batch size and the most images per inference batch.
+    max_epochs : int, default=20
+        Training epochs of the segmentation network.
+    learning_rate : float, default=0.1
+        Base SGD rate, decayed as ``(1 - step / max_step) ** 0.9``. The
+        defaults were measured on :func:`~sklearn_psa.datasets.make_shapes`
+        (``docs/benchmarks.md``).
+    head_lr_mult : float, default=1.0
+        Rate multiplier of the head when the backbone starts from weights
+        (``pretrained``, or ``init="cam"``); DeepLab's recipe for ImageNet
+        backbones is 10 with a small base rate (see
+        ``examples/voc2012_recipe.py``).
+    weight_decay : float, default=5e-4
+        L2 penalty on convolution weights.
+    memory : str, joblib.Memory or None, default=None
+        Caches the fitted CAM and affinity steps (and the records they
+        return), as ``Pipeline(memory=...)`` does.
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the segmentation network (initial weights, data order,
+        augmentation) and the default-made steps.
+    verbose : int, default=0
+        Progress bars when > 0.
+    checkpoint : str, path or None, default=None
+        Checkpoint file of the segmentation network's training (written after
+        every epoch; an interrupted fit resumes from it).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class columns ``0 .. n_classes - 1`` (column ``j`` is mask value ``j + 1``).
+    n_classes_ : int
+    network_ : sklearn_psa.nn.heads.Network
+        The segmentation network (backbone + ASPP head), ``n_classes + 1`` outputs.
+    cam_, affinity_, refiner_ : estimators
+        The fitted steps (``supervision="image"``; with ``"pixel"`` only
+        ``cam_``, when ``init="cam"`` used it).
+    pseudo_labels_ : list of ndarray of shape (H, W), uint8
+        The masks synthesized for the training images (``supervision="image"``
+        only): 0 background, ``j + 1`` class column ``j``.
+    pseudo_label_names_ : list of str
+        File names (without ``.png``) :meth:`save_pseudo_labels` uses: the
+        training images' file stems when they were paths with distinct
+        stems, else ``"000000"``, ``"000001"``, ...
+    loss_curve_ : list of float
+        Mean training loss per epoch of the segmentation network.
+    epoch_seconds_ : list of float
+        Wall time of each epoch of the segmentation network.
+
+    See Also
+    --------
+    sklearn_psa.CAMClassifier, sklearn_psa.AffinityEstimator, sklearn_psa.RandomWalkRefiner
+
+    Notes
+    -----
+    ``GridSearchCV`` over ``refiner__*`` with ``memory`` set trains the CAM
+    and affinity networks once per training fold, but the segmentation
+    network once per candidate (its training masks change with the walk's
+    parameters). To tune the walk alone, search over a
+    ``Pipeline([("cam", ...), ("affinity", ...), ("rw", RandomWalkRefiner())],
+    memory=...)``, which scores the synthesized masks directly.
+
+    Examples
+    --------
+    >>> from sklearn_psa import PSASegmenter
+    >>> from sklearn_psa.datasets import make_shapes
+    >>> X, Y, masks = make_shapes(16, image_size=32, random_state=0)
+    >>> seg = PSASegmenter(max_epochs=1, device="cpu", random_state=0).set_params(
+    ...     cam__max_epochs=1, cam__scales=(1.0,), affinity__max_epochs=1,
+    ...     affinity__crf=False, affinity__crop_size=32)
+    >>> seg.get_params()["refiner__beta"]
+    8
+    >>> seg = seg.fit(X, Y)                    # image-level labels only
+    >>> len(seg.pseudo_labels_), seg.pseudo_labels_[0].shape
+    (16, (32, 32))
+    >>> seg.predict(X[:2]).shape
+    (2, 32, 32)
+    """
+
+    _torch_attributes = ("network_",)
+
+    _parameter_constraints = {
+        "cam": [None, HasMethods(["fit_transform", "transform"])],
+        "affinity": [None, HasMethods(["fit_transform", "transform"])],
+        "refiner": [None, HasMethods(["fit", "predict"])],
+        "supervision": [StrOptions({"image", "pixel"})],
+        "init": [StrOptions({"cam", "scratch"})],
+        "backbone": [str, _module_type()],
+        "pretrained": [None, "boolean", str, os.PathLike],
+        "backbone_options": [dict, None],
+        "aspp_rates": ["array-like"],
+        "head_channels": [Interval(numbers.Integral, 1, None, closed="left")],
+        "crf": ["boolean", dict],
+        "crop_size": [Interval(numbers.Integral, 8, None, closed="left"), None],
+        "scale_range": ["array-like"],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "head_lr_mult": [Interval(numbers.Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "memory": [None, str, os.PathLike, HasMethods(["cache"])],
+        "device": [str, _device_type()],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "checkpoint": [str, os.PathLike, None],
+    }
+
+    def __init__(
+        self,
+        cam=None,
+        affinity=None,
+        refiner=None,
+        *,
+        supervision="image",
+        init="cam",
+        backbone="tiny",
+        pretrained=None,
+        backbone_options=None,
+        aspp_rates=(2, 4, 6),
+        head_channels=64,
+        crf=False,
+        crop_size=None,
+        scale_range=(0.9, 1.1),
+        batch_size=8,
+        max_epochs=20,
+        learning_rate=0.1,
+        head_lr_mult=1.0,
+        weight_decay=5e-4,
+        memory=None,
+        device="auto",
+        random_state=None,
+        verbose=0,
+        checkpoint=None,
+    ):
+        self.cam = cam
+        self.affinity = affinity
+        self.refiner = refiner
+        self.supervision = supervision
+        self.init = init
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.backbone_options = backbone_options
+        self.aspp_rates = aspp_rates
+        self.head_channels = head_channels
+        self.crf = crf
+        self.crop_size = crop_size
+        self.scale_range = scale_range
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.learning_rate = learning_rate
+        self.head_lr_mult = head_lr_mult
+        self.weight_decay = weight_decay
+        self.memory = memory
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.checkpoint = checkpoint
+
+    # ------------------------------------------------------------------ steps and parameters
+
+    def _default_step(self, name):
+        """A new default-made step ``name``, sharing this estimator's device and seed."""
+        device = str(self.device)
+        if name == "cam":
+            from .cam import CAMClassifier
+
+            return CAMClassifier(device=device, random_state=self.random_state, verbose=self.verbose)
+        if name == "affinity":
+            from .affinity import AffinityEstimator
+
+            return AffinityEstimator(device=device, random_state=self.random_state,
+                                     verbose=self.verbose)
+        from .walk import RandomWalkRefiner
+
+        return RandomWalkRefiner(device=device)
+
+    def _step(self, name):
+        """A clone of step ``name`` (the default-made one when the parameter is None)."""
+        step = getattr(self, name)
+        return self._default_step(name) if step is None else clone(step)
+
+    def get_params(self, deep=True):
+        """Parameters of this estimator and, with ``deep``, of its three steps.
+
+        A step left at None reports the parameters of the step it would make
+        (``refiner__beta`` is 8 for the default refiner).
+
+        Parameters
+        ----------
+        deep : bool, default=True
+            Also return ``<step>__<parameter>`` for ``cam``, ``affinity`` and
+            ``refiner``.
+
+        Returns
+        -------
+        params : dict
+        """
+        out = super().get_params(deep=False)
+        if not deep:
+            return out
+        for name in _STEPS:
+            step = out[name] if out[name] is not None else self._default_step(name)
+            if hasattr(step, "get_params"):  # set_params does not validate; fit does
+                for key, value in step.get_params(deep=True).items():
+                    out[f"{name}__{key}"] = value
+        return out
+
+    def set_params(self, **params):
+        """Set parameters, nested ones (``refiner__beta=4``) included.
+
+        Plain parameters are set first; a nested parameter of a step left at
+        None first puts the default-made step in its place.
+
+        Returns
+        -------
+        self : PSASegmenter
+        """
+        if not params:
+            return self
+        nested = {}
+        for key in [k for k in params if "__" in k]:
+            name, sub = key.split("__", 1)
+            if name not in _STEPS:
+                raise ValueError(
+                    f"Invalid parameter {key!r} for estimator {type(self).__name__}: nested "
+                    f"parameters belong to one of the steps {', '.join(_STEPS)} "
+                    "(e.g. refiner__beta)"
+                )
+            nested.setdefault(name, {})[sub] = params.pop(key)
+        super().set_params(**params)
+        for name, sub_params in nested.items():
+            step = getattr(self, name)
+            if step is None:
+                step = self._default_step(name)
+                setattr(self, name, step)
+            if not hasattr(step, "set_params"):
+                raise ValueError(
+                    f"Invalid parameters {sorted(sub_params)} for step {name!r}: it is "
+                    f"{step!r}, not an estimator"
+                )
+            step.set_params(**sub_params)
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.target_tags.required = True
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    # ------------------------------------------------------------------ fit
+
+    def _fit_records(self, X, labels, steps=("cam", "affinity")):
+        """Fit the CAM (and affinity) steps; return (records, fitted steps...).
+
+        The records hold the training images' CAMs (of their true classes) and
+        affinities. With ``memory`` set, a second call on the same images,
+        labels and step parameters loads the steps and records from the cache
+        (the CAM step's entry is the same whether or not the affinity step
+        follows it). ``X`` is passed as the caller gave it (an array or a
+        list), so that the entries are those a ``Pipeline(memory=...)`` of the
+        same steps fitted on ``(X, labels)`` writes and reads.
+        """
+        from sklearn.pipeline import Pipeline
+
+        # A Pipeline ending in "passthrough": fit_transform fits (or loads from
+        # ``memory``) the steps and returns their records.
+        pipe = Pipeline([(name, self._step(name)) for name in steps]
+                        + [("records", "passthrough")], memory=self.memory)
+        records = pipe.fit_transform(X, labels)
+        return (records,) + tuple(pipe.named_steps[name] for name in steps)
+
+    def _from_cam(self):
+        return self.init == "cam" and self.pretrained in (None, False)
+
+    def _build_network(self, n_outputs, seed):
+        from ._training import seeded
+        from .nn import make_backbone
+        from .nn.heads import Network
+        from .nn.seg_head import ASPPHead
+
+        rates = tuple(int(r) for r in np.asarray(self.aspp_rates, dtype=int).ravel())
+        with seeded(seed):
+            if self._from_cam():
+                backbone = make_backbone(self.cam_.network_.backbone)  # a copy, moved to CPU
+                backbone.to("cpu")
+            else:
+                backbone = make_backbone(self.backbone, pretrained=self.pretrained,
+                                         **(self.backbone_options or {}))
+            head = ASPPHead(backbone.out_channels[2], n_outputs, channels=self.head_channels,
+                            rates=rates)
+            return Network(backbone, head)
+
+    @staticmethod
+    def _loss(net, batch):
+        from torch.nn import functional as F
+
+        labels = batch["label"]
+        logits = F.interpolate(net(batch["image"]).float(), size=labels.shape[-2:],
+                               mode="bilinear", align_corners=False)
+        if not bool((labels != IGNORE_INDEX).any()):  # every pixel ignored: no gradient
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+    def _fingerprint(self, images, masks):
+        import joblib
+
+        params = {k: v for k, v in self.get_params(deep=False).items()
+                  if k in ("supervision", "init", "pretrained", "backbone_options", "aspp_rates",
+                           "head_channels", "crop_size", "scale_range", "batch_size",
+                           "max_epochs", "learning_rate", "head_lr_mult", "weight_decay",
+                           "random_state")}
+        params["backbone"] = self.backbone if isinstance(self.backbone, str) else repr(self.backbone)
+        if self._from_cam():  # the starting weights
+            state = self.cam_.network_.backbone.state_dict()
+            params["backbone"] = joblib.hash({k: v.detach().cpu().numpy() for k, v in state.items()})
+        sources = [s if isinstance(s, str) else joblib.hash(s) for s in images.sources]
+        return joblib.hash((params, sources, [joblib.hash(m) for m in masks]))
+
+    def _train_network(self, images, masks, n_classes):
+        from ._training import Augmentation, ImageSamples, TrainConfig, train
+
+        scale_range = tuple(float(s) for s in np.asarray(self.scale_range, dtype=float).ravel())
+        if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(
+                f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range!r}"
+            )
+        device = self._fit_device()
+        seed = self._fit_seed()
+        net = self._build_network(n_classes + 1, seed)
+        from_weights = self.pretrained not in (None, False) or self._from_cam()
+        config = TrainConfig(
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            augmentation=Augmentation(crop_size=self.crop_size, flip=True, color_jitter=0.3,
+                                      scale_range=scale_range,
+                                      pad_value=tuple(net.backbone.input_mean)),
+        )
+        result = train(
+            net,
+            ImageSamples(images, maps={"label": masks}),
+            self._loss,
+            config,
+            param_groups=net.parameter_groups(1.0, self.head_lr_mult if from_weights else 1.0),
+            device=device,
+            seed=seed,
+            verbose=self.verbose,
+            checkpoint=self.checkpoint,
+            fingerprint=None if self.checkpoint is None else self._fingerprint(images, masks),
+            desc="segmentation" if self.supervision == "image" else "segmentation (masks)",
+        )
+        return net, result
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y):
+        """Synthesize masks for the training images and train the segmentation network.
+
+        Parameters
+        ----------
+        X : sequence of images or paths, or ndarray of shape (n, H, W, 3)
+            Training images.
+        y : ndarray of shape (n, n_classes) or sequence of (H, W) masks
+            ``supervision="image"``: the 0/1 indicator of the classes present,
+            or masks from which it is derived (only the classes present are
+            used, so ``GridSearchCV(...).fit(X, masks)`` learns from image-level
+            information and scores on the masks). ``supervision="pixel"``: the
+            true masks (0 background, ``j + 1`` class column ``j``, 255 ignored).
+
+        Returns
+        -------
+        self : PSASegmenter
+        """
+        images = check_images(X)
+        targets = check_targets(y, len(images), shapes=images.shapes)
+        labels = targets.labels
+        n_classes = labels.shape[1]
+        steps_X = X if isinstance(X, (np.ndarray, list, tuple)) else images
+        for name in ("cam_", "affinity_", "refiner_", "pseudo_labels_", "pseudo_label_names_"):
+            self.__dict__.pop(name, None)
+        if self.supervision == "pixel":
+            if targets.masks is None:
+                raise ValueError(
+                    "supervision='pixel' trains on the true masks: y must be a sequence of "
+                    "(H, W) masks, not image-level labels"
+                )
+            masks = targets.masks
+            if self._from_cam():
+                _, self.cam_ = self._fit_records(steps_X, labels, steps=("cam",))
+        else:
+            records, self.cam_, self.affinity_ = self._fit_records(steps_X, labels)
+            self.refiner_ = self._step("refiner").fit(records)
+            masks = list(self.refiner_.predict(records))
+            del records
+            self.pseudo_labels_ = masks
+            self.pseudo_label_names_ = _image_names(images)
+        self.network_, result = self._train_network(images, masks, n_classes)
+        self.classes_ = np.arange(n_classes)
+        self.n_classes_ = n_classes
+        self.loss_curve_ = list(result.history)
+        self.epoch_seconds_ = list(result.epoch_seconds)
+        return self
+
+    # ------------------------------------------------------------------ inference
+
+    def _crf_options(self):
+        if self.crf is False:
+            return None
+        return {} if self.crf is True else dict(self.crf)
+
+    def _iter_proba(self, images):
+        """Yield ``(index, probabilities (K+1, H, W) float32)`` per image, batch by batch."""
+        import torch
+        from torch.nn import functional as F
+
+        net = self._network("network_")
+        device = next(net.parameters()).device
+        crf = self._crf_options()
+        if crf is not None:
+            from .crf import dense_crf
+        use_amp = device.type == "cuda"
+        for idx in iter_image_batches(images.shapes, self.batch_size):
+            batch = [images[i] for i in idx]
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                        enabled=use_amp):
+                x = images_to_tensor(batch, device)
+                logits = F.interpolate(net(x).float(), size=x.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+                proba = torch.softmax(logits, dim=1).float().cpu().numpy()
+            for j, i in enumerate(idx):
+                p = proba[j]
+                if crf is not None:
+                    p = np.asarray(dense_crf(batch[j], p, **crf), dtype=np.float32)
+                yield i, p
+
+    def predict_proba(self, X):
+        """Per-pixel probabilities of background and each class.
+
+        Parameters
+        ----------
+        X : sequence of images or paths, or ndarray of shape (n, H, W, 3)
+
+        Returns
+        -------
+        proba : list of ndarray of shape (n_classes + 1, H, W), float32
+            Channel 0 background, channel ``j + 1`` class column ``j``; after
+            the dense CRF when ``crf`` is set.
+        """
+        check_is_fitted(self, "network_")
+        images = check_images(X)
+        out = [None] * len(images)
+        for i, p in self._iter_proba(images):
+            out[i] = p
+        return out
+
+    def predict(self, X):
+        """Predict a mask per image with the segmentation network.
+
+        Parameters
+        ----------
+        X : sequence of images or paths, or ndarray of shape (n, H, W, 3)
+
+        Returns
+        -------
+        masks : ndarray of shape (n, H, W) or list of (H, W) arrays, uint8
+            An array when ``X`` was an array, else a list (sizes may differ):
+            0 background, ``j + 1`` class column ``j``.
+        """
+        check_is_fitted(self, "network_")
+        images = check_images(X)
+        masks = [None] * len(images)
+        for i, p in self._iter_proba(images):
+            masks[i] = np.argmax(p, axis=0).astype(np.uint8)
+        return format_masks(masks, images)
+
+    def score(self, X, y, sample_weight=None):
+        """Mean IoU of :meth:`predict` over background and classes (255 ignored).
+
+        Parameters
+        ----------
+        X : sequence of images or paths, or ndarray of shape (n, H, W, 3)
+        y : sequence of (H, W) masks or mask paths, or ndarray of shape (n, H, W)
+        sample_weight : None
+            Not supported (mean IoU counts pixels over all images).
+
+        Returns
+        -------
+        score : float
+            Mean IoU in [0, 1].
+        """
+        from .metrics import mean_iou
+
+        if sample_weight is not None:
+            raise ValueError("sample_weight is not supported: mean IoU counts pixels")
+        check_is_fitted(self, "network_")
+        images = check_images(X)
+        masks = check_masks(y, len(images), n_classes=self.n_classes_, shapes=images.shapes)
+        return mean_iou(masks, self.predict(images), n_classes=self.n_classes_)
+
+    # ------------------------------------------------------------------ output
+
+    def save_pseudo_labels(self, folder, names=None, *, overwrite=False):
+        """Write the synthesized training masks as VOC-palette PNGs.
+
+        Each file is written atomically (a reader never sees half a file) and
+        files already in ``folder`` are skipped, so an interrupted call
+        resumes where it stopped.
+
+        Parameters
+        ----------
+        folder : str or path
+            Created when missing.
+        names : sequence of str, optional
+            File names without ``.png``, one per training image (default:
+            :attr:`pseudo_label_names_`).
+        overwrite : bool, default=False
+            Rewrite files that exist.
+
+        Returns
+        -------
+        written : list of str
+            Paths written by this call (skipped files are not listed).
+        """
+        from .io import save_mask
+
+        check_is_fitted(self, "network_")
+        if not hasattr(self, "pseudo_labels_"):
+            raise ValueError(
+                "no pseudo-labels: this PSASegmenter was fitted with supervision='pixel', "
+                "which trains on the true masks"
+            )
+        names = self.pseudo_label_names_ if names is None else [str(n) for n in names]
+        if len(names) != len(self.pseudo_labels_):
+            raise ValueError(
+                f"names has {len(names)} items but there are {len(self.pseudo_labels_)} "
+                "pseudo-labels (one per training image)"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError("names must be distinct: each names one PNG file")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, mask in zip(names, self.pseudo_labels_):
+            path = folder / f"{name}.png"
+            if not overwrite and path.exists():
+                continue
+            save_mask(path, mask)
+            written.append(str(path))
+        return written
+
+
+def _image_names(images):
+    """File stems of path images when distinct, else zero-padded indices."""
+    sources = images.sources
+    if all(isinstance(s, str) for s in sources):
+        stems = [Path(s).stem for s in sources]
+        if len(set(stems)) == len(stems):
+            return stems
+    return [f"{i:06d}" for i in range(len(sources))]

@@ -1,0 +1,196 @@
+"""The sklearn-psa command: demo, fit, predict, evaluate on folders and CSVs."""
+
+import os
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pytest
+from PIL import Image
+
+from sklearn_psa import PSASegmenter
+from sklearn_psa.cli import main
+from sklearn_psa.datasets import make_shapes
+from sklearn_psa.io import load_mask, save_mask
+from sklearn_psa.metrics import segmentation_report
+
+CLASSES = ["disc", "square", "triangle", "cross"]
+TINY = ["--set", "cam__max_epochs=1", "--set", "cam__scales=(1.0,)",
+        "--set", "affinity__max_epochs=1", "--set", "affinity__crf=False",
+        "--set", "affinity__crop_size=32", "--set", "batch_size=4"]
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--output", str(out), "--quick", "--device", "cpu", "-q"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def folder(tmp_path_factory):
+    """Six images of two sizes, a labels CSV and the true masks."""
+    root = tmp_path_factory.mktemp("data")
+    images, masks = root / "images", root / "masks"
+    images.mkdir()
+    X, Y, M = make_shapes(6, image_size=48, random_state=5)
+    rows = ["filename," + ",".join(CLASSES)]
+    for i in range(6):
+        x, m = (X[i], M[i]) if i % 2 == 0 else (X[i][:40, :44], M[i][:40, :44])
+        ext = "png" if i < 3 else "jpg"
+        Image.fromarray(x).save(images / f"img{i}.{ext}")
+        save_mask(masks / f"img{i}.png", m)
+        y = [int(j + 1 in m) for j in range(4)]
+        rows.append(f"img{i}.{ext}," + ",".join(map(str, y)))
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_demo_writes_report_grid_and_model(demo_dir):
+    report = (demo_dir / "report.md").read_text()
+    for title in ("CAM (train images)", "CAM + random walk (synthesized labels) (train images)",
+                  "PSASegmenter (image-level labels) (test images)",
+                  "Fully supervised (true masks) (test images)"):
+        assert f"### {title}" in report
+    assert report.count("background") >= 4 and report.count("\nmean ") >= 4
+    assert "Weakly / fully supervised mIoU" in report
+    with Image.open(demo_dir / "grid.png") as grid:
+        assert grid.format == "PNG" and grid.width > 600
+    model = joblib.load(demo_dir / "model.joblib")
+    assert isinstance(model, PSASegmenter) and len(model.pseudo_labels_) == 24
+    X, _, _ = make_shapes(2, image_size=64, random_state=9)
+    assert model.predict(X).shape == (2, 64, 64)
+
+
+def test_predict_writes_masks_and_resumes(demo_dir, folder, tmp_path, capsys):
+    out = tmp_path / "pred"
+    args = ["predict", str(folder / "images"), "--model", str(demo_dir / "model.joblib"),
+            "--output", str(out), "--device", "cpu", "-q"]
+    assert main(args) == 0
+    files = sorted(out.glob("*.png"))
+    assert [f.stem for f in files] == [f"img{i}" for i in range(6)]
+    for i, f in enumerate(files):
+        with Image.open(folder / "images" / f"img{i}.{'png' if i < 3 else 'jpg'}") as im:
+            assert load_mask(f).shape == (im.height, im.width)
+    stamps = {f: os.stat(f).st_mtime_ns for f in files}
+    files[2].unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "5 masks already" in capsys.readouterr().err
+    assert files[2].exists()
+    assert all(os.stat(f).st_mtime_ns == stamps[f] for f in files if f != files[2])
+    # --labels restricts the images to those listed
+    listed = tmp_path / "listed.csv"
+    listed.write_text("filename," + ",".join(CLASSES) + "\nimg4.jpg,0,0,0,0\n")
+    assert main(args[:-3] + ["--output", str(tmp_path / "one"), "--labels", str(listed), "-q"]) == 0
+    assert [f.name for f in (tmp_path / "one").glob("*.png")] == ["img4.png"]
+
+
+def test_evaluate_prints_the_report(folder, tmp_path, capsys):
+    pred = tmp_path / "pred"
+    true = [load_mask(folder / "masks" / f"img{i}.png") for i in range(6)]
+    guesses = [np.where(m == 1, 2, m).astype(np.uint8) for m in true]  # class 1 called 2
+    for i, g in enumerate(guesses):
+        save_mask(pred / f"img{i}.png", g)
+    written = tmp_path / "report.txt"
+    code = main(["evaluate", str(pred), str(folder / "masks"), "--labels",
+                 str(folder / "labels.csv"), "--output", str(written)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert segmentation_report(true, guesses, class_names=CLASSES) in printed
+    assert printed.startswith("6 masks:") and written.read_text() == printed
+    code = main(["evaluate", str(pred), str(folder / "masks"), "--class-names", "a,b,c,d"])
+    assert code == 0 and "\nd " in capsys.readouterr().out
+
+
+def _tiny_voc(root, ids):
+    """A VOC2012 devkit with a val split of dog images and their masks."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Segmentation", "SegmentationClass"):
+        (voc / sub).mkdir(parents=True)
+    X, _, M = make_shapes(len(ids), image_size=48, random_state=3)
+    for x, m, image_id in zip(X, M, ids):
+        Image.fromarray(x[:40]).save(voc / "JPEGImages" / f"{image_id}.jpg")
+        (voc / "Annotations" / f"{image_id}.xml").write_text(
+            "<annotation><object><name>dog</name></object></annotation>")
+        save_mask(voc / "SegmentationClass" / f"{image_id}.png", np.where(m[:40] > 0, 12, 0))
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    return voc
+
+
+def test_voc_devkit_predict_and_evaluate(demo_dir, tmp_path, capsys):
+    ids = ["2007_000032", "2007_000039", "2007_000063"]
+    _tiny_voc(tmp_path, ids)
+    out = tmp_path / "pred"
+    assert main(["predict", str(tmp_path), "--model", str(demo_dir / "model.joblib"),
+                 "--output", str(out), "--split", "val", "--device", "cpu", "-q"]) == 0
+    assert sorted(p.stem for p in out.glob("*.png")) == ids
+    assert all(load_mask(p).shape == (40, 48) for p in out.glob("*.png"))
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(tmp_path / "VOCdevkit")]) == 0
+    printed = capsys.readouterr().out
+    assert "aeroplane" in printed and "\ndog " in printed and printed.startswith("3 masks:")
+
+
+def test_evaluate_needs_a_truth_for_each_prediction(folder, tmp_path, capsys):
+    save_mask(tmp_path / "extra.png", np.zeros((4, 4), np.uint8))
+    assert main(["evaluate", str(tmp_path), str(folder / "masks")]) == 2
+    assert "1 of 1 true masks are missing" in capsys.readouterr().err
+
+
+def test_fit_image_and_pixel_supervision(folder, tmp_path):
+    model, pseudo = tmp_path / "m.joblib", tmp_path / "pseudo"
+    code = main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
+                 "--model", str(model), "--max-epochs", "1", "--device", "cpu",
+                 "--pseudo-labels", str(pseudo), "-q"] + TINY)
+    assert code == 0
+    fitted = joblib.load(model)
+    assert fitted.cam_.max_epochs == 1 and fitted.n_classes_ == 4
+    assert sorted(p.stem for p in pseudo.glob("*.png")) == [f"img{i}" for i in range(6)]
+    code = main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
+                 "--masks", str(folder / "masks"), "--supervision", "pixel",
+                 "--model", str(tmp_path / "full.joblib"), "--max-epochs", "1", "--device", "cpu",
+                 "-q", "--set", "batch_size=4"])
+    assert code == 0
+    assert joblib.load(tmp_path / "full.joblib").supervision == "pixel"
+
+
+@pytest.mark.parametrize(
+    "csv, message",
+    [
+        ("filename,a,b\nimg0.png,0,2\n", "line 2, column 'b': '2' is not 0 or 1"),
+        ("filename,a,b\nimg0.png,0\n", "line 2: 2 fields, expected 3"),
+        ("filename,a,b\nnothere.png,0,1\n", "no such image file"),
+        ("filename\nimg0.png\n", "names no class"),
+        ("filename,a,a\nimg0.png,0,1\n", "repeated class names"),
+    ],
+)
+def test_bad_label_csv_is_a_clear_error(folder, tmp_path, capsys, csv, message):
+    labels = tmp_path / "labels.csv"
+    labels.write_text(csv)
+    code = main(["fit", str(folder / "images"), "--labels", str(labels),
+                 "--model", str(tmp_path / "m.joblib")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("sklearn-psa fit: error:")
+
+
+def test_usage_errors(folder, tmp_path, capsys):
+    assert main(["fit", str(folder / "images"), "--model", str(tmp_path / "m")]) == 2
+    assert "--labels CSV" in capsys.readouterr().err
+    assert main(["predict", str(folder / "images"), "--model", str(tmp_path / "none.joblib"),
+                 "--output", str(tmp_path)]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", str(folder), "--model", "m", "--set", "novalue"])
+
+
+def test_python_dash_m():
+    import sklearn_psa
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sklearn_psa.__file__)))
+    result = subprocess.run([sys.executable, "-m", "sklearn_psa", "--version"],
+                            capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": root})
+    assert result.stdout.startswith("sklearn-psa ")

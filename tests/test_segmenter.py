@@ -1,0 +1,337 @@
+"""PSASegmenter: nested parameters, fitting both supervisions, prediction, output, pickling."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from sklearn_psa import AffinityEstimator, CAMClassifier, PSASegmenter, RandomWalkRefiner
+from sklearn_psa.datasets import make_shapes
+from sklearn_psa.io import load_mask
+from sklearn_psa.metrics import mean_iou, segmentation_report
+
+# Tiny settings: 64x64 images, one or two epochs per network, no CRF.
+TINY_STEPS = {
+    "cam__max_epochs": 2, "cam__scales": (1.0,), "cam__crop_size": None,
+    "affinity__max_epochs": 1, "affinity__crf": False, "affinity__crop_size": 64,
+    "affinity__head_widths": (16, 16, 16),
+}
+
+
+def tiny_segmenter(**params):
+    seg = PSASegmenter(max_epochs=2, batch_size=8, device="cpu", random_state=0, **params)
+    return seg.set_params(**TINY_STEPS)
+
+
+@pytest.fixture(scope="session")
+def shapes():
+    return make_shapes(24, image_size=64, random_state=0)
+
+
+@pytest.fixture(scope="session")
+def fitted(shapes):
+    X, Y, _ = shapes
+    return tiny_segmenter().fit(X, Y)
+
+
+@pytest.fixture(scope="session")
+def fitted_pixel(shapes):
+    X, _, masks = shapes
+    return tiny_segmenter(supervision="pixel").fit(X, masks)
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def test_deep_params_expose_default_steps():
+    params = PSASegmenter().get_params(deep=True)
+    assert params["cam"] is None and params["refiner"] is None
+    assert params["refiner__beta"] == RandomWalkRefiner().beta
+    assert params["refiner__t"] == 256 and params["refiner__alpha"] == 16
+    assert params["cam__max_epochs"] == CAMClassifier().max_epochs
+    assert params["affinity__radius"] == AffinityEstimator().radius
+    # default-made steps share the segmenter's device and seed
+    params = PSASegmenter(device="cpu", random_state=3).get_params()
+    assert params["cam__random_state"] == 3 and params["affinity__device"] == "cpu"
+    assert params["refiner__device"] == "cpu"
+    assert set(PSASegmenter().get_params(deep=False)) <= set(params)
+
+
+def test_set_params_routes_nested_names():
+    seg = PSASegmenter(device="cpu")
+    assert seg.set_params(refiner__beta=4, cam__max_epochs=3) is seg
+    assert isinstance(seg.refiner, RandomWalkRefiner) and seg.refiner.beta == 4
+    assert seg.refiner.device == "cpu"
+    assert seg.cam.max_epochs == 3
+    assert seg.affinity is None  # untouched steps stay default
+    assert seg.get_params()["refiner__beta"] == 4
+
+    mine = RandomWalkRefiner(alpha=2)
+    seg.set_params(refiner=mine, refiner__t=7)  # the step first, then its parameter
+    assert seg.refiner is mine and mine.t == 7 and mine.alpha == 2
+
+
+@pytest.mark.parametrize("bad", [{"walk__beta": 1}, {"refiner__nope": 1}, {"nope": 1}])
+def test_set_params_rejects_unknown_names(bad):
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        PSASegmenter().set_params(**bad)
+
+
+def test_clone_keeps_params_and_copies_steps():
+    seg = PSASegmenter(refiner=RandomWalkRefiner(beta=4), max_epochs=3, random_state=1)
+    twin = clone(seg)
+    assert twin.refiner is not seg.refiner and twin.refiner.beta == 4
+    assert twin.get_params()["refiner__beta"] == 4 and twin.max_epochs == 3
+    assert twin.cam is None
+
+
+def test_param_checks_of_scikit_learn():
+    from sklearn.utils.estimator_checks import (
+        check_get_params_invariance,
+        check_no_attributes_set_in_init,
+        check_parameters_default_constructible,
+        check_set_params,
+    )
+
+    for check in (check_get_params_invariance, check_no_attributes_set_in_init,
+                  check_parameters_default_constructible, check_set_params):
+        check("PSASegmenter", PSASegmenter())
+
+
+# ---------------------------------------------------------------- fit (image-level labels)
+
+
+def test_pseudo_labels_follow_the_image_labels(fitted, shapes):
+    X, Y, _ = shapes
+    assert len(fitted.pseudo_labels_) == len(X)
+    for i, mask in enumerate(fitted.pseudo_labels_):
+        assert mask.shape == X.shape[1:3] and mask.dtype == np.uint8
+        allowed = {0} | {j + 1 for j in np.flatnonzero(Y[i])}
+        assert set(np.unique(mask)) <= allowed, i  # the walk only spreads labelled classes
+    # the synthesized masks are the fitted refiner's output on the fitted steps' records
+    assert isinstance(fitted.cam_, CAMClassifier) and isinstance(fitted.affinity_, AffinityEstimator)
+    assert fitted.n_classes_ == Y.shape[1] and list(fitted.classes_) == list(range(Y.shape[1]))
+    assert len(fitted.loss_curve_) == 2
+
+
+def test_fit_leaves_its_parameters_alone(shapes):
+    X, Y, _ = shapes
+    cam = CAMClassifier(max_epochs=1, scales=(1.0,), crop_size=None, device="cpu", random_state=0)
+    seg = tiny_segmenter(cam=cam)
+    seg.cam.set_params(max_epochs=1)
+    seg.fit(X[:8], Y[:8])
+    assert seg.cam is cam and not hasattr(cam, "network_")  # a clone was trained
+    assert seg.affinity is not None and not hasattr(seg.affinity, "network_")
+    assert hasattr(seg.cam_, "network_")
+
+
+def test_predict_shapes(fitted, shapes):
+    X, _, _ = shapes
+    pred = fitted.predict(X[:5])
+    assert isinstance(pred, np.ndarray) and pred.shape == (5, 64, 64) and pred.dtype == np.uint8
+    assert pred.max() <= fitted.n_classes_
+    images = [X[0], X[1][:40, :56], X[2][:17, :9]]
+    out = fitted.predict(images)
+    assert isinstance(out, list) and [m.shape for m in out] == [(64, 64), (40, 56), (17, 9)]
+    # same network, same image, same answer whether batched or alone
+    np.testing.assert_array_equal(out[0], pred[0])
+    proba = fitted.predict_proba(images)
+    assert [p.shape for p in proba] == [(fitted.n_classes_ + 1,) + m.shape for m in out]
+    np.testing.assert_allclose(proba[1].sum(axis=0), 1, atol=1e-5)
+    np.testing.assert_array_equal(proba[1].argmax(axis=0), out[1])
+
+
+def test_score_is_mean_iou(fitted, shapes):
+    X, _, masks = shapes
+    assert fitted.score(X, masks) == pytest.approx(mean_iou(masks, fitted.predict(X)))
+
+
+def test_bad_input_names_the_item(fitted, shapes):
+    X, Y, _ = shapes
+    with pytest.raises(TypeError, match=r"X\[1\]"):
+        fitted.predict([X[0], X[1].astype(np.float32)])
+    with pytest.raises(ValueError, match="rows but X has"):
+        PSASegmenter().fit(X[:4], Y[:3])
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """Names of the networks trained during the test (the shared loop's ``desc``)."""
+    import sklearn_psa._training as training
+
+    names = []
+    real_train = training.train
+
+    def counting_train(*args, **kwargs):
+        names.append(kwargs.get("desc"))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train", counting_train)
+    return names
+
+
+def test_memory_caches_the_cam_and_affinity_steps(shapes, tmp_path, trained):
+    X, Y, _ = shapes
+    X, Y = X[:8], Y[:8]
+    seg = tiny_segmenter(memory=str(tmp_path)).set_params(max_epochs=1)
+    seg.fit(X, Y)
+    assert len(trained) == 3
+    trained.clear()
+    other = clone(seg).set_params(refiner__beta=4, max_epochs=2).fit(X, Y)
+    assert len(trained) == 1 and "segmentation" in trained[0]  # only the segmentation net
+    assert other.refiner_.beta == 4
+    for a, b in zip(seg.cam_.network_.state_dict().values(),
+                    other.cam_.network_.state_dict().values()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def _backbone_state(net):
+    return {k: v.detach().cpu().numpy() for k, v in net.backbone.state_dict().items()}
+
+
+@pytest.mark.parametrize("supervision", ["image", "pixel"])
+def test_init_cam_starts_from_the_cam_backbone(shapes, supervision, trained):
+    X, Y, masks = shapes
+    y = Y[:8] if supervision == "image" else masks[:8]
+    seg = tiny_segmenter(supervision=supervision).set_params(max_epochs=0).fit(X[:8], y)
+    cam_state, seg_state = _backbone_state(seg.cam_.network_), _backbone_state(seg.network_)
+    assert cam_state.keys() == seg_state.keys()
+    for key in cam_state:  # zero epochs: the segmentation backbone is the CAM's, copied
+        np.testing.assert_array_equal(seg_state[key], cam_state[key])
+    assert seg.network_.backbone is not seg.cam_.network_.backbone
+    trained.clear()
+    scratch = tiny_segmenter(supervision=supervision, init="scratch").set_params(max_epochs=0)
+    scratch.fit(X[:8], y)
+    assert any(not np.array_equal(_backbone_state(scratch.network_)[k], cam_state[k])
+               for k in cam_state)
+    assert supervision == "image" or (not hasattr(scratch, "cam_") and trained == [
+        "segmentation (masks)"])  # pixel + scratch: no CAM is trained
+
+
+def test_pixel_reference_reuses_the_cached_cam(shapes, tmp_path, trained):
+    X, Y, masks = shapes
+    weak = tiny_segmenter(memory=str(tmp_path)).set_params(max_epochs=1).fit(X[:8], Y[:8])
+    trained.clear()
+    full = clone(weak).set_params(supervision="pixel").fit(X[:8], masks[:8])
+    assert trained == ["segmentation (masks)"]  # the CAM step came from the cache
+    cam_a, cam_b = _backbone_state(weak.cam_.network_), _backbone_state(full.cam_.network_)
+    assert all(np.array_equal(cam_a[k], cam_b[k]) for k in cam_a)
+
+
+def test_memory_is_shared_with_a_pipeline_of_the_same_steps(shapes, tmp_path, trained):
+    from sklearn.pipeline import Pipeline
+
+    X, Y, _ = shapes
+    seg = tiny_segmenter(memory=str(tmp_path)).set_params(max_epochs=1)
+    steps = [("cam", seg._step("cam")), ("affinity", seg._step("affinity")),
+             ("rw", seg._step("refiner"))]
+    Pipeline(steps, memory=str(tmp_path)).fit(X[:8], Y[:8])
+    trained.clear()
+    seg.fit(X[:8], Y[:8])
+    assert trained == ["segmentation"]
+
+
+def test_grid_search_over_the_refiner_trains_the_networks_once(shapes, tmp_path, trained):
+    from sklearn.model_selection import GridSearchCV
+
+    X, _, masks = shapes
+    X, masks = X[:12], masks[:12]
+    seg = tiny_segmenter(memory=str(tmp_path)).set_params(max_epochs=1)
+    search = GridSearchCV(seg, {"refiner__beta": [4, 8], "refiner__t": [16]},
+                          cv=[(np.arange(9), np.arange(9, 12))], refit=False, error_score="raise")
+    search.fit(X, masks)  # learns from the labels derived from the masks, scores on the masks
+    # the CAM and affinity networks once, the segmentation network once per candidate
+    assert len(trained) == 4 and trained.count("segmentation") == 2
+    assert np.all((search.cv_results_["mean_test_score"] >= 0)
+                  & (search.cv_results_["mean_test_score"] <= 1))
+
+
+# ---------------------------------------------------------------- supervision="pixel"
+
+
+def test_pixel_supervision_trains_on_the_masks(fitted_pixel, shapes):
+    X, _, masks = shapes
+    assert not hasattr(fitted_pixel, "pseudo_labels_") and not hasattr(fitted_pixel, "affinity_")
+    assert hasattr(fitted_pixel, "cam_")  # init="cam": its backbone started from the CAM's
+    assert fitted_pixel.predict(X[:2]).shape == (2, 64, 64)
+    with pytest.raises(ValueError, match="supervision='pixel'"):
+        fitted_pixel.save_pseudo_labels("unused")
+
+
+def test_pixel_supervision_needs_masks(shapes):
+    X, Y, _ = shapes
+    with pytest.raises(ValueError, match="true masks"):
+        PSASegmenter(supervision="pixel").fit(X, Y)
+
+
+def test_the_network_learns_what_it_is_given(rng):
+    """Pixel supervision on an easy task: class 1 is red, class 2 blue, background gray."""
+    n, size = 12, 32
+    X = np.full((n, size, size, 3), 128, np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        for value, colour in ((1, (220, 30, 30)), (2, (30, 30, 220))):
+            y0, x0 = rng.integers(0, size - 12, 2)
+            X[i, y0:y0 + 12, x0:x0 + 12] = colour
+            masks[i, y0:y0 + 12, x0:x0 + 12] = value
+    seg = PSASegmenter(supervision="pixel", init="scratch", max_epochs=15, batch_size=4,
+                       aspp_rates=(1,),
+                       scale_range=(1.0, 1.0), device="cpu", random_state=0).fit(X, masks)
+    assert seg.loss_curve_[-1] < seg.loss_curve_[0] / 3
+    # Logits come on a 4x4 grid (stride 8), so square edges blur: 0.75 measured; a
+    # network that mixed up the classes or predicted background only would score < 0.4.
+    report = segmentation_report(masks, seg.predict(X), output_dict=True)
+    assert report["mean"]["iou"] > 0.65
+    assert min(report[c]["iou"] for c in ("background", "1", "2")) > 0.5
+
+
+# ---------------------------------------------------------------- output and pickling
+
+
+def test_save_pseudo_labels_resumes(fitted, tmp_path):
+    written = fitted.save_pseudo_labels(tmp_path)
+    files = sorted(tmp_path.glob("*.png"))
+    assert len(written) == len(files) == len(fitted.pseudo_labels_)
+    assert [f.stem for f in files] == fitted.pseudo_label_names_ == [f"{i:06d}" for i in range(24)]
+    for f, mask in zip(files, fitted.pseudo_labels_):
+        np.testing.assert_array_equal(load_mask(f), mask)
+    before = {f.name: os.stat(f).st_mtime_ns for f in files}
+    files[3].unlink()
+    again = fitted.save_pseudo_labels(tmp_path)
+    assert again == [str(files[3])]  # only the missing file is written
+    for f in files:
+        if f != files[3]:
+            assert os.stat(f).st_mtime_ns == before[f.name]
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+    assert len(fitted.save_pseudo_labels(tmp_path, overwrite=True)) == len(files)
+    named = fitted.save_pseudo_labels(tmp_path / "named", names=[f"img{i}" for i in range(24)])
+    assert os.path.basename(named[0]) == "img0.png"
+    with pytest.raises(ValueError, match="names has 2 items"):
+        fitted.save_pseudo_labels(tmp_path, names=["a", "b"])
+
+
+def test_pseudo_label_names_from_image_files(shapes, tmp_path):
+    from PIL import Image
+
+    from sklearn_psa._validation import check_images
+    from sklearn_psa.segmenter import _image_names
+
+    X, _, _ = shapes
+    paths = []
+    for i, name in enumerate(["2007_000032.jpg", "b.png"]):
+        paths.append(str(tmp_path / name))
+        Image.fromarray(X[i]).save(paths[-1])
+    assert _image_names(check_images(paths)) == ["2007_000032", "b"]
+    Image.fromarray(X[2]).save(tmp_path / "b.jpg")
+    clash = check_images(paths + [str(tmp_path / "b.jpg")])
+    assert _image_names(clash) == ["000000", "000001", "000002"]
+
+
+def test_pickle_round_trip(fitted, shapes):
+    X, _, _ = shapes
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.predict(X[:4]), fitted.predict(X[:4]))
+    assert restored.get_params()["refiner__beta"] == fitted.get_params()["refiner__beta"]
+    assert len(restored.pseudo_labels_) == len(fitted.pseudo_labels_)
