@@ -21,11 +21,11 @@ the run time otherwise). Shared machines are noisy: compare rows of one run.
 
 Usage::
 
-    python benchmarks/bench_affinity.py                # docs/bench-affinity.md table
+    python benchmarks/bench_affinity.py                # docs/benchmarks.md (AffinityEstimator) table
     python benchmarks/bench_affinity.py --quick        # smoke run (a minute)
     python benchmarks/bench_affinity.py --ablation base --ablation init_cam
 
-    # docs/bench-affinity.md run: cached CAM records (pickle with "records" and "masks"),
+    # docs/benchmarks.md (AffinityEstimator) run: cached CAM records (pickle with "records" and "masks"),
     # no CRF unless the ablation sets it, one torch thread, wide walk grid
     python benchmarks/bench_affinity.py --records REC.pkl --epochs 4 --base-crf off \
         --no-crf-quality --threads 1 --alphas 1 2 4 8 16 --betas 8 16 32 \
