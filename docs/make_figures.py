@@ -122,6 +122,48 @@ def shapes_figure(n_images=8, random_state=3):
     return fig, {"keep": keep}
 
 
+@figure("shapes_cams")
+def shapes_cams_figure(n_images=6, n_train=160, random_state=0):
+    """CAMs of a CAMClassifier trained on make_shapes: they cover the parts, not the bodies."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from sklearn_psa import CAMClassifier
+    from sklearn_psa.datasets import make_shapes
+    from sklearn_psa.io import voc_palette
+
+    X, Y, masks = make_shapes(n_train, random_state=random_state)
+    records = CAMClassifier(max_epochs=30, random_state=random_state).fit_transform(X, Y)
+    # Share of object pixels where the CAM of the object's class exceeds 0.5.
+    hit = total = 0
+    for r, m in zip(records, masks):
+        for j, c in enumerate(r.labels):
+            obj = m == c + 1
+            hit += int((r.cams[j][obj] > 0.5).sum())
+            total += int(obj.sum())
+    coverage = hit / max(total, 1)
+    picks = [i for i in range(n_train) if Y[i].any()][:n_images]
+    palette = voc_palette()
+    fig, axes = plt.subplots(3, len(picks), figsize=(1.9 * len(picks), 6.0), squeeze=False)
+    for col, i in enumerate(picks):
+        r = records[i]
+        cam = r.cams.max(axis=0) if len(r.labels) else np.zeros(r.shape)
+        axes[0, col].imshow(X[i])
+        axes[1, col].imshow(palette[masks[i]])
+        axes[2, col].imshow(X[i].mean(axis=2), cmap="gray", vmin=0, vmax=255)
+        axes[2, col].imshow(cam, cmap="jet", alpha=0.55, vmin=0, vmax=1)
+        for row in range(3):
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+    for row, name in enumerate(["X", "true mask", "CAM (max over\nclasses present)"]):
+        axes[row, 0].set_ylabel(name)
+    fig.suptitle(f"CAMClassifier (tiny, 30 epochs, {n_train} images): CAM > 0.5 on "
+                 f"{coverage:.0%} of object pixels", fontsize=10)
+    fig.tight_layout()
+    print(f"CAM > 0.5 on {coverage:.1%} of object pixels")
+    return fig
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
