@@ -412,4 +412,28 @@ def check_records(records, *, require_cams=True, require_affinity=False, name="X
                 raise ValueError(f"{where}: affinity must be non-negative")
             if r.radius is None:
                 raise ValueError(f"{where}: affinity without its radius")
+            _check_affinity_layout(r, where)
     return records
+
+
+def _check_affinity_layout(record, where):
+    """The affinity lies on the image's stride-8 grid with one channel per neighbour offset."""
+    from ._affinity_labels import STRIDE
+    from .walk import neighbor_offsets
+
+    H, W = record.shape
+    grid = (-(-H // STRIDE), -(-W // STRIDE))
+    if tuple(record.affinity.shape[1:]) != grid:
+        raise ValueError(
+            f"{where}: affinity is on a {tuple(record.affinity.shape[1:])} grid, but a "
+            f"{H}x{W} image has the grid {grid} (ceil of the size / {STRIDE})"
+        )
+    try:
+        K = len(neighbor_offsets(record.radius))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: invalid radius {record.radius!r}: {exc}") from exc
+    if record.affinity.shape[0] != K:
+        raise ValueError(
+            f"{where}: affinity has {record.affinity.shape[0]} channels, but radius "
+            f"{record.radius} has {K} neighbour offsets"
+        )

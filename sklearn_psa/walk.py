@@ -416,26 +416,7 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         return self
 
     def _check_records(self, X):
-        X = check_records(X, require_affinity=self.t > 0, name="X")
-        if self.t > 0:
-            for i, r in enumerate(X.records):
-                H, W = r.shape
-                grid = (-(-H // STRIDE), -(-W // STRIDE))
-                if tuple(r.affinity.shape[1:]) != grid:
-                    raise ValueError(
-                        f"X[{i}]: affinity is on a {tuple(r.affinity.shape[1:])} grid, but a "
-                        f"{H}x{W} image has the grid {grid} (ceil of the size / {STRIDE})"
-                    )
-                try:
-                    K = len(neighbor_offsets(r.radius))
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"X[{i}]: invalid radius {r.radius!r}: {exc}") from exc
-                if r.affinity.shape[0] != K:
-                    raise ValueError(
-                        f"X[{i}]: affinity has {r.affinity.shape[0]} channels, but radius "
-                        f"{r.radius} has {K} neighbour offsets"
-                    )
-        return X
+        return check_records(X, require_affinity=self.t > 0, name="X")
 
     def _walk_settings(self):
         from ._device import resolve_device

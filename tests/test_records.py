@@ -305,16 +305,23 @@ def test_from_arrays_other_errors():
     bad[1] = np.full((1, 12, 6), np.nan)  # ... NaN is not
     with pytest.raises(ValueError, match=r"records\[1\]: cams contain NaN"):
         Records.from_arrays(images, labels, bad)
-    affs = [np.ones((34, 1, 1))] * 3
+    grids = [(-(-img.shape[0] // 8), -(-img.shape[1] // 8)) for img in images]
+    affs = [np.ones((34,) + g) for g in grids]
     with pytest.raises(ValueError, match="radius is required when affinities are given"):
         Records.from_arrays(images, labels, cams, affinities=affs)
+    Records.from_arrays(images, labels, cams, affinities=affs, radius=5)
     with pytest.raises(ValueError, match=r"records\[2\]: affinity must be non-negative"):
-        Records.from_arrays(images, labels, cams, affinities=affs[:2] + [-np.ones((34, 1, 1))],
-                            radius=5)
+        Records.from_arrays(images, labels, cams, affinities=affs[:2] + [-affs[2]], radius=5)
+    wrong_grid = affs[:1] + [np.ones((34, grids[1][0] + 1, grids[1][1]))] + affs[2:]
+    with pytest.raises(ValueError, match=r"records\[1\]: affinity is on a .* grid, but a"):
+        Records.from_arrays(images, labels, cams, affinities=wrong_grid, radius=5)
+    with pytest.raises(ValueError, match=r"records\[0\]: affinity has 34 channels, but radius 4"):
+        Records.from_arrays(images, labels, cams, affinities=affs, radius=4)
 
 
 def test_from_arrays_with_affinities():
     images, labels, cams = _data()
-    affs = [np.ones((34, 2, 2), np.float64)] * 3
+    affs = [np.ones((34, -(-img.shape[0] // 8), -(-img.shape[1] // 8)), np.float64)
+            for img in images]
     recs = Records.from_arrays(images, labels, cams, affinities=affs, radius=5)
     assert all(r.radius == 5 and r.affinity.dtype == np.float32 for r in recs)
