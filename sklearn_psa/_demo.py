@@ -248,11 +248,10 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     """
     import tempfile
 
-    import joblib
     from sklearn.base import clone
 
     from .datasets import make_shapes
-    from .io import atomic_write
+    from .io import atomic_write, dump_model
 
     start, cpu_start = time.perf_counter(), time.process_time()
     settings = DEMO_SETTINGS["quick" if quick else "full"]
@@ -323,8 +322,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
         ("fully supervised", full.predict(X[:rows]), "mask"),
         ("ground truth", M[:rows], "mask"),
     ], rows)
-    with atomic_write(files["model"]) as f:
-        joblib.dump(seg, f)
+    dump_model(seg, files["model"])
 
     wall = time.perf_counter() - start
     weak, ref = scores[stages[2][0]], scores[stages[3][0]]

@@ -255,7 +255,7 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         -------
         self : AffinityEstimator
         """
-        from ._training import Augmentation, Sample, TrainConfig, train
+        from ._training import Augmentation, TrainConfig, train
         from .walk import neighbor_offsets
 
         records = check_records(X, name="X")

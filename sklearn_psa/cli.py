@@ -207,15 +207,6 @@ def _parse_param(text):
     return name.strip(), value
 
 
-def _save_model(model, path):
-    import joblib
-
-    from .io import atomic_write
-
-    with atomic_write(path) as f:
-        joblib.dump(model, f)
-
-
 def _load_model(path):
     import joblib
 
@@ -269,7 +260,9 @@ def cmd_fit(args):
     print(f"fitting on {len(data['images'])} images from {args.data} "
           f"({args.supervision}-level supervision)", file=sys.stderr)
     model.fit(data["images"], y)
-    _save_model(model, args.model)
+    from .io import dump_model
+
+    dump_model(model, args.model)
     print(f"model written to {args.model}")
     if args.pseudo_labels and args.supervision == "image":
         written = model.save_pseudo_labels(args.pseudo_labels, names=data["ids"])

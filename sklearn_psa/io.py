@@ -9,6 +9,7 @@ import numpy as np
 
 __all__ = [
     "atomic_write",
+    "dump_model",
     "image_size",
     "load_image",
     "load_mask",
@@ -186,3 +187,11 @@ def save_mask(path, mask):
     img.putpalette(voc_palette().ravel().tolist())
     with atomic_write(path) as f:
         img.save(f, format="PNG")
+
+
+def dump_model(model, path):
+    """Pickle ``model`` (e.g. a fitted estimator) to ``path`` with joblib, atomically."""
+    import joblib
+
+    with atomic_write(path) as f:
+        joblib.dump(model, f)

@@ -264,3 +264,14 @@ def test_to_rgb():
     pil = to_rgb(Image.fromarray(gray, mode="L"))
     np.testing.assert_array_equal(pil, np.dstack([gray] * 3))
     assert pil.flags.writeable
+
+
+def test_dump_model_round_trips_and_leaves_no_temporary_file(tmp_path):
+    import joblib
+
+    from sklearn_psa.io import dump_model
+
+    path = tmp_path / "sub" / "model.joblib"
+    dump_model({"weights": np.arange(5)}, path)
+    assert np.array_equal(joblib.load(path)["weights"], np.arange(5))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.joblib"]
