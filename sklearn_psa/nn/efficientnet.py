@@ -20,6 +20,12 @@ and 32 keep stride 1 and dilate their depthwise convolutions by 2 and 4
 instead (as DeepLab and the paper's ResNet-38 do); ``output_stride=32`` gives
 the undilated ImageNet classifier, whose predictions :meth:`classify` returns.
 Dilation changes no parameter: the same state dict serves every output stride.
+
+``stages=5`` or ``6`` keeps only the first stages (and drops the 1280-channel
+head): the deepest features are then the last kept stage's, the receptive
+field is smaller and, at output stride 8, a forward pass costs a fraction
+(about a fifth with ``stages=5``) of the whole network's; the pretrained weights
+of the kept layers load as usual.
 """
 
 import math
@@ -156,6 +162,10 @@ class EfficientNetLite(Backbone):
         Run in channels-last memory layout (inputs are converted; the model's
         weights are converted by :func:`efficientnet_lite`). On CPUs most
         depthwise convolutions differentiate up to about twice as fast so.
+    stages : {5, 6, 7}, default=7
+        MBConv stages kept. 7 is the whole network with its head. 5 or 6 stop
+        after that stage (no head): levels are the ends of stage 3 (40 channels),
+        of stage ``min(5, stages - 1)`` and of the last stage.
 
     Attributes
     ----------
@@ -174,12 +184,15 @@ class EfficientNetLite(Backbone):
     input_std = (128.0, 128.0, 128.0)
 
     def __init__(self, name="efficientnet_lite0", *, output_stride=8, bn_momentum=0.1,
-                 channels_last=True):
+                 channels_last=True, stages=7):
         super().__init__()
         _check_variant(name)
         if (isinstance(output_stride, bool) or not isinstance(output_stride, numbers.Integral)
                 or output_stride not in (8, 16, 32)):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+        if isinstance(stages, bool) or not isinstance(stages, numbers.Integral) or stages not in (5, 6, 7):
+            raise ValueError(f"stages must be 5, 6 or 7, got {stages!r}")
+        self.stages = int(stages)
         width, depth, resolution = EFFICIENTNET_LITE_VARIANTS[name]
         self.name = name
         self.output_stride = int(output_stride)
@@ -192,7 +205,7 @@ class EfficientNetLite(Backbone):
 
         blocks, stage_ends, strides = [], [], []
         in_channels, stride_so_far, dilation = _STEM_CHANNELS, 2, 1
-        for i, (repeats, kernel, stride, expansion, out) in enumerate(_STAGES):
+        for i, (repeats, kernel, stride, expansion, out) in enumerate(_STAGES[: self.stages]):
             out = _round_channels(out, width)
             if 0 < i < len(_STAGES) - 1:  # Lite keeps the first and last stage's depth
                 repeats = _round_repeats(repeats, depth)
@@ -209,17 +222,19 @@ class EfficientNetLite(Backbone):
             stage_ends.append(len(blocks) - 1)
             strides.append(stride_so_far)
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = _SameConv2d(in_channels, _HEAD_CHANNELS, 1)
-        self._bn1 = nn.BatchNorm2d(_HEAD_CHANNELS, eps=_BN_EPS, momentum=bn_momentum)
-        self._fc = nn.Linear(_HEAD_CHANNELS, _N_IMAGENET_CLASSES)
-
-        self._taps = (stage_ends[_LOW_STAGE], stage_ends[_MID_STAGE])
+        whole = self.stages == len(_STAGES)
+        if whole:
+            self._conv_head = _SameConv2d(in_channels, _HEAD_CHANNELS, 1)
+            self._bn1 = nn.BatchNorm2d(_HEAD_CHANNELS, eps=_BN_EPS, momentum=bn_momentum)
+            self._fc = nn.Linear(_HEAD_CHANNELS, _N_IMAGENET_CLASSES)
+        mid_stage = min(_MID_STAGE, self.stages - 2)
+        self._taps = (stage_ends[_LOW_STAGE], stage_ends[mid_stage])
         self.out_channels = (
             blocks[self._taps[0]]._bn2.num_features,
             blocks[self._taps[1]]._bn2.num_features,
-            _HEAD_CHANNELS,
+            _HEAD_CHANNELS if whole else in_channels,
         )
-        self.feature_strides = (strides[_LOW_STAGE], strides[_MID_STAGE], strides[-1])
+        self.feature_strides = (strides[_LOW_STAGE], strides[mid_stage], strides[-1])
         self._reset_parameters()
 
     def _reset_parameters(self):
@@ -260,6 +275,8 @@ class EfficientNetLite(Backbone):
                 low = x
             elif i == self._taps[1]:
                 mid = x
+        if self.stages < len(_STAGES):
+            return low, mid, x
         high = F.relu6(self._bn1(self._conv_head(x)))
         return low, mid, high
 
@@ -268,7 +285,10 @@ class EfficientNetLite(Backbone):
 
         Meaningful at ``output_stride=32`` with pretrained weights; at smaller
         output strides the dilated network computes other (finite) logits.
+        Needs the whole network (``stages=7``).
         """
+        if self.stages < len(_STAGES):
+            raise ValueError(f"classify needs the whole network (stages=7), this one has stages={self.stages}")
         high = self.forward(x)[2]
         return self._fc(high.mean(dim=(2, 3)))
 
@@ -284,7 +304,20 @@ class EfficientNetLite(Backbone):
         return [p for name, p in self.named_parameters() if not name.startswith("_fc.")]
 
     def extra_repr(self):
-        return f"name={self.name!r}, output_stride={self.output_stride}"
+        return f"name={self.name!r}, output_stride={self.output_stride}, stages={self.stages}"
+
+    def dropped_prefixes(self):
+        """Prefixes of the weight-file tensors that this (truncated) network does not hold."""
+        if self.stages == len(_STAGES):
+            return ()
+        return tuple(f"_blocks.{i}." for i in range(len(self._blocks), _total_blocks(self.name))) + (
+            "_conv_head.", "_bn1.", "_fc.")
+
+
+def _total_blocks(name):
+    depth = EFFICIENTNET_LITE_VARIANTS[name][1]
+    return sum(r if i in (0, len(_STAGES) - 1) else _round_repeats(r, depth)
+               for i, (r, *_rest) in enumerate(_STAGES))
 
 
 def _package_weights_path(name):
@@ -303,7 +336,7 @@ def _package_weights_path(name):
 
 
 def efficientnet_lite(name="efficientnet_lite0", *, pretrained=None, output_stride=8,
-                      channels_last=True):
+                      channels_last=True, stages=7):
     """Build an EfficientNet-Lite backbone, optionally with ImageNet weights.
 
     Parameters
@@ -320,6 +353,9 @@ def efficientnet_lite(name="efficientnet_lite0", *, pretrained=None, output_stri
     channels_last : bool, default=True
         Keep weights and activations in channels-last memory layout (on CPUs
         most depthwise convolutions differentiate up to about twice as fast so).
+    stages : {5, 6, 7}, default=7
+        Keep only the first MBConv stages (see :class:`EfficientNetLite`); the
+        weights of the dropped layers are skipped when loading.
 
     Returns
     -------
@@ -361,10 +397,10 @@ def efficientnet_lite(name="efficientnet_lite0", *, pretrained=None, output_stri
     # reference's TensorFlow momentum 0.99); random ones must converge fast.
     model = EfficientNetLite(
         name, output_stride=output_stride, bn_momentum=0.01 if source else 0.1,
-        channels_last=channels_last,
+        channels_last=channels_last, stages=stages,
     )
     if source is not None:
-        load_weights(model, source)
+        load_weights(model, source, ignore=model.dropped_prefixes())
         model.weights_source = source
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
