@@ -34,8 +34,8 @@ X, Y, masks = make_shapes(n_samples=240, random_state=0)
 
 pipe = Pipeline(
     [
-        ("cam", CAMClassifier(max_epochs=20, random_state=0)),
-        ("affinity", AffinityEstimator(max_epochs=6, random_state=0)),
+        ("cam", CAMClassifier(backbone="tiny", max_epochs=20, random_state=0)),
+        ("affinity", AffinityEstimator(backbone="tiny", max_epochs=6, random_state=0)),
         ("rw", RandomWalkRefiner()),
     ],
     memory=Memory(tempfile.mkdtemp(), verbose=0),

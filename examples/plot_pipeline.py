@@ -47,8 +47,8 @@ print(X.shape, Y.shape, "labels of the first image:", Y[0])
 cache = tempfile.mkdtemp()
 pipe = Pipeline(
     [
-        ("cam", CAMClassifier(max_epochs=20, random_state=0)),
-        ("affinity", AffinityEstimator(max_epochs=6, random_state=0)),
+        ("cam", CAMClassifier(backbone="tiny", max_epochs=20, random_state=0)),
+        ("affinity", AffinityEstimator(backbone="tiny", max_epochs=6, random_state=0)),
         ("rw", RandomWalkRefiner(alpha=16, beta=8, t=256)),
     ],
     memory=cache,
@@ -73,7 +73,8 @@ pipe.set_params(rw__t=256)
 # ``pseudo_labels_`` and trains a DeepLab-style network on them; ``predict`` then needs
 # neither CAMs nor the walk. Nested parameters work as in a pipeline.
 seg = PSASegmenter(max_epochs=20, random_state=0, memory=cache)
-seg.set_params(cam__max_epochs=20, affinity__max_epochs=6)
+seg.set_params(cam__backbone="tiny", cam__max_epochs=20, affinity__backbone="tiny",
+               affinity__max_epochs=6)
 seg.fit(X, Y)
 seg_pred = seg.predict(X_test)
 print(segmentation_report(masks_test, seg_pred, class_names=["class 1", "class 2", "class 3",

@@ -25,11 +25,31 @@ import numpy as np
 
 __all__ = ["run_demo", "DEMO_SETTINGS"]
 
-#: Settings of the full demo and of ``--quick`` (a smoke test in seconds).
+#: Settings of the demo: "pretrained" where the EfficientNet-Lite0 ImageNet weights are
+#: installed (the ``pretrained`` extra), "full" (the tiny backbone from scratch) otherwise,
+#: "quick" for ``--quick`` (a smoke test in seconds). Measured in docs/benchmarks.md.
+_TINY = {"cam__backbone": "tiny", "affinity__backbone": "tiny", "backbone": "tiny"}
+_LITE0 = {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": {"stages": 5}}
 DEMO_SETTINGS = {
+    "pretrained": {
+        "n_samples": 160, "n_test": 100, "image_size": 128, "grid_rows": 6,
+        "params": {
+            # EfficientNet-Lite0 with ImageNet weights, its first five stages (the whole
+            # network's receptive field dwarfs 128 px images, and costs 2-3x more on a CPU);
+            # learning rates "auto": 0.01 for pretrained layers, new layers 10x.
+            **{f"cam__{k}": v for k, v in _LITE0.items()},
+            **{f"affinity__{k}": v for k, v in _LITE0.items()},
+            "cam__max_epochs": 10,
+            "affinity__max_epochs": 4,
+            "max_epochs": 10,  # the segmentation network starts from the CAM backbone
+            "refiner__alpha": 2,
+            "refiner__beta": 16,
+        },
+    },
     "full": {
         "n_samples": 160, "n_test": 100, "image_size": 128, "grid_rows": 6,
         "params": {
+            **_TINY,
             "cam__max_epochs": 30,
             "affinity__max_epochs": 6,
             "max_epochs": 20,
@@ -43,12 +63,32 @@ DEMO_SETTINGS = {
     "quick": {
         "n_samples": 24, "n_test": 12, "image_size": 64, "grid_rows": 3,
         "params": {
+            **_TINY,
             "cam__max_epochs": 1, "cam__scales": (1.0,),
             "affinity__max_epochs": 1, "affinity__crf": False, "affinity__crop_size": 64,
             "max_epochs": 1,
         },
     },
 }
+
+
+def demo_setting(quick=False, backbone="auto"):
+    """Name of the :data:`DEMO_SETTINGS` entry the demo runs.
+
+    ``backbone="auto"``: "pretrained" where the EfficientNet-Lite0 ImageNet weights are
+    installed, else "full" (tiny from scratch, with a warning saying how to install them);
+    ``"tiny"`` or ``"efficientnet_lite0"`` choose. ``quick`` is always "quick".
+    """
+    from .nn import resolve_backbone
+
+    if quick:
+        return "quick"
+    if backbone == "auto":
+        backbone = resolve_backbone("auto")[0]
+    if backbone not in ("tiny", "efficientnet_lite0"):
+        raise ValueError(f"demo backbone must be 'auto', 'tiny' or 'efficientnet_lite0', got {backbone!r}")
+    return "full" if backbone == "tiny" else "pretrained"
+
 
 _TEST_SEED_OFFSET = 1000
 
@@ -207,17 +247,18 @@ def plot_grid(path, columns, n_rows):
         fig.savefig(f, format="png", dpi=100)
 
 
-def demo_estimator(quick=False, *, device="auto", random_state=0, verbose=0, memory=None):
+def demo_estimator(quick=False, *, device="auto", random_state=0, verbose=0, memory=None,
+                   setting=None):
     """The :class:`PSASegmenter` the demo fits (its steps' settings made explicit)."""
     from .segmenter import PSASegmenter
 
-    params = dict(DEMO_SETTINGS["quick" if quick else "full"]["params"])
+    params = dict(DEMO_SETTINGS[setting or demo_setting(quick)]["params"])
     return PSASegmenter(device=device, random_state=random_state, verbose=verbose,
                         memory=memory).set_params(**params)
 
 
 def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state=0,
-             progress=True, out=sys.stdout):
+             progress=True, out=sys.stdout, backbone="auto"):
     """Run the whole method on :func:`make_shapes` and write the report.
 
     Parameters
@@ -237,6 +278,9 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
         Progress bars (tqdm, on stderr).
     out : file or None, default=sys.stdout
         Where the stage log and the summary are printed.
+    backbone : {"auto", "tiny", "efficientnet_lite0"}, default="auto"
+        The networks' backbone (see :func:`demo_setting`): EfficientNet-Lite0
+        with ImageNet weights where installed, else tiny from scratch.
 
     Returns
     -------
@@ -254,7 +298,8 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     from .io import atomic_write, dump_model
 
     start, cpu_start = time.perf_counter(), time.process_time()
-    settings = DEMO_SETTINGS["quick" if quick else "full"]
+    setting = demo_setting(quick, backbone)
+    settings = DEMO_SETTINGS[setting]
     n_train = int(n_samples or settings["n_samples"])
     if n_train < 2:
         raise ValueError(f"--n-samples must be at least 2, got {n_train}")
@@ -272,7 +317,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
 
     with tempfile.TemporaryDirectory(prefix="sklearn-psa-demo-") as cache:
         seg = demo_estimator(quick, device=device, random_state=random_state,
-                             verbose=int(progress), memory=cache)
+                             verbose=int(progress), memory=cache, setting=setting)
         _log(out, "[1/3] weakly supervised: CAMs -> AffinityNet -> random walk -> "
                   "segmentation network (image-level labels only)")
         with watch("PSASegmenter.fit (image labels)"):
@@ -307,7 +352,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     text, scores = format_report(
         stages, class_names, times=watch.times, cpu_times=watch.cpu, peak_mb=peak,
         settings={"n_train": n_train, "n_test": n_test, "image_size": size, "device": device,
-                  "random_state": random_state, **DEMO_SETTINGS["quick" if quick else "full"]["params"]},
+                  "random_state": random_state, "setting": setting, **settings["params"]},
     )
     files = {"report": output / "report.md", "grid": output / "grid.png",
              "model": output / "model.joblib"}

@@ -65,7 +65,7 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    backbone : str or torch.nn.Module, default="tiny"
+    backbone : str or torch.nn.Module, default="auto"
         A registered backbone name (see :func:`sklearn_psa.nn.available_backbones`)
         or a module (deep-copied).
         ``"auto"`` means ``"efficientnet_lite0"`` with its ImageNet weights where
@@ -106,9 +106,10 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         Random rescaling of training images before cropping.
     batch_size : int, default=8
     max_epochs : int, default=8
-    learning_rate : float, default=0.1
+    learning_rate : float or "auto", default="auto"
         Base SGD rate (poly decay); the head trains at ``head_lr_mult`` times it
         when the backbone starts from weights (``pretrained`` or ``init="cam"``).
+        ``"auto"``: 0.01 when the backbone starts from weights, 0.1 from scratch.
     head_lr_mult : float, default=10.0
     weight_decay : float, default=5e-4
     device : str, default="auto"
@@ -158,7 +159,7 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         "scale_range": [tuple, list],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
-        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "head_lr_mult": [Interval(numbers.Real, 0, None, closed="neither")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "device": [str, _device_type()],
@@ -166,10 +167,10 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
-    def __init__(self, backbone="tiny", pretrained=None, alpha_low=4, alpha_high=32, radius=5,
+    def __init__(self, backbone="auto", pretrained=None, alpha_low=4, alpha_high=32, radius=5,
                  crf=True, init="scratch", backbone_options=None, head_widths=(64, 128, 256),
                  input_scale=1.0, crop_size=128, scale_range=(0.9, 1.1), batch_size=8,
-                 max_epochs=8, learning_rate=0.1, head_lr_mult=10.0, weight_decay=5e-4,
+                 max_epochs=8, learning_rate="auto", head_lr_mult=10.0, weight_decay=5e-4,
                  device="auto", random_state=None, verbose=0):
         self.backbone = backbone
         self.pretrained = pretrained
@@ -318,7 +319,8 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         config = TrainConfig(
             max_epochs=int(self.max_epochs),
             batch_size=int(self.batch_size),
-            learning_rate=float(self.learning_rate),
+            learning_rate=(0.01 if from_weights else 0.1) if self.learning_rate == "auto"
+            else float(self.learning_rate),
             weight_decay=float(self.weight_decay),
             augmentation=Augmentation(
                 crop_size=self.crop_size, flip=True, color_jitter=0.3, scale_range=scale_range,

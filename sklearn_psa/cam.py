@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._torch_estimator import TorchEstimatorMixin, images_to_tensor, iter_image_batches
@@ -41,7 +41,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
 
     Parameters
     ----------
-    backbone : str or torch.nn.Module, default="tiny"
+    backbone : str or torch.nn.Module, default="auto"
         A name from :func:`sklearn_psa.nn.available_backbones` (``"tiny"``,
         ``"resnet50"``, ``"resnet38d"``, ``"efficientnet_lite0"`` ...) or a
         module returning feature maps (see :func:`sklearn_psa.nn.make_backbone`).
@@ -68,8 +68,10 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         Training batch size, and the most images per inference batch.
     max_epochs : int, default=50
         Training epochs.
-    learning_rate : float, default=0.1
+    learning_rate : float or "auto", default="auto"
         Base SGD learning rate, decayed as ``(1 - step / max_step) ** 0.9``.
+        ``"auto"``: 0.01 when the backbone starts from weights (ImageNet or a
+        file), 0.1 when it trains from scratch.
     weight_decay : float, default=1e-4
         L2 penalty on convolution weights.
     device : str or torch.device, default="auto"
@@ -151,7 +153,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         "crop_size": [Interval(numbers.Integral, 8, None, closed="left"), None],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
-        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "device": [str, _device_type()],
         "random_state": ["random_state"],
@@ -163,7 +165,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
 
     def __init__(
         self,
-        backbone="tiny",
+        backbone="auto",
         pretrained=None,
         scales=(1.0, 0.5, 1.5, 2.0),
         flip=True,
@@ -171,7 +173,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         crop_size=112,
         batch_size=16,
         max_epochs=50,
-        learning_rate=0.1,
+        learning_rate="auto",
         weight_decay=1e-4,
         device="auto",
         random_state=None,
@@ -263,7 +265,8 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         config = TrainConfig(
             max_epochs=self.max_epochs,
             batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
+            learning_rate=(0.01 if pretrained else 0.1) if self.learning_rate == "auto"
+            else self.learning_rate,
             weight_decay=self.weight_decay,
             augmentation=Augmentation(
                 crop_size=self.crop_size, flip=True, color_jitter=0.3, pad_value=net.backbone.input_mean

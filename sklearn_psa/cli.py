@@ -232,6 +232,7 @@ def cmd_demo(args):
         random_state=args.random_state,
         progress=not args.quiet,
         out=sys.stdout,
+        backbone=args.backbone,
     )
     return 0
 
@@ -251,7 +252,8 @@ def cmd_fit(args):
     )
     if args.max_epochs is not None:
         params["max_epochs"] = args.max_epochs
-    model = PSASegmenter(**params)
+    model = PSASegmenter(**params).set_params(cam__backbone=args.backbone,
+                                              affinity__backbone=args.backbone)
     try:
         model.set_params(**dict(args.set))
     except ValueError as exc:
@@ -379,9 +381,12 @@ def build_parser():
     )
     p.add_argument("--output", required=True, help="folder for report.md, grid.png, model.joblib")
     p.add_argument("--n-samples", type=int, default=None,
-                   help="training images (default 240; 24 with --quick)")
+                   help="training images (default 160; 24 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="tiny images and one epoch per network: a smoke test in seconds")
+    p.add_argument("--backbone", choices=("auto", "tiny", "efficientnet_lite0"), default="auto",
+                   help="auto (default): EfficientNet-Lite0 with ImageNet weights where the "
+                        "'pretrained' extra is installed, else tiny from scratch")
     p.add_argument("--random-state", type=int, default=0)
     common(p)
     p.set_defaults(func=cmd_demo)
@@ -396,7 +401,9 @@ def build_parser():
     p.add_argument("--masks", help="folder of true masks <image id>.png (--supervision pixel)")
     p.add_argument("--split", default="train", help="VOC split (default train)")
     p.add_argument("--supervision", choices=("image", "pixel"), default="image")
-    p.add_argument("--backbone", default="tiny", help="segmentation backbone (default tiny)")
+    p.add_argument("--backbone", default="auto",
+                   help="backbone of all three networks: auto (default; EfficientNet-Lite0 with "
+                        "ImageNet weights where installed, else tiny), tiny, resnet50, ...")
     p.add_argument("--max-epochs", type=int, default=None,
                    help="epochs of the segmentation network")
     p.add_argument("--memory", default=None,

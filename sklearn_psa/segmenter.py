@@ -88,7 +88,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         labels derived from the masks first (with ``memory``, a CAM step
         fitted on the same images and labels is loaded from the cache), so
         that both supervisions train the same network from the same start.
-    backbone : str or torch.nn.Module, default="tiny"
+    backbone : str or torch.nn.Module, default="auto"
         Backbone of the segmentation network when ``init="scratch"`` or
         ``pretrained`` is set: a name from
         :func:`sklearn_psa.nn.available_backbones` or a module (see
@@ -124,15 +124,17 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         Training batch size and the most images per inference batch.
     max_epochs : int, default=20
         Training epochs of the segmentation network.
-    learning_rate : float, default=0.1
-        Base SGD rate, decayed as ``(1 - step / max_step) ** 0.9``. The
-        defaults were measured on :func:`~sklearn_psa.datasets.make_shapes`
-        (``docs/benchmarks.md``).
-    head_lr_mult : float, default=1.0
+    learning_rate : float or "auto", default="auto"
+        Base SGD rate, decayed as ``(1 - step / max_step) ** 0.9``. ``"auto"``:
+        0.01 when the network's own backbone loads pretrained weights (ImageNet
+        or a file: DeepLab's recipe), else 0.1: from scratch, and from the
+        fitted CAM classifier's backbone (``init="cam"``, already fitted to the
+        task), where 0.1 trained better than 0.01 even when that classifier
+        started from ImageNet weights (``docs/benchmarks.md``).
+    head_lr_mult : float or "auto", default="auto"
         Rate multiplier of the head when the backbone starts from weights
-        (``pretrained``, or ``init="cam"``); DeepLab's recipe for ImageNet
-        backbones is 10 with a small base rate (see
-        ``examples/voc2012_recipe.py``).
+        (``pretrained``, or ``init="cam"``). ``"auto"``: 10 with pretrained
+        weights (DeepLab's recipe, with the small base rate), else 1.
     weight_decay : float, default=5e-4
         L2 penalty on convolution weights.
     memory : str, joblib.Memory or None, default=None
@@ -219,8 +221,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         "scale_range": ["array-like"],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
-        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
-        "head_lr_mult": [Interval(numbers.Real, 0, None, closed="neither")],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
+        "head_lr_mult": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "memory": [None, str, os.PathLike, HasMethods(["cache"])],
         "device": [str, _device_type()],
@@ -237,7 +239,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         *,
         supervision="image",
         init="cam",
-        backbone="tiny",
+        backbone="auto",
         pretrained=None,
         backbone_options=None,
         aspp_rates=(2, 4, 6),
@@ -247,8 +249,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         scale_range=(0.9, 1.1),
         batch_size=8,
         max_epochs=20,
-        learning_rate=0.1,
-        head_lr_mult=1.0,
+        learning_rate="auto",
+        head_lr_mult="auto",
         weight_decay=5e-4,
         memory=None,
         device="auto",
@@ -400,7 +402,15 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         return resolve_backbone(self.backbone, self.pretrained, self.backbone_options, warn=warn)
 
     def _from_cam(self):
-        return self.init == "cam" and self._resolved_backbone()[1] in (None, False)
+        return self.init == "cam" and self.pretrained in (None, False)
+
+    def _from_pretrained(self):
+        """Whether the network's own backbone loads pretrained weights (ImageNet, a file).
+
+        False when it starts from the fitted CAM classifier's backbone (``init="cam"``),
+        which is already fitted to the task, whatever that classifier started from.
+        """
+        return not self._from_cam() and self._resolved_backbone()[1] not in (None, False)
 
     def _build_network(self, n_outputs, seed):
         from ._training import seeded
@@ -459,10 +469,17 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         seed = self._fit_seed()
         net = self._build_network(n_classes + 1, seed)
         from_weights = self._resolved_backbone()[1] not in (None, False) or self._from_cam()
+        pretrained = self._from_pretrained()
+        learning_rate = self.learning_rate
+        if learning_rate == "auto":
+            learning_rate = 0.01 if pretrained else 0.1
+        head_lr_mult = self.head_lr_mult
+        if head_lr_mult == "auto":
+            head_lr_mult = 10.0 if pretrained else 1.0
         config = TrainConfig(
             max_epochs=self.max_epochs,
             batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
+            learning_rate=learning_rate,
             weight_decay=self.weight_decay,
             augmentation=Augmentation(crop_size=self.crop_size, flip=True, color_jitter=0.3,
                                       scale_range=scale_range,
@@ -473,7 +490,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             ImageSamples(images, maps={"label": masks}),
             self._loss,
             config,
-            param_groups=net.parameter_groups(1.0, self.head_lr_mult if from_weights else 1.0),
+            param_groups=net.parameter_groups(1.0, head_lr_mult if from_weights else 1.0),
             device=device,
             seed=seed,
             verbose=self.verbose,

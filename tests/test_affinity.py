@@ -12,7 +12,7 @@ from sklearn_psa._affinity_labels import _shifted_pairs, downsample_mask
 from sklearn_psa.records import Records
 from _estimator_checks import assert_inapplicable_checks_fail_on_input
 
-FAST = dict(crf=False, head_widths=(8, 8, 8), backbone_options={"width": 4, "depth": 1},
+FAST = dict(backbone="tiny", crf=False, head_widths=(8, 8, 8), backbone_options={"width": 4, "depth": 1},
             crop_size=32, batch_size=4, device="cpu", random_state=0)
 
 
@@ -233,7 +233,7 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
-_CHECKED = AffinityEstimator(max_epochs=1, crf=False, device="cpu", random_state=0)
+_CHECKED = AffinityEstimator(backbone="tiny", max_epochs=1, crf=False, device="cpu", random_state=0)
 
 
 # As in test_cam.py: parametrize_with_checks would mark the inapplicable checks xfail and
@@ -259,7 +259,7 @@ def test_end_to_end_on_make_shapes():
     from sklearn_psa.datasets import make_shapes
 
     X, Y, masks = make_shapes(n_samples=20, image_size=64, random_state=0)
-    records = CAMClassifier(max_epochs=2, scales=(1.0,), flip=False, crop_size=None, device="cpu",
+    records = CAMClassifier(backbone="tiny", max_epochs=2, scales=(1.0,), flip=False, crop_size=None, device="cpu",
                             random_state=0).fit_transform(X, Y)
     est = AffinityEstimator(max_epochs=2, **{**FAST, "crop_size": 64})
     out = est.fit_transform(records)

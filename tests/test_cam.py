@@ -22,7 +22,7 @@ try:
 except ImportError:  # pragma: no cover - the datasets module lands separately
     make_shapes = None
 
-FAST = dict(max_epochs=2, batch_size=8, crop_size=None, learning_rate=0.05,
+FAST = dict(backbone="tiny", max_epochs=2, batch_size=8, crop_size=None, learning_rate=0.05,
             backbone_options={"width": 8}, device="cpu", random_state=0)
 
 
@@ -60,7 +60,7 @@ def fitted_cam(shapes_data):
 def square_cam():
     """Trained long enough on red/blue squares to localise them."""
     X, Y, boxes = _square_images(64, seed=1)
-    cam = CAMClassifier(max_epochs=15, batch_size=16, crop_size=None, learning_rate=0.1,
+    cam = CAMClassifier(backbone="tiny", max_epochs=15, batch_size=16, crop_size=None, learning_rate=0.1,
                         backbone_options={"width": 8, "depth": 1}, scales=(1.0, 0.5, 1.5),
                         device="cpu", random_state=0).fit(X, Y)
     return cam
@@ -376,7 +376,7 @@ def _check_name(check):
     return func.__name__
 
 
-_CHECKED = CAMClassifier(max_epochs=1, device="cpu", random_state=0)
+_CHECKED = CAMClassifier(backbone="tiny", max_epochs=1, device="cpu", random_state=0)
 
 
 # parametrize_with_checks marks expected failures xfail, and pytest then spends ~1 s

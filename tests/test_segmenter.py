@@ -14,6 +14,7 @@ from sklearn_psa.metrics import mean_iou, segmentation_report
 
 # Tiny settings: 64x64 images, one or two epochs per network, no CRF.
 TINY_STEPS = {
+    "cam__backbone": "tiny", "affinity__backbone": "tiny",
     "cam__max_epochs": 2, "cam__scales": (1.0,), "cam__crop_size": None,
     "affinity__max_epochs": 1, "affinity__crf": False, "affinity__crop_size": 64,
     "affinity__head_widths": (16, 16, 16),
@@ -21,6 +22,7 @@ TINY_STEPS = {
 
 
 def tiny_segmenter(**params):
+    params.setdefault("backbone", "tiny")
     seg = PSASegmenter(max_epochs=2, batch_size=8, device="cpu", random_state=0, **params)
     return seg.set_params(**TINY_STEPS)
 
@@ -118,7 +120,8 @@ def test_pseudo_labels_follow_the_image_labels(fitted, shapes):
 
 def test_fit_leaves_its_parameters_alone(shapes):
     X, Y, _ = shapes
-    cam = CAMClassifier(max_epochs=1, scales=(1.0,), crop_size=None, device="cpu", random_state=0)
+    cam = CAMClassifier(backbone="tiny", max_epochs=1, scales=(1.0,), crop_size=None, device="cpu",
+                        random_state=0)
     seg = tiny_segmenter(cam=cam)
     seg.cam.set_params(max_epochs=1)
     seg.fit(X[:8], Y[:8])
@@ -276,7 +279,8 @@ def test_the_network_learns_what_it_is_given(rng):
             y0, x0 = rng.integers(0, size - 12, 2)
             X[i, y0:y0 + 12, x0:x0 + 12] = colour
             masks[i, y0:y0 + 12, x0:x0 + 12] = value
-    seg = PSASegmenter(supervision="pixel", init="scratch", max_epochs=15, batch_size=4,
+    seg = PSASegmenter(supervision="pixel", init="scratch", backbone="tiny", max_epochs=15,
+                       batch_size=4,
                        aspp_rates=(1,),
                        scale_range=(1.0, 1.0), device="cpu", random_state=0).fit(X, masks)
     assert seg.loss_curve_[-1] < seg.loss_curve_[0] / 3
@@ -335,3 +339,54 @@ def test_pickle_round_trip(fitted, shapes):
     np.testing.assert_array_equal(restored.predict(X[:4]), fitted.predict(X[:4]))
     assert restored.get_params()["refiner__beta"] == fitted.get_params()["refiner__beta"]
     assert len(restored.pseudo_labels_) == len(fitted.pseudo_labels_)
+
+
+# ---------------------------------------------------------------- automatic learning rates
+
+
+def _captured_training(monkeypatch):
+    """Replace the shared training loop by a recorder of its config and rate groups."""
+    import sklearn_psa._training as training
+
+    calls = []
+    real = training.train
+
+    def spy(net, samples, loss, config, *, param_groups=None, **kw):
+        groups = list(param_groups) if param_groups is not None else None
+        calls.append((config.learning_rate, [mult for _, mult in groups] if groups else None))
+        config.max_epochs = 0
+        return real(net, samples, loss, config, param_groups=groups, **kw)
+
+    monkeypatch.setattr(training, "train", spy)
+    return calls
+
+
+def test_auto_learning_rates_follow_where_the_weights_come_from(shapes, monkeypatch, tmp_path):
+    import torch
+
+    from sklearn_psa.nn.tiny import tiny
+
+    X, Y, _ = shapes
+    weights = tmp_path / "tiny.pt"
+    torch.save(tiny().state_dict(), weights)
+    calls = _captured_training(monkeypatch)
+    # from scratch: 0.1 everywhere, the segmentation head at 1x
+    tiny_segmenter().fit(X[:8], Y[:8])
+    assert [c[0] for c in calls] == [0.1, 0.1, 0.1] and calls[2][1] == [1.0, 1.0]
+    calls.clear()
+    # CAM backbone from a weights file: CAM 0.01 with its classifier at 10x; the segmentation
+    # network starts from that (fitted) CAM backbone: 0.1, head 1x
+    tiny_segmenter().set_params(cam__pretrained=str(weights)).fit(X[:8], Y[:8])
+    assert calls[0] == (0.01, [1.0, 10.0])
+    assert calls[1][0] == 0.1  # the affinity network trains from scratch
+    assert calls[2] == (0.1, [1.0, 1.0])
+    calls.clear()
+    # its own pretrained backbone: 0.01, head 10x; so does the affinity network's
+    tiny_segmenter(init="scratch", pretrained=str(weights)).set_params(
+        affinity__pretrained=str(weights)).fit(X[:8], Y[:8])
+    assert calls[1] == (0.01, [1.0, 10.0]) and calls[2] == (0.01, [1.0, 10.0])
+    calls.clear()
+    # explicit rates are used as given
+    tiny_segmenter(learning_rate=0.05, head_lr_mult=2.0).set_params(
+        cam__pretrained=str(weights), cam__learning_rate=0.2).fit(X[:8], Y[:8])
+    assert calls[0][0] == 0.2 and calls[2] == (0.05, [1.0, 2.0])

@@ -108,10 +108,12 @@ def resolve_backbone(backbone, pretrained=None, options=None, *, warn=True):
     if not (isinstance(backbone, str) and backbone == "auto"):
         return backbone, pretrained, options
     if pretrained is not None or options:
+        given = [f"pretrained={pretrained!r}"] if pretrained is not None else []
+        given += [f"backbone_options={options!r}"] if options else []
         raise ValueError(
             "backbone='auto' chooses both the network and its weights; to pass "
-            f"pretrained={pretrained!r} or backbone_options={options!r}, name the backbone "
-            f"instead (for example {AUTO_BACKBONE!r} or {AUTO_FALLBACK!r})"
+            f"{' and '.join(given)}, name the backbone instead (for example "
+            f"{AUTO_BACKBONE!r} or {AUTO_FALLBACK!r})"
         )
     if pretrained_weights_installed(AUTO_BACKBONE):
         return AUTO_BACKBONE, True, None
