@@ -159,9 +159,11 @@ def run(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cam_params = {"device": "cpu"}
+    cam_params = {"device": "cpu", "backbone": "tiny"}
     if args.cam_epochs:
         cam_params["max_epochs"] = args.cam_epochs
+    if args.cam_learning_rate:
+        cam_params["learning_rate"] = args.cam_learning_rate
     t0 = time.perf_counter()
     if args.records:
         import pickle
@@ -209,8 +211,8 @@ def run(args):
     lines.append(f"| oracle affinity (true masks) | {s:.3f} | {s - cam:+.3f} | {ab} | 1.000 | - |")
     print(lines[-1], flush=True)
 
-    base = dict(max_epochs=args.epochs, head_widths=(32, 32, 64), device="cpu", random_state=args.seed,
-                crf=args.crf)
+    base = dict(backbone="tiny", learning_rate=0.1, max_epochs=args.epochs, head_widths=(32, 32, 64),
+                device="cpu", random_state=args.seed, crf=args.crf)
     runs = [(name, ABLATIONS[name], records) for name in args.ablation]
     if args.true_labels:
         true_records = _true_label_records(records, masks)
@@ -242,6 +244,8 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=4, help="AffinityNet epochs (base)")
     parser.add_argument("--cam-epochs", type=int, default=None, help="override CAMClassifier max_epochs")
+    parser.add_argument("--cam-learning-rate", type=float, default=None,
+                        help="override CAMClassifier learning_rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     parser.add_argument("--cache", default=os.path.join("scratch", "bench_affinity_cache"))

@@ -62,12 +62,12 @@ def run(configs, n_train, n_test, image_size, max_epochs, seed, threads):
     Xtr, Ytr, Mtr = X[:n_train], Y[:n_train], masks[:n_train]
     Xte, Yte = X[n_train:], Y[n_train:]
     alphas = (0.25, 0.5, 1, 2, 4, 8, 16, 32)
-    CAMClassifier(max_epochs=1, scales=(1.0,), random_state=seed).fit(Xtr[:16], Ytr[:16])  # warm-up
+    CAMClassifier(backbone="tiny", max_epochs=1, scales=(1.0,), random_state=seed).fit(Xtr[:16], Ytr[:16])  # warm-up
     rows = []
     for options in configs:
         rf = TinyBackbone(**options).receptive_field
         kw = {} if max_epochs is None else {"max_epochs": max_epochs}
-        est = CAMClassifier(backbone_options=options, random_state=seed, **kw)
+        est = CAMClassifier(backbone="tiny", backbone_options=options, random_state=seed, **kw)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         est.fit(Xtr, Ytr)
         fit_wall, fit_cpu = time.perf_counter() - wall0, time.process_time() - cpu0

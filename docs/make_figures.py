@@ -133,7 +133,7 @@ def shapes_cams_figure(n_images=6, n_train=160, random_state=0):
     from sklearn_psa.io import voc_palette
 
     X, Y, masks = make_shapes(n_train, random_state=random_state)
-    records = CAMClassifier(max_epochs=30, random_state=random_state).fit_transform(X, Y)
+    records = CAMClassifier(backbone="tiny", max_epochs=30, random_state=random_state).fit_transform(X, Y)
     # Share of object pixels where the CAM of the object's class exceeds 0.5.
     hit = total = 0
     for r, m in zip(records, masks):
