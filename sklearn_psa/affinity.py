@@ -89,9 +89,11 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         Refine both score stacks with the dense CRF before the argmax (the
         paper does); a dict is passed to :func:`sklearn_psa.dense_crf` as options.
     init : {"scratch", "cam"}, default="scratch"
-        Where the backbone starts when ``pretrained`` is None: random weights,
-        or the backbone of the CAM classifier that made the records (they carry
-        it); ``pretrained`` takes precedence.
+        Where the backbone starts when ``pretrained`` is None: ``"scratch"``
+        builds ``backbone`` (random weights, or ImageNet weights with
+        ``"auto"`` where installed); ``"cam"`` copies the backbone of the CAM
+        classifier that made the records (they carry it), whatever
+        ``backbone`` says. ``pretrained`` takes precedence.
     backbone_options : dict or None, default=None
         Passed to the backbone factory (e.g. ``{"width": 16, "depth": 2}`` for
         ``"tiny"``). With ``init="cam"`` the CAM classifier's options are used.
@@ -216,12 +218,8 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         widths = tuple(int(w) for w in self.head_widths)
         if len(widths) != 3 or min(widths) < 1:
             raise ValueError(f"head_widths must be three positive ints, got {self.head_widths!r}")
-        backbone, pretrained, options = resolve_backbone(self.backbone, self.pretrained,
-                                                         self.backbone_options)
-        options = dict(options or {})
         state = None
-        from_weights = pretrained not in (None, False)
-        if self.init == "cam" and not from_weights:
+        if self.init == "cam" and self.pretrained in (None, False):
             source = getattr(records, "source", None) or {}
             if "state_dict" not in source:
                 raise ValueError(
@@ -231,10 +229,15 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
                 )
             import torch
 
-            backbone = source.get("backbone", backbone)
+            backbone, pretrained = source.get("backbone", self.backbone), None
             options = dict(source.get("backbone_options") or {})
             state = {k: torch.as_tensor(np.asarray(v)) for k, v in source["state_dict"].items()}
             from_weights = True
+        else:
+            backbone, pretrained, options = resolve_backbone(self.backbone, self.pretrained,
+                                                             self.backbone_options)
+            options = dict(options or {})
+            from_weights = pretrained not in (None, False)
         with seeded(seed):
             bb = make_backbone(backbone, pretrained=pretrained, **options)
             if state is not None:

@@ -129,6 +129,13 @@ def test_init_from_the_cam_classifiers_backbone(squares):
         np.testing.assert_array_equal(got[k].cpu().numpy(), np.asarray(v))
     with pytest.raises(ValueError, match="init='cam'"):
         AffinityEstimator(init="cam", max_epochs=0, **FAST).fit(records)
+    # the CAM's backbone wins over backbone="auto" (which would be ImageNet weights)
+    est = AffinityEstimator(init="cam", max_epochs=0,
+                            **{**FAST, "backbone": "auto", "backbone_options": None}).fit(with_source)
+    got = est.network_.backbone.state_dict()
+    assert set(got) == set(state)
+    for k, v in state.items():
+        np.testing.assert_array_equal(got[k].cpu().numpy(), np.asarray(v))
 
 
 def test_crf_snaps_blurred_cams_to_the_objects(squares):
