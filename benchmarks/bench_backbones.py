@@ -121,6 +121,8 @@ def main(argv=None):
     parser.add_argument("--n-test", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the training images and networks (test images: seed + 1000)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -129,9 +131,10 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [run_setting(name, args.n, args.n_test, args.image_size, args.quick)
+    rows = [run_setting(name, args.n, args.n_test, args.image_size, args.quick, seed=args.seed)
             for name in args.settings]
-    print(f"\nmake_shapes: {args.n} training images (seed 0), {args.n_test} test images (seed 1000), "
+    print(f"\nmake_shapes: {args.n} training images (seed {args.seed}), {args.n_test} test images "
+          f"(seed {args.seed + 1000}), "
           f"{args.image_size} px; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"{os.cpu_count()} CPUs\n")
     print("| backbone | CAM mIoU (train) | CAM + walk (train) | segmenter (test) | fully supervised "
