@@ -270,7 +270,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     output : str or path
         Folder for ``report.md``, ``grid.png`` and ``model.joblib`` (created).
     n_samples : int, optional
-        Training images (default 240, or 24 with ``quick``); the test set has
+        Training images (default 160, or 24 with ``quick``); the test set has
         its own fixed size and seed.
     device : str, default="auto"
     quick : bool, default=False
