@@ -36,7 +36,8 @@ DEMO_SETTINGS = {
         "params": {
             # EfficientNet-Lite0 with ImageNet weights, its first five stages (the whole
             # network's receptive field dwarfs 128 px images, and costs 2-3x more on a CPU);
-            # learning rates "auto": 0.01 for pretrained layers, new layers 10x.
+            # learning rates "auto": 0.01 with new layers at 10x for the CAM classifier and
+            # AffinityNet, 0.1 for the segmentation network (it starts from the CAM backbone).
             **{f"cam__{k}": v for k, v in _LITE0.items()},
             **{f"affinity__{k}": v for k, v in _LITE0.items()},
             "cam__max_epochs": 10,

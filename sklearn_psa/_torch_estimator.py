@@ -32,7 +32,26 @@ import numpy as np
 
 from ._device import resolve_device
 
-__all__ = ["TorchEstimatorMixin", "images_to_tensor", "iter_image_batches"]
+__all__ = ["TorchEstimatorMixin", "device_type", "images_to_tensor", "iter_image_batches",
+           "module_type"]
+
+#: ``learning_rate="auto"``: the rate for a backbone that starts from pretrained weights, and
+#: for one trained from scratch (SGD with momentum 0.9).
+AUTO_RATE_PRETRAINED, AUTO_RATE_SCRATCH = 0.01, 0.1
+
+
+def module_type():
+    """``torch.nn.Module``, imported when the parameter constraints are built."""
+    from torch import nn
+
+    return nn.Module
+
+
+def device_type():
+    """``torch.device``, imported when the parameter constraints are built."""
+    import torch
+
+    return torch.device
 
 
 def _module_device(module):
@@ -65,6 +84,19 @@ class TorchEstimatorMixin:
         from ._validation import check_random_state_seed
 
         return check_random_state_seed(self.random_state)
+
+    def _resolved_backbone(self, warn=False):
+        """``(backbone, pretrained, backbone_options)`` with ``backbone="auto"`` resolved."""
+        from .nn import resolve_backbone
+
+        return resolve_backbone(self.backbone, self.pretrained, self.backbone_options, warn=warn)
+
+    def _learning_rate(self, pretrained):
+        """``learning_rate``, with "auto" resolved for a backbone that does (not) start from
+        pretrained weights."""
+        if isinstance(self.learning_rate, str) and self.learning_rate == "auto":
+            return AUTO_RATE_PRETRAINED if pretrained else AUTO_RATE_SCRATCH
+        return float(self.learning_rate)
 
     def _network(self, name="network_"):
         """The fitted module ``name``, moved to the inference device, in eval mode."""

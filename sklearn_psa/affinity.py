@@ -18,22 +18,16 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._affinity_labels import STRIDE, combine_confident, confident_regions, pool_index_map
-from ._torch_estimator import TorchEstimatorMixin, images_to_tensor, iter_image_batches
+from ._torch_estimator import (
+    TorchEstimatorMixin,
+    device_type,
+    images_to_tensor,
+    iter_image_batches,
+    module_type,
+)
 from ._validation import IGNORE_INDEX, check_records
 
 __all__ = ["AffinityEstimator"]
-
-
-def _module_type():
-    from torch import nn
-
-    return nn.Module
-
-
-def _device_type():
-    import torch
-
-    return torch.device
 
 
 def _value_maps(record, alpha_low, alpha_high, crf):
@@ -147,7 +141,7 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
     _torch_attributes = ("network_",)
 
     _parameter_constraints = {
-        "backbone": [str, _module_type()],
+        "backbone": [str, module_type()],
         "pretrained": [None, "boolean", str, os.PathLike],
         "alpha_low": [Interval(numbers.Real, 0, None, closed="neither")],
         "alpha_high": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -164,7 +158,7 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "head_lr_mult": [Interval(numbers.Real, 0, None, closed="neither")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "device": [str, _device_type()],
+        "device": [str, device_type()],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -212,7 +206,7 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
 
     def _make_network(self, records, seed):
         from ._training import seeded
-        from .nn import make_backbone, resolve_backbone
+        from .nn import make_backbone
         from .nn.affinity_head import AffinityNet
 
         widths = tuple(int(w) for w in self.head_widths)
@@ -234,8 +228,7 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
             state = {k: torch.as_tensor(np.asarray(v)) for k, v in source["state_dict"].items()}
             from_weights = True
         else:
-            backbone, pretrained, options = resolve_backbone(self.backbone, self.pretrained,
-                                                             self.backbone_options)
+            backbone, pretrained, options = self._resolved_backbone(warn=True)
             options = dict(options or {})
             from_weights = pretrained not in (None, False)
         with seeded(seed):
@@ -322,8 +315,7 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         config = TrainConfig(
             max_epochs=int(self.max_epochs),
             batch_size=int(self.batch_size),
-            learning_rate=(0.01 if from_weights else 0.1) if self.learning_rate == "auto"
-            else float(self.learning_rate),
+            learning_rate=self._learning_rate(from_weights),
             weight_decay=float(self.weight_decay),
             augmentation=Augmentation(
                 crop_size=self.crop_size, flip=True, color_jitter=0.3, scale_range=scale_range,

@@ -8,22 +8,16 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._torch_estimator import TorchEstimatorMixin, images_to_tensor, iter_image_batches
+from ._torch_estimator import (
+    TorchEstimatorMixin,
+    device_type,
+    images_to_tensor,
+    iter_image_batches,
+    module_type,
+)
 from ._validation import check_images, check_targets
 
 __all__ = ["CAMClassifier"]
-
-
-def _module_type():
-    from torch import nn
-
-    return nn.Module
-
-
-def _device_type():
-    import torch
-
-    return torch.device
 
 
 class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEstimator):
@@ -145,7 +139,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
     _torch_attributes = ("network_",)
 
     _parameter_constraints = {
-        "backbone": [str, _module_type()],
+        "backbone": [str, module_type()],
         "pretrained": [None, "boolean", str, os.PathLike],
         "scales": ["array-like"],
         "flip": ["boolean"],
@@ -155,7 +149,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         "max_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "device": [str, _device_type()],
+        "device": [str, device_type()],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "backbone_options": [dict, None],
@@ -232,10 +226,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
 
         params = {k: v for k, v in self.get_params().items()
                   if k not in ("verbose", "device", "checkpoint", "warm_start", "threshold", "scales", "flip")}
-        from .nn import resolve_backbone
-
-        params["backbone"], params["pretrained"], params["backbone_options"] = resolve_backbone(
-            params["backbone"], params["pretrained"], params["backbone_options"], warn=False)
+        params["backbone"], params["pretrained"], params["backbone_options"] = self._resolved_backbone()
         params["backbone"] = params["backbone"] if isinstance(params["backbone"], str) else repr(params["backbone"])
         return joblib.hash((params, [s if isinstance(s, str) else joblib.hash(s) for s in images.sources], labels))
 
@@ -258,15 +249,11 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
             and getattr(self, "n_classes_", None) == n_classes
         )
         net = self.network_ if reuse else self._build_network(n_classes, seed)
-        from .nn import resolve_backbone
-
-        pretrained = resolve_backbone(self.backbone, self.pretrained, self.backbone_options,
-                                      warn=False)[1] not in (None, False)
+        pretrained = self._resolved_backbone()[1] not in (None, False)
         config = TrainConfig(
             max_epochs=self.max_epochs,
             batch_size=self.batch_size,
-            learning_rate=(0.01 if pretrained else 0.1) if self.learning_rate == "auto"
-            else self.learning_rate,
+            learning_rate=self._learning_rate(pretrained),
             weight_decay=self.weight_decay,
             augmentation=Augmentation(
                 crop_size=self.crop_size, flip=True, color_jitter=0.3, pad_value=net.backbone.input_mean
@@ -400,10 +387,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         ]
         # what a later step may start from (AffinityEstimator(init="cam")): the
         # fitted backbone, as numpy arrays so that the records hash stably
-        from .nn import resolve_backbone
-
-        backbone, pretrained, options = resolve_backbone(
-            self.backbone, self.pretrained, self.backbone_options, warn=False)
+        backbone, pretrained, options = self._resolved_backbone()
         source = {
             "backbone": backbone,
             "backbone_options": dict(options or {}),

@@ -14,24 +14,18 @@ from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._torch_estimator import TorchEstimatorMixin, images_to_tensor, iter_image_batches
+from ._torch_estimator import (
+    TorchEstimatorMixin,
+    device_type,
+    images_to_tensor,
+    iter_image_batches,
+    module_type,
+)
 from ._validation import IGNORE_INDEX, check_images, check_masks, check_targets, format_masks
 
 __all__ = ["PSASegmenter"]
 
 _STEPS = ("cam", "affinity", "refiner")
-
-
-def _module_type():
-    from torch import nn
-
-    return nn.Module
-
-
-def _device_type():
-    import torch
-
-    return torch.device
 
 
 class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
@@ -211,7 +205,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         "refiner": [None, HasMethods(["fit", "predict"])],
         "supervision": [StrOptions({"image", "pixel"})],
         "init": [StrOptions({"cam", "scratch"})],
-        "backbone": [str, _module_type()],
+        "backbone": [str, module_type()],
         "pretrained": [None, "boolean", str, os.PathLike],
         "backbone_options": [dict, None],
         "aspp_rates": ["array-like"],
@@ -225,7 +219,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         "head_lr_mult": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "memory": [None, str, os.PathLike, HasMethods(["cache"])],
-        "device": [str, _device_type()],
+        "device": [str, device_type()],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "checkpoint": [str, os.PathLike, None],
@@ -396,11 +390,6 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         records = pipe.fit_transform(X, labels)
         return (records,) + tuple(pipe.named_steps[name] for name in steps)
 
-    def _resolved_backbone(self, warn=False):
-        from .nn import resolve_backbone
-
-        return resolve_backbone(self.backbone, self.pretrained, self.backbone_options, warn=warn)
-
     def _from_cam(self):
         return self.init == "cam" and self.pretrained in (None, False)
 
@@ -468,18 +457,15 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         device = self._fit_device()
         seed = self._fit_seed()
         net = self._build_network(n_classes + 1, seed)
-        from_weights = self._resolved_backbone()[1] not in (None, False) or self._from_cam()
         pretrained = self._from_pretrained()
-        learning_rate = self.learning_rate
-        if learning_rate == "auto":
-            learning_rate = 0.01 if pretrained else 0.1
+        from_weights = pretrained or self._from_cam()
         head_lr_mult = self.head_lr_mult
         if head_lr_mult == "auto":
             head_lr_mult = 10.0 if pretrained else 1.0
         config = TrainConfig(
             max_epochs=self.max_epochs,
             batch_size=self.batch_size,
-            learning_rate=learning_rate,
+            learning_rate=self._learning_rate(pretrained),
             weight_decay=self.weight_decay,
             augmentation=Augmentation(crop_size=self.crop_size, flip=True, color_jitter=0.3,
                                       scale_range=scale_range,

@@ -79,6 +79,12 @@ def _round_repeats(repeats, depth):
     return int(math.ceil(repeats * depth))
 
 
+def _stage_repeats(depth):
+    """Blocks per stage: Lite keeps the first and last stage's depth, scales the others."""
+    last = len(_STAGES) - 1
+    return [r if i in (0, last) else _round_repeats(r, depth) for i, (r, *_rest) in enumerate(_STAGES)]
+
+
 def _check_variant(name):
     if not isinstance(name, str) or name not in EFFICIENTNET_LITE_VARIANTS:
         raise ValueError(
@@ -205,10 +211,9 @@ class EfficientNetLite(Backbone):
 
         blocks, stage_ends, strides = [], [], []
         in_channels, stride_so_far, dilation = _STEM_CHANNELS, 2, 1
-        for i, (repeats, kernel, stride, expansion, out) in enumerate(_STAGES[: self.stages]):
+        kept = list(zip(_stage_repeats(depth), _STAGES))[: self.stages]
+        for repeats, (_, kernel, stride, expansion, out) in kept:
             out = _round_channels(out, width)
-            if 0 < i < len(_STAGES) - 1:  # Lite keeps the first and last stage's depth
-                repeats = _round_repeats(repeats, depth)
             if stride > 1 and stride_so_far * stride > self.output_stride:
                 dilation *= stride  # keep the resolution, widen the receptive field instead
                 stride = 1
@@ -310,14 +315,9 @@ class EfficientNetLite(Backbone):
         """Prefixes of the weight-file tensors that this (truncated) network does not hold."""
         if self.stages == len(_STAGES):
             return ()
-        return tuple(f"_blocks.{i}." for i in range(len(self._blocks), _total_blocks(self.name))) + (
-            "_conv_head.", "_bn1.", "_fc.")
-
-
-def _total_blocks(name):
-    depth = EFFICIENTNET_LITE_VARIANTS[name][1]
-    return sum(r if i in (0, len(_STAGES) - 1) else _round_repeats(r, depth)
-               for i, (r, *_rest) in enumerate(_STAGES))
+        total = sum(_stage_repeats(EFFICIENTNET_LITE_VARIANTS[self.name][1]))
+        dropped = tuple(f"_blocks.{i}." for i in range(len(self._blocks), total))
+        return dropped + ("_conv_head.", "_bn1.", "_fc.")
 
 
 def _package_weights_path(name):
