@@ -65,6 +65,9 @@ ABLATIONS = {
     "scale2_crf_alpha2_x2": {"input_scale": 2.0, "crf": True, "alpha_low": 2, "max_epochs": "x2"},
     "scale2_crf_x4": {"input_scale": 2.0, "crf": True, "max_epochs": "x4"},
     "scale2_x4": {"input_scale": 2.0, "max_epochs": "x4"},
+    "rf155": {"backbone_options": {"depth": 4, "dilation": 2}},
+    "lite0_stages5_scale2": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": {"stages": 5},
+                             "input_scale": 2.0, "learning_rate": "auto"},
 }
 
 
@@ -119,13 +122,13 @@ def _pair_auc(records, masks, radius):
     return roc_auc_score(same, score) if 0 < same.mean() < 1 else float("nan")
 
 
-def _best_walk(records, masks, alphas, betas):
+def _best_walk(records, masks, alphas, betas, device="cpu"):
     from sklearn_psa import RandomWalkRefiner
 
     best = (-1.0, None)
     for alpha in alphas:
         for beta in betas:
-            s = RandomWalkRefiner(alpha=alpha, beta=beta, t=256).score(records, masks)
+            s = RandomWalkRefiner(alpha=alpha, beta=beta, t=256, device=device).score(records, masks)
             if s > best[0]:
                 best = (s, (alpha, beta))
     return best
@@ -178,7 +181,14 @@ def run(args):
 
         records = Records(records.records[:args.subset], records.n_classes, getattr(records, "source", None))
         masks = masks[:args.subset]
+    train_masks = masks
     print(f"CAM records: {len(records)} images, {time.perf_counter() - t0:.0f} s", flush=True)
+    train_records = records  # AffinityNet trains on all of them; the rows score the first --eval-first
+    if args.eval_first:
+        from sklearn_psa.records import Records
+
+        records = Records(records.records[:args.eval_first], records.n_classes, getattr(records, "source", None))
+        masks = masks[:args.eval_first]
     alphas, betas = tuple(args.alphas), tuple(args.betas)
 
     lines = []
@@ -211,11 +221,11 @@ def run(args):
     lines.append(f"| oracle affinity (true masks) | {s:.3f} | {s - cam:+.3f} | {ab} | 1.000 | - |")
     print(lines[-1], flush=True)
 
-    base = dict(backbone="tiny", learning_rate=0.1, max_epochs=args.epochs, head_widths=(32, 32, 64),
-                device="cpu", random_state=args.seed, crf=args.crf)
-    runs = [(name, ABLATIONS[name], records) for name in args.ablation]
+    base = dict(backbone="tiny", learning_rate=0.1, max_epochs=args.epochs, head_widths=tuple(args.head_widths),
+                device=args.device, random_state=args.seed, crf=args.crf)
+    runs = [(name, ABLATIONS[name], train_records) for name in args.ablation]
     if args.true_labels:
-        true_records = _true_label_records(records, masks)
+        true_records = _true_label_records(train_records, train_masks)
         for name in args.true_labels_ablation or ["base"]:
             runs.append((f"learned on TRUE labels: {name}", {**ABLATIONS[name], "crf": False}, true_records))
     for name, change, recs in runs:
@@ -231,7 +241,7 @@ def run(args):
             continue
         fit = time.perf_counter() - t0
         out = est.transform(records)
-        s, ab = _best_walk(out, masks, alphas, betas)
+        s, ab = _best_walk(out, masks, alphas, betas, args.device)
         label = name if name.startswith("learned") else f"learned: {name}"
         lines.append(f"| {label} | {s:.3f} | {s - cam:+.3f} | {ab} | {_pair_auc(out, masks, 5):.3f} | {fit:.0f} |")
         print(lines[-1], flush=True)
@@ -257,6 +267,11 @@ def main(argv=None):
     parser.add_argument("--records", default=None,
                         help="pickle with 'records' (CAM Records) and 'masks' instead of fitting CAMs")
     parser.add_argument("--subset", type=int, default=0, help="use only the first N images of the records")
+    parser.add_argument("--eval-first", type=int, default=0,
+                        help="train AffinityNet on all images but score every row on the first N")
+    parser.add_argument("--head-widths", type=int, nargs=3, default=[32, 32, 64],
+                        help="AffinityNet head widths of the learned rows (the estimator's default: 64 128 256)")
+    parser.add_argument("--device", default="cpu", help="device of AffinityNet and the walk ('cuda' on a GPU)")
     parser.add_argument("--base-crf", dest="crf", choices=("on", "off"), default="on",
                         help="crf of every learned row unless the ablation sets it")
     parser.add_argument("--no-crf-quality", dest="crf_quality", action="store_false",
