@@ -44,6 +44,10 @@ CONFIGS = [  # name, label mode, edge threshold (None: off), params
     ("cam_e30_edge40", "cam", 40.0, {"max_epochs": 30}),
     ("cam_e30_initcam", "cam", None, {"max_epochs": 30, "init": "cam"}),
     ("true_e8", "true", None, {"max_epochs": 8}),
+    ("cam_e30_rf27", "cam", None, {"max_epochs": 30, "backbone_options": {"depth": 0}}),
+    ("true_e30_rf27", "true", None, {"max_epochs": 30, "backbone_options": {"depth": 0}}),
+    ("cam_e30_gate15_10", "cam", (15.0, 10.0), {"max_epochs": 30}),
+    ("cam_e30_gate15_20", "cam", (15.0, 20.0), {"max_epochs": 30}),
 ]
 
 
@@ -58,7 +62,9 @@ def load():
 
 
 def install_edge_filter(threshold):
-    """Drop positive pairs whose 8x8 cell mean colours differ by more than threshold (0..255)."""
+    """Drop positive pairs whose 8x8 cell mean colours differ by more than threshold (0..255);
+    with a pair ``(pos, neg)``, also negative pairs whose colours differ by less than ``neg``."""
+    pos_t, neg_t = threshold if isinstance(threshold, (tuple, list)) else (threshold, None)
     import torch
     import torch.nn.functional as F
     from sklearn_psa.nn import affinity_head as ah
@@ -77,11 +83,16 @@ def install_edge_filter(threshold):
         N, K, h, w = aff.shape
         col = F.adaptive_avg_pool2d(x, (h, w))
         offs = OFFSETS
-        far = torch.zeros_like(aff, dtype=torch.bool)
+        dist = torch.full_like(aff, -1.0)
         for k, (dy, dx) in enumerate(offs):
             (sy, sx), (ty, tx) = shift_slices(int(dy), int(dx), h, w)
-            far[:, k, sy, sx] = (col[:, :, sy, sx] - col[:, :, ty, tx]).abs().mean(1) > threshold
+            dist[:, k, sy, sx] = (col[:, :, sy, sx] - col[:, :, ty, tx]).abs().mean(1)
+        far = dist > pos_t
         STATS[0] += float((bg_pos.bool() & far).sum()); STATS[1] += float(bg_pos.bool().sum())
+        neg = neg.bool()
+        if neg_t is not None:
+            STATS[2] += float((neg & (dist < neg_t)).sum()); STATS[3] += float(neg.sum())
+            neg = neg & ~(dist < neg_t)
         return loss(aff, bg_pos.bool() & ~far, fg_pos.bool() & ~far, neg)
 
     ah.AffinityNet.forward = fwd
@@ -89,12 +100,12 @@ def install_edge_filter(threshold):
 
 
 OFFSETS = None
-STATS = [0.0, 0.0]
+STATS = [0.0, 0.0, 0.0, 0.0]
 
 
 def job(cfg):
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("SWEEP_THREADS", "2")))
     global OFFSETS
     name, mode, edge, params = cfg
     sys.path.insert(0, HERE)
@@ -112,6 +123,9 @@ def job(cfg):
     if edge is not None:
         install_edge_filter(edge)
     train = _true_label_records(rec, masks) if mode == "true" else rec
+    n_train = int(os.environ.get("SWEEP_NTRAIN", "0"))
+    if n_train:
+        train = Records(train.records[:n_train], train.n_classes, train.source)
     ev = Records(rec.records[:n_ev], rec.n_classes, rec.source)
     t = time.time()
     aff = AffinityEstimator(random_state=0, device=DEVICE, **params).fit(train)
@@ -126,6 +140,8 @@ def job(cfg):
     best = max(grid, key=grid.get); cam0 = max(cams.values())
     h = aff.train_result_.history
     drop = f" edge-dropped {STATS[0] / max(STATS[1], 1):.2f} of bg pairs" if edge is not None else ""
+    if STATS[3]:
+        drop += f", {STATS[2] / STATS[3]:.2f} of negative pairs"
     return (f"{name:28s} {mode:4s} fit {ft:5.0f}s auc {auc:.3f} cam {cam0:.3f} walk {grid[best]:.3f} "
             f"{best} gain {grid[best] - cam0:+.3f} loss {h[0]:.3f}->{h[-1]:.3f}{drop}\n   grid "
             + json.dumps({f"{a},{b}": round(v, 3) for (a, b), v in grid.items()}))
