@@ -94,14 +94,17 @@ def _cam_records(n, image_size, seed, cam_params, cache):
     return make(n, image_size, seed, cam_params)
 
 
-def _true_label_records(records, masks):
-    """Records whose CAMs are the one-hot true masks (labels free of CAM noise)."""
+def _true_label_records(records, masks, weight=1.0):
+    """Records whose CAMs are the one-hot true masks (labels free of CAM noise); with
+    ``weight < 1``, ``weight * mask + (1 - weight) * CAM`` (labels of a chosen quality)."""
     from sklearn_psa.records import Record, Records
 
     out = []
     for r, m in zip(records.records, masks):
         cams = np.stack([(m == c + 1).astype(np.float32) for c in r.labels]) if r.labels.size else \
             np.zeros((0,) + r.shape, np.float32)
+        if weight < 1:
+            cams = (weight * cams + (1.0 - weight) * r.cams).astype(np.float32)
         out.append(Record(r.image, r.labels, cams, shape=r.shape))
     return Records(out, records.n_classes, records.source)
 
@@ -228,6 +231,9 @@ def run(args):
         true_records = _true_label_records(train_records, train_masks)
         for name in args.true_labels_ablation or ["base"]:
             runs.append((f"learned on TRUE labels: {name}", {**ABLATIONS[name], "crf": False}, true_records))
+    for w in args.label_blend or ():
+        runs.append((f"learned on blended labels, w = {w}: base", {"crf": False},
+                     _true_label_records(train_records, train_masks, weight=w)))
     for name, change, recs in runs:
         params = dict(base)
         for k, v in change.items():
@@ -264,6 +270,8 @@ def main(argv=None):
     parser.add_argument("--no-true-labels", dest="true_labels", action="store_false")
     parser.add_argument("--true-labels-ablation", action="append", choices=sorted(ABLATIONS),
                         help="settings of the 'learned on TRUE labels' rows (repeatable; default: base)")
+    parser.add_argument("--label-blend", type=float, nargs="+", default=None, metavar="W",
+                        help="add rows trained on labels from W * true mask + (1 - W) * CAM")
     parser.add_argument("--records", default=None,
                         help="pickle with 'records' (CAM Records) and 'masks' instead of fitting CAMs")
     parser.add_argument("--subset", type=int, default=0, help="use only the first N images of the records")
