@@ -138,14 +138,23 @@ def _best_walk(records, masks, alphas, betas, device="cpu"):
 
 
 def _label_quality(records, masks, crf, alpha_low=4, alpha_high=32):
-    from sklearn_psa._affinity_labels import affinity_label_map, downsample_mask
+    from sklearn_psa import neighbor_offsets
+    from sklearn_psa._affinity_labels import _shifted_pairs, affinity_label_map, affinity_pairs, downsample_mask
 
     fg = fg_ok = bg = bg_ok = true_fg = true_fg_bg = 0
+    pairs, pairs_ok = np.zeros(3), np.zeros(3)  # bg-positive, fg-positive, negative
+    offsets = neighbor_offsets(5)
     t0 = time.perf_counter()
     for r, m in zip(records.records, masks):
         g = affinity_label_map(r.cams, r.labels, alpha_low=alpha_low, alpha_high=alpha_high,
                                image=r.load_image(), crf=crf)
         tg = downsample_mask(m)
+        frm, to, inside = _shifted_pairs(tg, offsets)
+        for i, kind in enumerate(affinity_pairs(g, offsets)):
+            kind = kind.astype(bool) & inside
+            right = (frm == to)[kind] if i < 2 else (frm != to)[kind]
+            pairs[i] += kind.sum()
+            pairs_ok[i] += right.sum()
         isfg, isbg = (g > 0) & (g != 255), g == 0
         fg += isfg.sum(); fg_ok += (isfg & (g == tg)).sum()
         bg += isbg.sum(); bg_ok += (isbg & (tg == 0)).sum()
@@ -153,7 +162,8 @@ def _label_quality(records, masks, crf, alpha_low=4, alpha_high=32):
     sec = (time.perf_counter() - t0) / len(records)
     n_cells = sum(int(np.prod(downsample_mask(m).shape)) for m in masks)
     return {"fg_frac": fg / n_cells, "fg_prec": fg_ok / max(fg, 1), "bg_frac": bg / n_cells,
-            "bg_prec": bg_ok / max(bg, 1), "true_fg_as_bg": true_fg_bg / max(true_fg, 1), "sec": sec}
+            "bg_prec": bg_ok / max(bg, 1), "true_fg_as_bg": true_fg_bg / max(true_fg, 1), "sec": sec,
+            "pair_prec": pairs_ok / np.maximum(pairs, 1), "pairs_per_image": pairs / max(len(masks), 1)}
 
 
 def run(args):
@@ -196,19 +206,21 @@ def run(args):
 
     lines = []
     qualities = [(f"no CRF, alpha {lo}/{hi}", _label_quality(records, masks, None, lo, hi))
-                 for lo, hi in ((1, 32), (2, 32), (4, 32), (8, 64))]
+                 for lo, hi in ((0.25, 32), (1, 32), (2, 32), (4, 32), (8, 64))]
     if args.crf_quality:
         qualities.append(("dense CRF, alpha 4/32", _label_quality(records, masks, dense_crf)))
     lines += [
         "Confident labels on the stride-8 grid against the true masks:",
         "",
         "| labels | confident fg (of cells) | fg precision | confident bg | bg precision "
-        "| true-fg cells labelled bg | s/image |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| true-fg cells labelled bg | fg-positive pairs / image (right) | negative pairs / image (right) | s/image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, q in qualities:
+        (_, n_fg, n_neg), (_, ok_fg, ok_neg) = q["pairs_per_image"], q["pair_prec"]
         lines.append(f"| {name} | {q['fg_frac']:.3f} | {q['fg_prec']:.3f} | {q['bg_frac']:.3f} "
-                     f"| {q['bg_prec']:.3f} | {q['true_fg_as_bg']:.3f} | {q['sec']:.2f} |")
+                     f"| {q['bg_prec']:.3f} | {q['true_fg_as_bg']:.3f} | {n_fg:.0f} ({ok_fg:.0%}) "
+                     f"| {n_neg:.0f} ({ok_neg:.0%}) | {q['sec']:.2f} |")
     lines += ["", "| row | mIoU | gain over CAM | best (alpha, beta) | pair AUC | fit (s) |",
               "|---|---:|---:|---|---:|---:|"]
 
