@@ -464,3 +464,22 @@ def test_load_voc_bad_xml(tmp_path):
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_clutter_maps_mark_the_body_like_distractors():
+    X, masks = _generate(40, 4, 128, 3, seed=3)
+    X2, masks2, clutter = _generate(40, 4, 128, 3, seed=3, return_clutter=True)
+    np.testing.assert_array_equal(X, X2)  # asking for the maps does not change the images
+    np.testing.assert_array_equal(masks, masks2)
+    assert clutter.dtype == np.uint8 and set(np.unique(clutter)) <= {0, 1, 2}
+    assert not np.any((clutter > 0) & (masks > 0))  # distractors are background, under objects
+    assert np.mean([(c > 0).any() for c in clutter]) > 0.9
+    # distractor pixels are painted like bodies: tan with stripes, not the background's colours
+    body = X[(clutter > 0)].astype(float).mean(axis=0)
+    np.testing.assert_allclose(body, [176, 132, 84], atol=15)
+    rest = X[(clutter == 0) & (masks == 0)].astype(float).mean(axis=0)
+    assert np.abs(rest - [176, 132, 84]).max() > 20
+    # with parts too, the clutter maps come last
+    out = _generate(5, 4, 128, 3, seed=3, return_parts=True, return_clutter=True)
+    assert len(out) == 5
+    np.testing.assert_array_equal(out[4], clutter[:5])

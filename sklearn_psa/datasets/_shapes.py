@@ -191,12 +191,15 @@ class _Painter:
         mask = np.zeros((s, s), dtype=np.uint8)
         instances = np.zeros((s, s), dtype=np.uint16)
         parts = np.zeros((s, s), dtype=bool)
+        clutter = np.zeros((s, s), dtype=np.uint8)
 
         # Distractors: bodies without a part, anywhere (possibly cut by the border).
-        for _ in range(self.n_distractors):
+        for k in range(self.n_distractors):
             region = self.ellipse(*self.sample_geometry(rng, 0.0, s - 1.0)[1:])
             if region is not None:
                 self.paint_body(rng, canvas, region)
+                (ry, rx), inside = region[0], region[1]
+                clutter[ry, rx][inside] = k + 1
 
         n_objects = 0 if rng.random() < _P_EMPTY else int(rng.integers(1, self.max_objects + 1))
         classes = rng.integers(0, self.n_classes, size=n_objects)
@@ -233,30 +236,35 @@ class _Painter:
         noise = np.frombuffer(rng.bytes(2 * s * s * 3), dtype=np.uint8).reshape(2, s, s, 3)
         canvas += (noise[0].astype(np.float32) + noise[1] - 255.0) * (_PIXEL_NOISE / 104.5)
         np.clip(canvas, 0.0, 255.0, out=canvas)
-        return np.rint(canvas).astype(np.uint8), mask, instances, parts
+        clutter[mask > 0] = 0  # objects are drawn over the distractors
+        return np.rint(canvas).astype(np.uint8), mask, instances, parts, clutter
 
 
 def _generate(
     n_samples, n_classes, image_size, max_objects, seed, *, n_distractors=_N_DISTRACTORS,
-    return_parts=False,
+    return_parts=False, return_clutter=False,
 ):
     """Draw the images; optionally also the instance maps (0, or k for the k-th object
-    drawn) and the boolean maps of the class-specific parts (for tests and figures)."""
+    drawn) and the boolean maps of the class-specific parts (for tests and figures), and
+    the clutter maps (0, or k where the k-th distractor shows; appended last)."""
     painter = _Painter(image_size, n_classes, max_objects, n_distractors)
     X = np.empty((n_samples, image_size, image_size, 3), dtype=np.uint8)
     masks = np.empty((n_samples, image_size, image_size), dtype=np.uint8)
     if return_parts:
         instances = np.empty(masks.shape, dtype=np.uint16)
         parts = np.empty(masks.shape, dtype=bool)
+    if return_clutter:
+        clutter = np.empty(masks.shape, dtype=np.uint8)
     # One independent stream per image: image i depends only on (seed, i), so
     # make_shapes(n) is a prefix of make_shapes(m) for n <= m with the same seed.
     for i, child in enumerate(np.random.SeedSequence(seed).spawn(n_samples)):
-        X[i], masks[i], inst, part = painter.draw(np.random.default_rng(child))
+        X[i], masks[i], inst, part, clut = painter.draw(np.random.default_rng(child))
         if return_parts:
             instances[i], parts[i] = inst, part
-    if return_parts:
-        return X, masks, instances, parts
-    return X, masks
+        if return_clutter:
+            clutter[i] = clut
+    out = (X, masks) + ((instances, parts) if return_parts else ()) + ((clutter,) if return_clutter else ())
+    return out
 
 
 @validate_params(
