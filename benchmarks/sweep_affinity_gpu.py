@@ -46,6 +46,8 @@ CONFIGS = [  # name, label mode, edge threshold (None: off), params
     ("true_e8", "true", None, {"max_epochs": 8}),
     ("cam_e30_rf27", "cam", None, {"max_epochs": 30, "backbone_options": {"depth": 0}}),
     ("true_e30_rf27", "true", None, {"max_epochs": 30, "backbone_options": {"depth": 0}}),
+    ("cam_e30_mae", "cam", "mae", {"max_epochs": 30}),
+    ("true_e30_mae", "true", "mae", {"max_epochs": 30}),
     ("cam_e30_gate15_10", "cam", (15.0, 10.0), {"max_epochs": 30}),
     ("cam_e30_gate15_20", "cam", (15.0, 20.0), {"max_epochs": 30}),
 ]
@@ -99,6 +101,21 @@ def install_edge_filter(threshold):
     ah.affinity_loss = filtered
 
 
+def install_mae_loss():
+    """Bounded loss (1 - W for positive pairs, W for negative ones) instead of -log: robust to
+    label noise, since a wrong pair costs at most 1."""
+    from sklearn_psa.nn import affinity_head as ah
+
+    def mae(aff, bg_pos, fg_pos, neg):
+        def term(values, mask):
+            mask = mask.to(values.dtype)
+            return (values * mask).sum() / (mask.sum() + 1e-5)
+        bg, fg, ng = term(1 - aff, bg_pos), term(1 - aff, fg_pos), term(aff, neg)
+        return bg / 4 + fg / 4 + ng / 2, {"bg": bg.detach(), "fg": fg.detach(), "neg": ng.detach()}
+
+    ah.affinity_loss = mae
+
+
 OFFSETS = None
 STATS = [0.0, 0.0, 0.0, 0.0]
 
@@ -120,7 +137,9 @@ def job(cfg):
     if QUICK:
         params["max_epochs"] = 1
     OFFSETS = neighbor_offsets(5)
-    if edge is not None:
+    if edge == "mae":
+        install_mae_loss()
+    elif edge is not None:
         install_edge_filter(edge)
     train = _true_label_records(rec, masks) if mode == "true" else rec
     n_train = int(os.environ.get("SWEEP_NTRAIN", "0"))
@@ -139,7 +158,7 @@ def job(cfg):
     cams = {a: mean_iou(masks[:n_ev], RandomWalkRefiner(alpha=a, t=0, device=DEVICE).predict(ev)) for a in [0.5, 1, 2, 4, 8]}
     best = max(grid, key=grid.get); cam0 = max(cams.values())
     h = aff.train_result_.history
-    drop = f" edge-dropped {STATS[0] / max(STATS[1], 1):.2f} of bg pairs" if edge is not None else ""
+    drop = f" edge-dropped {STATS[0] / max(STATS[1], 1):.2f} of bg pairs" if STATS[1] else ""
     if STATS[3]:
         drop += f", {STATS[2] / STATS[3]:.2f} of negative pairs"
     return (f"{name:28s} {mode:4s} fit {ft:5.0f}s auc {auc:.3f} cam {cam0:.3f} walk {grid[best]:.3f} "
