@@ -135,7 +135,7 @@ def _pair_auc(records, masks, radius):
     return roc_auc_score(same, score) if 0 < same.mean() < 1 else float("nan")
 
 
-def _best_walk(records, masks, alphas, betas, device="cpu"):
+def _best_walk(records, masks, alphas, betas, device):
     from sklearn_psa import RandomWalkRefiner
 
     best = (-1.0, None)
@@ -200,18 +200,12 @@ def run(args):
     else:
         records, masks = _cam_records(args.n, args.image_size, args.seed, cam_params, args.cache)
     if args.subset:
-        from sklearn_psa.records import Records
-
-        records = Records(records.records[:args.subset], records.n_classes, getattr(records, "source", None))
-        masks = masks[:args.subset]
+        records, masks = records[:args.subset], masks[:args.subset]
     train_masks = masks
     print(f"CAM records: {len(records)} images, {time.perf_counter() - t0:.0f} s", flush=True)
     train_records = records  # AffinityNet trains on all of them; the rows score the first --eval-first
     if args.eval_first:
-        from sklearn_psa.records import Records
-
-        records = Records(records.records[:args.eval_first], records.n_classes, getattr(records, "source", None))
-        masks = masks[:args.eval_first]
+        records, masks = records[:args.eval_first], masks[:args.eval_first]
     alphas, betas = tuple(args.alphas), tuple(args.betas)
 
     lines = []
@@ -234,7 +228,7 @@ def run(args):
     lines += ["", "| row | mIoU | gain over CAM | best (alpha, beta) | pair AUC | fit (s) |",
               "|---|---:|---:|---|---:|---:|"]
 
-    cam_scores = {a: RandomWalkRefiner(alpha=a, t=0).score(records, masks) for a in alphas}
+    cam_scores = {a: RandomWalkRefiner(alpha=a, t=0, device=args.device).score(records, masks) for a in alphas}
     cam_alpha = max(cam_scores, key=cam_scores.get)
     cam = cam_scores[cam_alpha]
     lines.append(f"| CAM alone (t=0) | {cam:.3f} | - | ({cam_alpha}, -) | - | - |")
@@ -242,7 +236,7 @@ def run(args):
 
     offsets = neighbor_offsets(5)
     oracle = records.with_affinity([oracle_affinity(m, offsets) for m in masks], 5)
-    s, ab = _best_walk(oracle, masks, alphas, betas)
+    s, ab = _best_walk(oracle, masks, alphas, betas, args.device)
     lines.append(f"| oracle affinity (true masks) | {s:.3f} | {s - cam:+.3f} | {ab} | 1.000 | - |")
     print(lines[-1], flush=True)
     clutter = _clutter_maps(masks, records.n_classes, args.image_size, args.seed)
@@ -251,7 +245,7 @@ def run(args):
         # boundaries of bodies, not that distractors are background
         segments = np.where(clutter > 0, 100 + clutter, masks).astype(np.uint8)
         texture = records.with_affinity([oracle_affinity(m, offsets) for m in segments], 5)
-        s, ab = _best_walk(texture, masks, alphas, betas)
+        s, ab = _best_walk(texture, masks, alphas, betas, args.device)
         lines.append(f"| texture oracle (distractors their own segments) | {s:.3f} | {s - cam:+.3f} | {ab} "
                      f"| {_pair_auc(texture, masks, 5):.3f} | - |")
         print(lines[-1], flush=True)

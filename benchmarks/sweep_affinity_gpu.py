@@ -129,7 +129,6 @@ def job(cfg):
     from bench_affinity import _true_label_records, _pair_auc
     from sklearn_psa import AffinityEstimator, RandomWalkRefiner, neighbor_offsets
     from sklearn_psa.metrics import mean_iou
-    from sklearn_psa.records import Records
     rec, masks = load()
     n_ev = 8 if QUICK else 100
     params = dict(params)
@@ -144,8 +143,8 @@ def job(cfg):
     train = _true_label_records(rec, masks) if mode == "true" else rec
     n_train = int(os.environ.get("SWEEP_NTRAIN", "0"))
     if n_train:
-        train = Records(train.records[:n_train], train.n_classes, train.source)
-    ev = Records(rec.records[:n_ev], rec.n_classes, rec.source)
+        train = train[:n_train]
+    ev = rec[:n_ev]
     t = time.time()
     aff = AffinityEstimator(random_state=0, device=DEVICE, **params).fit(train)
     ft = time.time() - t

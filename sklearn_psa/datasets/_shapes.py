@@ -263,8 +263,7 @@ def _generate(
             instances[i], parts[i] = inst, part
         if return_clutter:
             clutter[i] = clut
-    out = (X, masks) + ((instances, parts) if return_parts else ()) + ((clutter,) if return_clutter else ())
-    return out
+    return (X, masks) + ((instances, parts) if return_parts else ()) + ((clutter,) if return_clutter else ())
 
 
 @validate_params(
