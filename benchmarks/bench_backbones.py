@@ -29,12 +29,10 @@ import time
 
 import numpy as np
 
+
 # Per setting: PSASegmenter parameters (nested ones for its steps). "tiny" and
 # "efficientnet_lite0_stages5" are the demo's settings (sklearn_psa._demo.DEMO_SETTINGS "full"
 # and "pretrained"); the others change one thing.
-_LITE0 = {"backbone": "efficientnet_lite0", "pretrained": True}
-
-
 def _settings():
     from sklearn_psa._demo import DEMO_SETTINGS
 
