@@ -179,7 +179,7 @@ def _label_quality(records, masks, crf, alpha_low=4, alpha_high=32):
 def run(args):
     import torch
 
-    from sklearn_psa import AffinityEstimator, RandomWalkRefiner, neighbor_offsets
+    from sklearn_psa import AffinityEstimator, FeatureAffinity, RandomWalkRefiner, neighbor_offsets
     from sklearn_psa._affinity_labels import oracle_affinity
     from sklearn_psa.crf import dense_crf
 
@@ -250,6 +250,22 @@ def run(args):
                      f"| {_pair_auc(texture, masks, 5):.3f} | - |")
         print(lines[-1], flush=True)
 
+    for scale in args.feature_affinity or ():
+        # no training: ImageNet features of the stride-8 stage (sklearn_psa.FeatureAffinity)
+        t0 = time.perf_counter()
+        try:
+            fa = FeatureAffinity(input_scale=scale, device=args.device).fit(train_records)
+        except (ImportError, ValueError) as exc:
+            lines.append(f"| FeatureAffinity, input_scale {scale} | not run: {exc} | | | | |")
+            print(lines[-1], flush=True)
+            continue
+        fit = time.perf_counter() - t0
+        out = fa.transform(records)
+        s, ab = _best_walk(out, masks, alphas, betas, args.device)
+        lines.append(f"| FeatureAffinity (lite0 ImageNet, stage 3, no training), input_scale {scale} | {s:.3f} "
+                     f"| {s - cam:+.3f} | {ab} | {_pair_auc(out, masks, 5):.3f} | {fit:.0f} |")
+        print(lines[-1], flush=True)
+
     base = dict(backbone="tiny", learning_rate=0.1, max_epochs=args.epochs, head_widths=tuple(args.head_widths),
                 device=args.device, random_state=args.seed, crf=args.crf)
     runs = [(name, ABLATIONS[name], train_records) for name in args.ablation]
@@ -298,6 +314,10 @@ def main(argv=None):
                         help="settings of the 'learned on TRUE labels' rows (repeatable; default: base)")
     parser.add_argument("--label-blend", type=float, nargs="+", default=None, metavar="W",
                         help="add rows trained on labels from W * true mask + (1 - W) * CAM")
+    parser.add_argument("--feature-affinity", type=float, nargs="*", default=None, metavar="SCALE",
+                        help="add FeatureAffinity rows (no training) at these input scales (default 2)")
+    parser.add_argument("--no-learned", action="store_true",
+                        help="no AffinityNet rows (CAM alone, oracles, label table, FeatureAffinity rows)")
     parser.add_argument("--records", default=None,
                         help="pickle with 'records' (CAM Records) and 'masks' instead of fitting CAMs")
     parser.add_argument("--subset", type=int, default=0, help="use only the first N images of the records")
@@ -318,7 +338,11 @@ def main(argv=None):
     if args.quick:
         args.n, args.image_size, args.epochs, args.cam_epochs = 16, 64, 1, 1
         args.ablation = args.ablation or ["base", "no_crf"]
-    args.ablation = args.ablation or list(ABLATIONS)
+    if args.no_learned:
+        args.ablation, args.true_labels = [], False
+    if args.feature_affinity == [] or (args.quick and args.feature_affinity is None):
+        args.feature_affinity = [2.0]
+    args.ablation = list(ABLATIONS) if args.ablation is None else args.ablation
     args.crf = args.crf == "on"
     lines = run(args)
     print()

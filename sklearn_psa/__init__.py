@@ -15,6 +15,7 @@ __version__ = "0.1.0.dev0"
 _LAZY = {
     "CAMClassifier": "cam",
     "AffinityEstimator": "affinity",
+    "FeatureAffinity": "feature_affinity",
     "RandomWalkRefiner": "walk",
     "PSASegmenter": "segmenter",
     "random_walk": "walk",

