@@ -63,9 +63,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
     cam : CAMClassifier or None, default=None
         Step 1; None makes ``CAMClassifier(device=device,
         random_state=random_state, verbose=verbose)``.
-    affinity : AffinityEstimator or None, default=None
+    affinity : AffinityEstimator, FeatureAffinity or None, default=None
         Step 2; None makes ``AffinityEstimator(device=device,
-        random_state=random_state, verbose=verbose)``.
+        random_state=random_state, verbose=verbose)``. Any transformer that
+        adds affinities to records fits here, such as
+        :class:`~sklearn_psa.FeatureAffinity` (no training).
     refiner : RandomWalkRefiner or None, default=None
         Step 3; None makes ``RandomWalkRefiner(device=device)`` (alpha 16,
         beta 8, t 256: the paper's).

@@ -219,3 +219,17 @@ def test_imagenet_features_follow_the_bodies_of_make_shapes():
     random_weights = make_backbone("efficientnet_lite0", pretrained=None, stages=5)
     imagenet, random = auc(FeatureAffinity(device="cpu")), auc(FeatureAffinity(backbone=random_weights, device="cpu"))
     assert imagenet > 0.93 and imagenet > random + 0.03, (imagenet, random)  # measured 0.949 and 0.891
+
+
+def test_takes_the_affinity_step_of_psasegmenter():
+    from sklearn_psa import CAMClassifier, PSASegmenter
+    from sklearn_psa.datasets import make_shapes
+
+    X, Y, masks = make_shapes(12, image_size=32, random_state=0)
+    cam = CAMClassifier(backbone="tiny", max_epochs=1, scales=(1.0,), crop_size=None, device="cpu", random_state=0)
+    seg = PSASegmenter(cam=cam, affinity=FeatureAffinity(backbone=small_net(), device="cpu"),
+                       backbone="tiny", max_epochs=1, batch_size=4, device="cpu", random_state=0)
+    seg.set_params(affinity__radius=3, refiner__t=8).fit(X, Y)
+    assert seg.affinity_.radius == 3 and seg.affinity_.distance_scale_ > 0
+    assert len(seg.pseudo_labels_) == 12 and seg.pseudo_labels_[0].shape == (32, 32)
+    assert 0 <= seg.score(X, masks) <= 1
