@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._affinity_labels import STRIDE
+from ._affinity_labels import STRIDE, shift_slices
 from ._torch_estimator import TorchEstimatorMixin, device_type, images_to_tensor, iter_image_batches, module_type
 from ._validation import check_records
 
@@ -172,8 +172,6 @@ class FeatureAffinity(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         """``mean_c |f(i) - f(j)|`` of standardised features for every offset, NaN off the grid."""
         import torch
 
-        from ._affinity_labels import shift_slices
-
         mean = torch.as_tensor(self.mean_, device=feats.device).view(1, -1, 1, 1)
         scale = torch.as_tensor(self.scale_, device=feats.device).view(1, -1, 1, 1)
         f = (feats - mean) / scale
@@ -190,8 +188,8 @@ class FeatureAffinity(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Measure the feature statistics on the training records.
 
-        Two passes over the images: the per-channel mean and standard deviation
-        of the features, then the mean distance between neighbouring cells.
+        One pass over the images: the per-channel mean and standard deviation
+        of the features, and the mean distance between neighbouring cells.
 
         Parameters
         ----------
@@ -215,31 +213,36 @@ class FeatureAffinity(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         self.offsets_ = np.asarray(neighbor_offsets(self.radius))
         self.backbone_ = self._make_backbone().to(device=device, memory_format=torch.channels_last).eval()
 
-        total, total_sq, count = 0.0, 0.0, 0
+        # One pass: per-channel sums give the mean and variance, and per-channel sums of
+        # |f_c(i) - f_c(j)| over the pairs give the mean standardised distance afterwards
+        # (it is linear in them: mean_c |diff_c| / scale_c).
+        total = total_sq = abs_diff = 0.0
+        count = n_pairs = 0
         for _, feats in self._grid_features(records, device, "FeatureAffinity statistics"):
             f = feats.double()
             total = total + f.sum(dim=(0, 2, 3))
             total_sq = total_sq + (f * f).sum(dim=(0, 2, 3))
             count += f.shape[0] * f.shape[2] * f.shape[3]
-        mean = total / count
-        var = (total_sq / count - mean * mean).clamp_min(0.0)
-        self.mean_ = mean.float().cpu().numpy()
-        # a channel constant over the training cells carries no contrast: unit scale keeps it 0
-        std = var.sqrt().float().cpu().numpy()
-        self.scale_ = np.where(std > 1e-6 * max(float(std.max()), 1e-12), std, 1.0).astype(np.float32)
-
-        d_sum, d_count = 0.0, 0
-        for _, feats in self._grid_features(records, device, "FeatureAffinity distances"):
-            d = self._distances(feats)
-            on_grid = ~torch.isnan(d)
-            d_sum += float(d[on_grid].double().sum())
-            d_count += int(on_grid.sum())
-        if d_count == 0:
+            h, w = f.shape[-2:]
+            for dy, dx in self.offsets_:
+                (sy, sx), (ty, tx) = shift_slices(int(dy), int(dx), h, w)
+                diff = (f[:, :, sy, sx] - f[:, :, ty, tx]).abs()
+                abs_diff = abs_diff + diff.sum(dim=(0, 2, 3))
+                n_pairs += diff.shape[0] * diff.shape[2] * diff.shape[3]
+        if n_pairs == 0:
             raise ValueError(
                 f"the training images give no pair of grid cells within radius {self.radius}: "
                 f"images need more than one {STRIDE}x{STRIDE} cell"
             )
-        self.distance_scale_ = max(d_sum / d_count, 1e-12)
+        mean = total / count
+        var = (total_sq / count - mean * mean).clamp_min(0.0)
+        self.mean_ = mean.float().cpu().numpy()
+        # a channel constant over the training cells carries no contrast: unit scale keeps it 0
+        std = var.sqrt().cpu().numpy()
+        scale = np.where(std > 1e-6 * max(float(std.max()), 1e-12), std, 1.0)
+        self.scale_ = scale.astype(np.float32)
+        d_mean = float(np.mean(abs_diff.cpu().numpy() / scale)) / n_pairs
+        self.distance_scale_ = max(d_mean, 1e-12)
         return self
 
     # ------------------------------------------------------------------ transform
