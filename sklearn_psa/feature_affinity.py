@@ -91,7 +91,7 @@ class FeatureAffinity(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
     >>> images = rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
     >>> records = Records.from_arrays(images, np.ones((2, 1), np.uint8),
     ...                               [np.ones((1, 32, 32), np.float32)] * 2)
-    >>> torch.manual_seed(0) and None
+    >>> _ = torch.manual_seed(0)
     >>> net = make_backbone("tiny", width=4, depth=1)   # any trained module
     >>> out = FeatureAffinity(backbone=net, device="cpu").fit_transform(records)
     >>> out[0].affinity.shape
