@@ -147,7 +147,7 @@ class FeatureAffinity(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         options = dict(self.backbone_options or {})
         if (isinstance(self.backbone, str) and self.backbone.startswith("efficientnet_lite")
                 and self.level == "low" and "stages" not in options):
-            options["stages"] = 5  # same low level; skips the 1280-channel head (about 3x faster)
+            options["stages"] = 5  # the same low level, without the costly 1280-channel head
         return make_backbone(self.backbone, pretrained=pretrained, **options)
 
     def _grid_features(self, records, device, desc):
