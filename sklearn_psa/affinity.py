@@ -52,7 +52,36 @@ def _grid_labels(low, high, stride=STRIDE):
     ])
 
 
-class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
+class AffinityTransformerMixin(TransformerMixin):
+    """``transform`` for the estimators that add affinities to records.
+
+    A subclass defines ``predict_affinity(X)`` (one ``(K, h, w)`` array per
+    record) and the ``radius`` parameter.
+    """
+
+    def transform(self, X):
+        """Add each image's affinity to its record.
+
+        Parameters
+        ----------
+        X : Records
+            Records with CAMs (from :class:`~sklearn_psa.CAMClassifier`).
+
+        Returns
+        -------
+        records : Records
+            The same records with ``affinity`` ``(K, ceil(H/8), ceil(W/8))`` and
+            ``radius`` set, ready for :class:`~sklearn_psa.RandomWalkRefiner`.
+        """
+        return X.with_affinity(self.predict_affinity(X), self.radius)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        return tags
+
+
+class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimator):
     """Learn pixel affinities from CAM records and add them to the records.
 
     Read more in DESIGN sections 3.2 and 3.3.
@@ -365,26 +394,9 @@ class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
                     out[i] = np.ascontiguousarray(aff[j], dtype=np.float32)
         return out
 
-    def transform(self, X):
-        """Add each image's affinity to its record.
-
-        Parameters
-        ----------
-        X : Records
-            Records with CAMs (from :class:`~sklearn_psa.CAMClassifier`).
-
-        Returns
-        -------
-        records : Records
-            The same records with ``affinity`` ``(K, ceil(H/8), ceil(W/8))`` and
-            ``radius`` set, ready for :class:`~sklearn_psa.RandomWalkRefiner`.
-        """
-        return X.with_affinity(self.predict_affinity(X), self.radius)
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.random_state is None
-        tags.requires_fit = True
         return tags
 
 

@@ -15,11 +15,12 @@ import numbers
 import os
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._affinity_labels import STRIDE, shift_slices
+from .affinity import AffinityTransformerMixin
 from ._torch_estimator import TorchEstimatorMixin, device_type, images_to_tensor, iter_image_batches, module_type
 from ._validation import check_records
 
@@ -28,7 +29,7 @@ __all__ = ["FeatureAffinity"]
 _LEVELS = {"low": 0, "mid": 1, "high": 2}
 
 
-class FeatureAffinity(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
+class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimator):
     """Affinities from pretrained features, added to the records (no training).
 
     Parameters
@@ -275,24 +276,3 @@ class FeatureAffinity(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
             for j, i in enumerate(idx):
                 out[i] = np.ascontiguousarray(aff[j], dtype=np.float32)
         return out
-
-    def transform(self, X):
-        """Add each image's affinity to its record.
-
-        Parameters
-        ----------
-        X : Records
-            Records with CAMs (from :class:`~sklearn_psa.CAMClassifier`).
-
-        Returns
-        -------
-        records : Records
-            The same records with ``affinity`` and ``radius`` set, ready for
-            :class:`~sklearn_psa.RandomWalkRefiner`.
-        """
-        return X.with_affinity(self.predict_affinity(X), self.radius)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = True
-        return tags
