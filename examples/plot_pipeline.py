@@ -66,6 +66,23 @@ print(f"CAM alone on test images:           mIoU {pipe.score(X_test, masks_test)
 pipe.set_params(rw__t=256)
 
 # %%
+# An affinity with no training
+# ----------------------------
+# :class:`~sklearn_psa.FeatureAffinity` compares EfficientNet-Lite0's early ImageNet features
+# instead of training AffinityNet (it needs the ``pretrained`` extra). Thanks to ``memory`` the
+# CAM step is not fitted again. docs/benchmarks.md measures where it helps (the synthesized
+# masks) and where it does not (the segmenter trained on them).
+from sklearn.base import clone
+
+from sklearn_psa import FeatureAffinity
+from sklearn_psa.nn import pretrained_weights_installed
+
+if pretrained_weights_installed("efficientnet_lite0"):
+    pipe_features = clone(pipe).set_params(affinity=FeatureAffinity())
+    pipe_features.fit(X, Y)
+    print(f"CAM + walk, FeatureAffinity:        mIoU {pipe_features.score(X_test, masks_test):.3f}")
+
+# %%
 # A segmentation network trained on the synthesized masks
 # --------------------------------------------------------
 # :class:`~sklearn_psa.PSASegmenter` runs the same three steps on the training images (with
