@@ -55,9 +55,39 @@ def _grid_labels(low, high, stride=STRIDE):
 class AffinityTransformerMixin(TransformerMixin):
     """``transform`` for the estimators that add affinities to records.
 
-    A subclass defines ``predict_affinity(X)`` (one ``(K, h, w)`` array per
-    record) and the ``radius`` parameter.
+    A subclass defines ``_affinity_features(records)``, yielding
+    ``(indices, features)`` batch by batch, whose
+    :func:`~sklearn_psa.nn.affinity_head.pairwise_affinity` is the affinity,
+    and sets ``offsets_`` in ``fit``; it has the ``radius`` parameter.
     """
+
+    def predict_affinity(self, X):
+        """The affinity ``(K, h, w)`` of each record's whole image on the stride-8 grid.
+
+        Parameters
+        ----------
+        X : Records
+
+        Returns
+        -------
+        affinities : list of ndarray of shape (K, ceil(H/8), ceil(W/8)), float32
+            ``affinities[i][k, y, x]`` is the affinity between cell ``(y, x)``
+            and ``(y + dy_k, x + dx_k)`` (``offsets_[k]``); 0 where the
+            neighbour is outside the grid.
+        """
+        import torch
+
+        from .nn.affinity_head import pairwise_affinity
+
+        check_is_fitted(self)
+        records = check_records(X, name="X")
+        out = [None] * len(records)
+        with torch.inference_mode():
+            for idx, feats in self._affinity_features(records):
+                aff = pairwise_affinity(feats.float(), self.offsets_).cpu().numpy()
+                for j, i in enumerate(idx):
+                    out[i] = np.ascontiguousarray(aff[j], dtype=np.float32)
+        return out
 
     def transform(self, X):
         """Add each image's affinity to its record.
@@ -361,38 +391,15 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
 
     # ------------------------------------------------------------------ transform
 
-    def predict_affinity(self, X):
-        """The affinity ``(K, h, w)`` of each record's whole image on the stride-8 grid.
-
-        Parameters
-        ----------
-        X : Records
-
-        Returns
-        -------
-        affinities : list of ndarray of shape (K, ceil(H/8), ceil(W/8)), float32
-            ``affinities[i][k, y, x]`` is the affinity between cell ``(y, x)``
-            and ``(y + dy_k, x + dx_k)`` (``offsets_[k]``); 0 where the
-            neighbour is outside the grid.
-        """
-        import torch
-
+    def _affinity_features(self, records):
+        """Yield ``(indices, f_aff)`` batch by batch: AffinityNet's features."""
         from ._device import resolve_device
-        from .nn.affinity_head import pairwise_affinity
 
-        check_is_fitted(self, "network_")
-        records = check_records(X, name="X")
         net = self._network("network_")
         device = resolve_device(self.device)
         shapes = [r.shape for r in records.records]
-        out = [None] * len(records)
-        with torch.inference_mode():
-            for idx in iter_image_batches(shapes, max(1, int(self.batch_size))):
-                x = images_to_tensor([records[i].load_image() for i in idx], device)
-                aff = pairwise_affinity(net(x).float(), self.offsets_).cpu().numpy()
-                for j, i in enumerate(idx):
-                    out[i] = np.ascontiguousarray(aff[j], dtype=np.float32)
-        return out
+        for idx in iter_image_batches(shapes, max(1, int(self.batch_size))):
+            yield idx, net(images_to_tensor([records[i].load_image() for i in idx], device))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -17,7 +17,6 @@ import os
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
 from ._affinity_labels import STRIDE, shift_slices
 from .affinity import AffinityTransformerMixin
@@ -152,9 +151,8 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         return make_backbone(self.backbone, pretrained=pretrained, **options)
 
     def _grid_features(self, records, device, desc):
-        """Yield ``(indices, features)``: standardisation-free grid features, batch by batch."""
-        import torch
-
+        """Yield ``(indices, features)``: raw grid features, batch by batch (run it under
+        ``torch.inference_mode``)."""
         from tqdm.auto import tqdm
 
         from .nn.affinity_head import _resize_to, backbone_levels
@@ -163,25 +161,23 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         shapes = [r.shape for r in records.records]
         level = _LEVELS[self.level]
         batches = list(iter_image_batches(shapes, max(1, int(self.batch_size))))
-        with torch.inference_mode():
-            for idx in tqdm(batches, desc=desc, unit="batch", disable=not self.verbose, leave=False):
-                x = images_to_tensor([records[i].load_image() for i in idx], device)
-                levels, size = backbone_levels(net, x, STRIDE, float(self.input_scale))
-                yield idx, _resize_to(levels[level].float().contiguous(), size)
+        for idx in tqdm(batches, desc=desc, unit="batch", disable=not self.verbose, leave=False):
+            x = images_to_tensor([records[i].load_image() for i in idx], device)
+            levels, size = backbone_levels(net, x, STRIDE, float(self.input_scale))
+            yield idx, _resize_to(levels[level].float().contiguous(), size)
 
-    def _distances(self, feats):
-        """``mean_c |f(i) - f(j)|`` of standardised features for every offset, NaN off the grid."""
+    def _affinity_features(self, records):
+        """Yield ``(indices, features)`` whose ``exp(-mean_c |f_c(i) - f_c(j)|)`` is the affinity:
+        the grid features standardised and divided by ``distance_scale_``."""
         import torch
 
-        mean = torch.as_tensor(self.mean_, device=feats.device).view(1, -1, 1, 1)
-        scale = torch.as_tensor(self.scale_, device=feats.device).view(1, -1, 1, 1)
-        f = (feats - mean) / scale
-        N, _, h, w = f.shape
-        out = f.new_full((N, len(self.offsets_), h, w), float("nan"))
-        for k, (dy, dx) in enumerate(self.offsets_):
-            (sy, sx), (ty, tx) = shift_slices(int(dy), int(dx), h, w)
-            out[:, k, sy, sx] = (f[:, :, sy, sx] - f[:, :, ty, tx]).abs().mean(dim=1)
-        return out
+        from ._device import resolve_device
+
+        device = resolve_device(self.device)
+        shift = torch.as_tensor(self.mean_, device=device).view(1, -1, 1, 1)
+        divide = torch.as_tensor(self.scale_ * self.distance_scale_, device=device).view(1, -1, 1, 1)
+        for idx, feats in self._grid_features(records, device, "FeatureAffinity"):
+            yield idx, (feats - shift) / divide
 
     # ------------------------------------------------------------------ fit
 
@@ -219,17 +215,18 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         # (it is linear in them: mean_c |diff_c| / scale_c).
         total = total_sq = abs_diff = 0.0
         count = n_pairs = 0
-        for _, feats in self._grid_features(records, device, "FeatureAffinity statistics"):
-            f = feats.double()
-            total = total + f.sum(dim=(0, 2, 3))
-            total_sq = total_sq + (f * f).sum(dim=(0, 2, 3))
-            count += f.shape[0] * f.shape[2] * f.shape[3]
-            h, w = f.shape[-2:]
-            for dy, dx in self.offsets_:
-                (sy, sx), (ty, tx) = shift_slices(int(dy), int(dx), h, w)
-                diff = (f[:, :, sy, sx] - f[:, :, ty, tx]).abs()
-                abs_diff = abs_diff + diff.sum(dim=(0, 2, 3))
-                n_pairs += diff.shape[0] * diff.shape[2] * diff.shape[3]
+        with torch.inference_mode():
+            for _, feats in self._grid_features(records, device, "FeatureAffinity statistics"):
+                f = feats.double()
+                total = total + f.sum(dim=(0, 2, 3))
+                total_sq = total_sq + (f * f).sum(dim=(0, 2, 3))
+                count += f.shape[0] * f.shape[2] * f.shape[3]
+                h, w = f.shape[-2:]
+                for dy, dx in self.offsets_:
+                    (sy, sx), (ty, tx) = shift_slices(int(dy), int(dx), h, w)
+                    diff = (f[:, :, sy, sx] - f[:, :, ty, tx]).abs()
+                    abs_diff = abs_diff + diff.sum(dim=(0, 2, 3))
+                    n_pairs += diff.shape[0] * diff.shape[2] * diff.shape[3]
         if n_pairs == 0:
             raise ValueError(
                 f"the training images give no pair of grid cells within radius {self.radius}: "
@@ -245,34 +242,3 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         d_mean = float(np.mean(abs_diff.cpu().numpy() / scale)) / n_pairs
         self.distance_scale_ = max(d_mean, 1e-12)
         return self
-
-    # ------------------------------------------------------------------ transform
-
-    def predict_affinity(self, X):
-        """The affinity ``(K, h, w)`` of each record's whole image on the stride-8 grid.
-
-        Parameters
-        ----------
-        X : Records
-
-        Returns
-        -------
-        affinities : list of ndarray of shape (K, ceil(H/8), ceil(W/8)), float32
-            ``exp(-mean_c |f_c(i) - f_c(j)| / distance_scale_)`` between cell
-            ``(y, x)`` and ``(y + dy_k, x + dx_k)`` (``offsets_[k]``); 0 where
-            the neighbour is outside the grid.
-        """
-        import torch
-
-        from ._device import resolve_device
-
-        check_is_fitted(self, "distance_scale_")
-        records = check_records(X, name="X")
-        device = resolve_device(self.device)
-        out = [None] * len(records)
-        for idx, feats in self._grid_features(records, device, "FeatureAffinity"):
-            aff = torch.exp(-self._distances(feats) / self.distance_scale_)
-            aff = torch.nan_to_num(aff, nan=0.0).cpu().numpy()
-            for j, i in enumerate(idx):
-                out[i] = np.ascontiguousarray(aff[j], dtype=np.float32)
-        return out
