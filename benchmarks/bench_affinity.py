@@ -234,37 +234,39 @@ def run(args):
     lines.append(f"| CAM alone (t=0) | {cam:.3f} | - | ({cam_alpha}, -) | - | - |")
     print(lines[-1], flush=True)
 
+    def add_row(label, out, fit=None):
+        """Walk ``out`` (records with affinities) on the grid and add its row to the table."""
+        s, ab = _best_walk(out, masks, alphas, betas, args.device)
+        fit = "-" if fit is None else f"{fit:.0f}"
+        lines.append(f"| {label} | {s:.3f} | {s - cam:+.3f} | {ab} | {_pair_auc(out, masks, 5):.3f} | {fit} |")
+        print(lines[-1], flush=True)
+
+    def add_fitted_row(label, estimator, fit_records):
+        """Fit an affinity estimator, then its row (or a "not run" row saying why)."""
+        t0 = time.perf_counter()
+        try:
+            estimator.fit(fit_records)
+        except (ImportError, ValueError) as exc:
+            lines.append(f"| {label} | not run: {exc} | | | | |")
+            print(lines[-1], flush=True)
+            return
+        fit = time.perf_counter() - t0
+        add_row(label, estimator.transform(records), fit)
+
     offsets = neighbor_offsets(5)
-    oracle = records.with_affinity([oracle_affinity(m, offsets) for m in masks], 5)
-    s, ab = _best_walk(oracle, masks, alphas, betas, args.device)
-    lines.append(f"| oracle affinity (true masks) | {s:.3f} | {s - cam:+.3f} | {ab} | 1.000 | - |")
-    print(lines[-1], flush=True)
+    add_row("oracle affinity (true masks)", records.with_affinity([oracle_affinity(m, offsets) for m in masks], 5))
     clutter = _clutter_maps(masks, records.n_classes, args.image_size, args.seed)
     if clutter is not None:
         # the same, but each body-like distractor its own segment: an affinity that knows the
         # boundaries of bodies, not that distractors are background
         segments = np.where(clutter > 0, 100 + clutter, masks).astype(np.uint8)
-        texture = records.with_affinity([oracle_affinity(m, offsets) for m in segments], 5)
-        s, ab = _best_walk(texture, masks, alphas, betas, args.device)
-        lines.append(f"| texture oracle (distractors their own segments) | {s:.3f} | {s - cam:+.3f} | {ab} "
-                     f"| {_pair_auc(texture, masks, 5):.3f} | - |")
-        print(lines[-1], flush=True)
+        add_row("texture oracle (distractors their own segments)",
+                records.with_affinity([oracle_affinity(m, offsets) for m in segments], 5))
 
     for scale in args.feature_affinity or ():
         # no training: ImageNet features of the stride-8 stage (sklearn_psa.FeatureAffinity)
-        t0 = time.perf_counter()
-        try:
-            fa = FeatureAffinity(input_scale=scale, device=args.device).fit(train_records)
-        except (ImportError, ValueError) as exc:
-            lines.append(f"| FeatureAffinity, input_scale {scale} | not run: {exc} | | | | |")
-            print(lines[-1], flush=True)
-            continue
-        fit = time.perf_counter() - t0
-        out = fa.transform(records)
-        s, ab = _best_walk(out, masks, alphas, betas, args.device)
-        lines.append(f"| FeatureAffinity (lite0 ImageNet, stage 3, no training), input_scale {scale} | {s:.3f} "
-                     f"| {s - cam:+.3f} | {ab} | {_pair_auc(out, masks, 5):.3f} | {fit:.0f} |")
-        print(lines[-1], flush=True)
+        add_fitted_row(f"FeatureAffinity (lite0 ImageNet, stage 3, no training), input_scale {scale}",
+                       FeatureAffinity(input_scale=scale, device=args.device), train_records)
 
     base = dict(backbone="tiny", learning_rate=0.1, max_epochs=args.epochs, head_widths=tuple(args.head_widths),
                 device=args.device, random_state=args.seed, crf=args.crf)
@@ -280,19 +282,8 @@ def run(args):
         params = dict(base)
         for k, v in change.items():
             params[k] = args.epochs * int(v[1:]) if isinstance(v, str) and v[:1] == "x" else v
-        t0 = time.perf_counter()
-        try:
-            est = AffinityEstimator(**params).fit(recs)
-        except (ImportError, ValueError) as exc:
-            lines.append(f"| learned: {name} | not run: {exc} | | | | |")
-            print(lines[-1], flush=True)
-            continue
-        fit = time.perf_counter() - t0
-        out = est.transform(records)
-        s, ab = _best_walk(out, masks, alphas, betas, args.device)
         label = name if name.startswith("learned") else f"learned: {name}"
-        lines.append(f"| {label} | {s:.3f} | {s - cam:+.3f} | {ab} | {_pair_auc(out, masks, 5):.3f} | {fit:.0f} |")
-        print(lines[-1], flush=True)
+        add_fitted_row(label, AffinityEstimator(**params), recs)
     return lines
 
 
