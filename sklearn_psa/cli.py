@@ -422,8 +422,9 @@ def build_parser():
     p.add_argument("--split", default="train", help="VOC split (default train)")
     p.add_argument("--supervision", choices=("image", "pixel"), default="image")
     p.add_argument("--backbone", default="auto",
-                   help="backbone of all three networks: auto (default; EfficientNet-Lite0 with "
-                        "ImageNet weights where installed, else tiny), tiny, resnet50, ...")
+                   help="backbone of the three networks (FeatureAffinity keeps its own): auto "
+                        "(default; EfficientNet-Lite0 with ImageNet weights where installed, else "
+                        "tiny), tiny, resnet50, ...")
     p.add_argument("--affinity", choices=("net", "features"), default="net",
                    help="net (default): train AffinityNet on the CAMs' confident regions (the "
                         "paper); features: FeatureAffinity, the distance between EfficientNet-"
