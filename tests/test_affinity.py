@@ -5,12 +5,12 @@ import pickle
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from sklearn_psa import AffinityEstimator, RandomWalkRefiner, neighbor_offsets
 from sklearn_psa._affinity_labels import _shifted_pairs, downsample_mask
 from sklearn_psa.records import Records
-from _estimator_checks import RECORDS_INPUT_FAILED_CHECKS, assert_inapplicable_checks_fail_on_input
+from _estimator_checks import (RECORDS_INPUT_FAILED_CHECKS, assert_inapplicable_checks_fail_on_input,
+                               sklearn_check_cases)
 
 FAST = dict(backbone="tiny", crf=False, head_widths=(8, 8, 8), backbone_options={"width": 4, "depth": 1},
             crop_size=32, batch_size=4, device="cpu", random_state=0)
@@ -204,15 +204,7 @@ EXPECTED_FAILED_CHECKS = RECORDS_INPUT_FAILED_CHECKS
 _CHECKED = AffinityEstimator(backbone="tiny", max_epochs=1, crf=False, device="cpu", random_state=0)
 
 
-# As in test_cam.py: parametrize_with_checks would mark the inapplicable checks xfail and
-# pytest spends about a second formatting each traceback; mark="skip" lists them with their
-# reason, and the test below proves each fails only because X must be Records.
-@pytest.mark.parametrize(
-    "estimator, check",
-    list(estimator_checks_generator(_CHECKED, legacy=True, mark="skip",
-                                    expected_failed_checks=EXPECTED_FAILED_CHECKS)),
-    ids=lambda obj: getattr(getattr(obj, "func", obj), "__name__", "AffinityEstimator"),
-)
+@pytest.mark.parametrize(**sklearn_check_cases(_CHECKED, EXPECTED_FAILED_CHECKS))
 def test_sklearn_checks(estimator, check):
     check(estimator)
 

@@ -9,13 +9,12 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
-from sklearn.utils.estimator_checks import estimator_checks_generator
 from torch.nn import functional as F
 
 from sklearn_psa import CAMClassifier
 from sklearn_psa._validation import labels_from_masks
 from sklearn_psa.records import Records
-from _estimator_checks import assert_inapplicable_checks_fail_on_input
+from _estimator_checks import assert_inapplicable_checks_fail_on_input, sklearn_check_cases
 
 try:
     from sklearn_psa.datasets import make_shapes
@@ -371,23 +370,10 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
-def _check_name(check):
-    func = getattr(check, "func", check)
-    return func.__name__
-
-
 _CHECKED = CAMClassifier(backbone="tiny", max_epochs=1, device="cpu", random_state=0)
 
 
-# parametrize_with_checks marks expected failures xfail, and pytest then spends ~1 s
-# formatting each traceback; the same generator with mark="skip" lists them as skipped
-# with their reason, and the test after it proves they fail on the image check.
-@pytest.mark.parametrize(
-    "estimator, check",
-    list(estimator_checks_generator(_CHECKED, legacy=True, mark="skip",
-                                    expected_failed_checks=EXPECTED_FAILED_CHECKS)),
-    ids=lambda obj: _check_name(obj) if callable(obj) and not isinstance(obj, CAMClassifier) else "CAMClassifier",
-)
+@pytest.mark.parametrize(**sklearn_check_cases(_CHECKED, EXPECTED_FAILED_CHECKS))
 def test_sklearn_checks(estimator, check):
     check(estimator)
 

@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
-from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from sklearn_psa import FeatureAffinity, RandomWalkRefiner, neighbor_offsets
 from sklearn_psa.nn import make_backbone, pretrained_weights_installed
 from sklearn_psa.records import Records
-from _estimator_checks import RECORDS_INPUT_FAILED_CHECKS, assert_inapplicable_checks_fail_on_input
+from _estimator_checks import (RECORDS_INPUT_FAILED_CHECKS, assert_inapplicable_checks_fail_on_input,
+                               sklearn_check_cases)
 
 
 def small_net(seed=0):
@@ -176,12 +176,7 @@ def test_clone_pickle_and_pipeline():
 _CHECKED = FeatureAffinity(backbone=small_net(), device="cpu")
 
 
-@pytest.mark.parametrize(
-    "estimator, check",
-    list(estimator_checks_generator(_CHECKED, legacy=True, mark="skip",
-                                    expected_failed_checks=RECORDS_INPUT_FAILED_CHECKS)),
-    ids=lambda obj: getattr(getattr(obj, "func", obj), "__name__", "FeatureAffinity"),
-)
+@pytest.mark.parametrize(**sklearn_check_cases(_CHECKED, RECORDS_INPUT_FAILED_CHECKS))
 def test_sklearn_checks(estimator, check):
     check(estimator)
 
