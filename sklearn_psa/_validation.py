@@ -73,6 +73,11 @@ def _check_image_item(item, where):
     from PIL import Image
 
     if isinstance(item, Image.Image):
+        if item.mode == "F":
+            raise TypeError(
+                f"{where}: {_IMAGE_EXPECTED}, got a PIL image of mode 'F' (float pixels); "
+                "convert it to 8-bit first"
+            )
         return to_rgb(item)
     if not isinstance(item, np.ndarray):
         original = item
@@ -265,6 +270,12 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y")
     if isinstance(masks, np.ndarray) and masks.ndim == 3 and masks.dtype != object:
         items = list(masks)
     elif isinstance(masks, np.ndarray) and masks.ndim == 2 and masks.dtype != object:
+        if n_samples is not None and n_samples > 1 and masks.shape[0] == n_samples:
+            raise ValueError(
+                f"{name} has shape {masks.shape}, an (n_samples, n_classes) image-level "
+                "indicator: expected pixel-level masks, one (H, W) mask per image (a sequence "
+                "or an (n, H, W) array); the mean IoU needs the true masks"
+            )
         raise ValueError(
             f"{name} is a single (H, W) mask of shape {masks.shape}: expected a sequence of "
             "masks or an (n, H, W) array; wrap it in a list"
@@ -367,6 +378,10 @@ def check_scalar_in(value, name, low=None, high=None, integer=False):
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            raise ValueError(f"{name} must be at least {low}, got {value!r}")
+        if low is None:
+            raise ValueError(f"{name} must be at most {high}, got {value!r}")
         raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
     return value
 

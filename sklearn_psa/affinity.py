@@ -2,8 +2,8 @@
 
 Fitted on the records of :class:`~sklearn_psa.CAMClassifier` (training
 images with their CAMs), it derives confident foreground, confident
-background and ignored regions from each image's CAMs (DESIGN 3.2), and
-trains AffinityNet (a head on three backbone levels, DESIGN 3.3) so that
+background and ignored regions from each image's CAMs (docs/method.md, section 2), and
+trains AffinityNet (a head on three backbone levels, section 3) so that
 pairs of the same confident label get affinity near 1 and pairs of different
 labels near 0. ``transform`` adds each image's affinity ``(K, h, w)`` on the
 stride-8 grid to its record, for :class:`~sklearn_psa.RandomWalkRefiner`.
@@ -103,7 +103,8 @@ class AffinityTransformerMixin(TransformerMixin):
             The same records with ``affinity`` ``(K, ceil(H/8), ceil(W/8))`` and
             ``radius`` set, ready for :class:`~sklearn_psa.RandomWalkRefiner`.
         """
-        return X.with_affinity(self.predict_affinity(X), self.radius)
+        affinities = self.predict_affinity(X)  # checks X first
+        return X.with_affinity(affinities, self.radius)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -114,7 +115,7 @@ class AffinityTransformerMixin(TransformerMixin):
 class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimator):
     """Learn pixel affinities from CAM records and add them to the records.
 
-    Read more in DESIGN sections 3.2 and 3.3.
+    Read more in docs/method.md (sections 2 and 3).
 
     Parameters
     ----------
@@ -252,11 +253,11 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
 
     def _crf_function(self):
         """``crf(image, scores) -> probs`` or None, from the ``crf`` parameter."""
-        if self.crf is False:
-            return None
-        from .crf import dense_crf
+        from .crf import check_crf_options, dense_crf
 
-        options = {} if self.crf is True else dict(self.crf)
+        options = check_crf_options(self.crf)
+        if options is None:
+            return None
 
         def crf(image, scores):
             return dense_crf(image, scores, **options)

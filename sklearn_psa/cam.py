@@ -31,7 +31,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
     the network, the maps are upsampled to the image size and summed, and each
     class is divided by its maximum (+1e-5), so CAMs lie in [0, 1].
 
-    Read more in :doc:`the method <method>`.
+    Read more in docs/method.md (section 1).
 
     Parameters
     ----------
@@ -111,11 +111,14 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
 
     Notes
     -----
-    The defaults train the ``"tiny"`` backbone from scratch on 128x128
-    :func:`~sklearn_psa.datasets.make_shapes` images in about a minute on two
-    CPU cores. The reference code (``train_cls.py``, README) trains ResNet-38
-    from ImageNet weights at ``crop_size=448``, ``learning_rate=0.1``,
-    ``batch_size=16``, ``max_epochs=15``, ``weight_decay=5e-4``, polynomial
+    With ``backbone="tiny"`` an epoch of 160 128x128
+    :func:`~sklearn_psa.datasets.make_shapes` images takes about 1 s on two
+    CPU cores (the default 50 epochs about a minute); ``"auto"``, which is
+    EfficientNet-Lite0 with ImageNet weights where they are installed, about
+    five times as long (docs/benchmarks.md). The reference code
+    (``train_cls.py``, README) trains ResNet-38 from ImageNet weights at
+    ``crop_size=448``, ``learning_rate=0.1``, ``batch_size=16``,
+    ``max_epochs=15``, ``weight_decay=5e-4``, polynomial
     decay with power 0.9, 2x the rate on biases, 10x (20x for biases) on the
     new classifier, BatchNorm and the first blocks frozen, on images whose
     long side is rescaled to 256..512 and colour-jittered (0.3, hue 0.1); its
@@ -240,6 +243,12 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         from ._training import Augmentation, ImageSamples, TrainConfig, train
 
         self._checked_scales()
+        if not labels.any():
+            raise ValueError(
+                f"y marks no class in any of the {labels.shape[0]} images: the CAM classifier "
+                "learns the classes from the images that contain them, so at least one image "
+                "must contain one"
+            )
         n_classes = labels.shape[1]
         device = self._fit_device()
         seed = self._fit_seed()
@@ -394,7 +403,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
             "pretrained": pretrained,
             "state_dict": self._network().backbone.state_dict(),
         }
-        return Records(records, self.n_classes_, source=source)
+        return Records(records, self.n_classes_, source=source, from_array=images.from_array)
 
     def decision_function(self, X):
         """Class scores (logits) of the whole images at scale 1.

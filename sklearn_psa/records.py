@@ -93,6 +93,16 @@ class Record:
         if self.affinity is not None:
             self.affinity = np.asarray(self.affinity, dtype=np.float32)
 
+    def __repr__(self):
+        image = repr(self.image) if isinstance(self.image, str) else f"<{self.shape[0]}x{self.shape[1]} array>"
+        parts = [f"image={image}", f"labels={self.labels.tolist()}"]
+        for name in ("cams", "affinity"):
+            arr = getattr(self, name)
+            parts.append(f"{name}=None" if arr is None else f"{name}=<{arr.dtype} {tuple(arr.shape)}>")
+        if self.radius is not None:
+            parts.append(f"radius={self.radius}")
+        return f"Record({', '.join(parts)})"
+
     def __getstate__(self):
         # joblib.hash (Pipeline(memory=...)'s cache key) includes the strides of arrays,
         # and those of equal arrays differ between a fresh record, its pickled copy and
@@ -136,6 +146,11 @@ class Records(Sequence):
         ``CAMClassifier`` puts its backbone's name, options and CPU state dict
         here, so that ``AffinityEstimator(init="cam")`` can start from it).
         Passed on by indexing and :meth:`with_affinity`; covered by ``joblib.hash``.
+    from_array : bool, default=False
+        Whether the images came as one ``(n, H, W, 3)`` array; then the masks
+        predicted from these records come as an ``(n, H, W)`` array too (as
+        ``predict`` of the estimators returns for such input). Passed on like
+        ``source``.
 
     Examples
     --------
@@ -148,19 +163,33 @@ class Records(Sequence):
     (array([1]), 2)
     """
 
-    def __init__(self, records, n_classes, source=None):
+    def __init__(self, records, n_classes, source=None, *, from_array=False):
         self.records = list(records)
         self.n_classes = int(n_classes)
         self.source = _numpy_tree(source)
+        self.from_array = bool(from_array)
+
+    def _like(self, records):
+        """Records holding ``records``, with this one's classes, source and ``from_array``."""
+        return Records(records, self.n_classes, self.source, from_array=getattr(self, "from_array", False))
 
     def __len__(self):
         return len(self.records)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return Records(self.records[index], self.n_classes, self.source)
+            return self._like(self.records[index])
         if isinstance(index, (list, np.ndarray)):
-            return Records([self.records[i] for i in np.asarray(index).ravel()], self.n_classes, self.source)
+            index = np.asarray(index)
+            if index.dtype == bool:
+                if index.shape != (len(self),):
+                    raise IndexError(
+                        f"boolean index of shape {index.shape} for {len(self)} records: expected ({len(self)},)"
+                    )
+                index = np.flatnonzero(index)
+            elif index.size and not np.issubdtype(index.dtype, np.integer):
+                raise IndexError(f"records can be indexed by integers or booleans, got dtype {index.dtype}")
+            return self._like([self.records[i] for i in index.ravel()])
         return self.records[index]
 
     def __repr__(self):
@@ -171,7 +200,7 @@ class Records(Sequence):
         """The images as an :class:`~sklearn_psa._validation.ImageSet`."""
         from ._validation import ImageSet
 
-        return ImageSet([r.image for r in self.records])
+        return ImageSet([r.image for r in self.records], getattr(self, "from_array", False))
 
     @property
     def labels(self):
@@ -190,11 +219,7 @@ class Records(Sequence):
         affinities = list(affinities)
         if len(affinities) != len(self):
             raise ValueError(f"got {len(affinities)} affinities for {len(self)} records")
-        return Records(
-            [replace(r, affinity=a, radius=radius) for r, a in zip(self.records, affinities)],
-            self.n_classes,
-            self.source,
-        )
+        return self._like([replace(r, affinity=a, radius=radius) for r, a in zip(self.records, affinities)])
 
     @classmethod
     def from_arrays(cls, images, labels, cams, affinities=None, radius=None):
@@ -228,5 +253,6 @@ class Records(Sequence):
                 for i in range(len(X))
             ],
             Y.shape[1],
+            from_array=X.from_array,
         )
         return check_records(recs, name="records")

@@ -26,6 +26,18 @@ from ._validation import IGNORE_INDEX, check_images, check_masks, check_targets,
 __all__ = ["PSASegmenter"]
 
 _STEPS = ("cam", "affinity", "refiner")
+#: Parameters a default-made step takes from the segmenter (those it has).
+_SHARED_PARAMS = ("device", "random_state", "verbose")
+
+
+def _same_setting(key, a, b):
+    """Whether a step's ``key`` value ``a`` is the segmenter's ``b`` (a RandomState: the same object)."""
+    if key == "device":
+        return str(a) == str(b)
+    if a is b:
+        return True
+    plain = (type(None), bool, int, np.integer)
+    return isinstance(a, plain) and isinstance(b, plain) and a == b
 
 
 class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
@@ -56,7 +68,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
     steps, so that fits that differ only in the refiner's or the segmentation
     network's parameters do not retrain them.
 
-    Read more in :doc:`the method <method>`.
+    Read more in docs/method.md (section 5).
 
     Parameters
     ----------
@@ -331,7 +343,12 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         """Set parameters, nested ones (``refiner__beta=4``) included.
 
         Plain parameters are set first; a nested parameter of a step left at
-        None first puts the default-made step in its place.
+        None first puts the default-made step in its place. A step's
+        ``device``, ``random_state`` and ``verbose`` that equal this
+        estimator's follow it when it changes, so a step made by a nested
+        parameter keeps sharing them (``set_params(cam__max_epochs=5)`` then
+        ``set_params(random_state=1)`` seeds the CAM step too); a step given
+        other values keeps its own.
 
         Returns
         -------
@@ -339,6 +356,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         """
         if not params:
             return self
+        self._follow_shared_params(params)
         nested = {}
         for key in [k for k in params if "__" in k]:
             name, sub = key.split("__", 1)
@@ -362,6 +380,22 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                 )
             step.set_params(**sub_params)
         return self
+
+    def _follow_shared_params(self, params):
+        """Pass changes of device, random_state and verbose on to the steps that share them."""
+        for key in _SHARED_PARAMS:
+            if key not in params:
+                continue
+            old, new = getattr(self, key), params[key]
+            for name in _STEPS:
+                step = getattr(self, name)
+                if step is None or not hasattr(step, "get_params"):
+                    continue
+                current = step.get_params(deep=False)
+                if key not in current:
+                    continue
+                if _same_setting(key, current[key], old):
+                    step.set_params(**{key: str(new) if key == "device" else new})
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -509,6 +543,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         """
         images = check_images(X)
         targets = check_targets(y, len(images), shapes=images.shapes)
+        self._crf_options()  # a typo in the CRF options fails now, not at predict
         labels = targets.labels
         n_classes = labels.shape[1]
         steps_X = X if isinstance(X, (np.ndarray, list, tuple)) else images
@@ -540,9 +575,9 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
     # ------------------------------------------------------------------ inference
 
     def _crf_options(self):
-        if self.crf is False:
-            return None
-        return {} if self.crf is True else dict(self.crf)
+        from .crf import check_crf_options
+
+        return check_crf_options(self.crf)
 
     def _iter_proba(self, images):
         """Yield ``(index, probabilities (K+1, H, W) float32)`` per image, batch by batch."""

@@ -187,10 +187,14 @@ def test_errors(fitted, squares):
         AffinityEstimator(**{**FAST, "crop_size": 30}).fit(records)
     with pytest.raises(ValueError, match="radius"):
         AffinityEstimator(radius=1, **FAST).fit(records)
+    with pytest.raises(ValueError, match=r"crf: unknown dense_crf options \['sxy'\]"):
+        AffinityEstimator(**{**FAST, "crf": {"sxy": 3}}).fit(records)
     from sklearn.exceptions import NotFittedError
 
     with pytest.raises(NotFittedError):
         AffinityEstimator().transform(records)
+    with pytest.raises(TypeError, match="expected Records"):
+        fitted.transform(np.zeros((2, 8, 8, 3), np.uint8))
     no_cams = Records([records[0].__class__(records[0].image, records[0].labels)], 1)
     with pytest.raises(ValueError, match="no CAMs"):
         fitted.transform(no_cams)

@@ -335,6 +335,8 @@ def test_unfitted_and_bad_inputs(shapes_data):
         CAMClassifier(**FAST).fit(X[:4], Y[:3])
     with pytest.raises(ValueError, match="unknown backbone 'nope'"):
         CAMClassifier(**dict(FAST, backbone="nope", backbone_options=None)).fit(X[:4], Y[:4])
+    with pytest.raises(ValueError, match="y marks no class in any of the 4 images"):
+        CAMClassifier(**FAST).fit(X[:4], np.zeros_like(Y[:4]))
 
 
 def test_score_is_subset_accuracy(fitted_cam, shapes_data):

@@ -487,3 +487,16 @@ def test_pydensecrf2_backend_missing_package_is_a_clear_error(valid, monkeypatch
     monkeypatch.setattr(builtins, "__import__", no_pydensecrf)
     with pytest.raises(ImportError, match=r"sklearn-psa\[crf\]"):
         dense_crf(*valid, backend="pydensecrf2")
+
+
+def test_check_crf_options_of_the_estimators():
+    from sklearn_psa.crf import check_crf_options
+
+    assert check_crf_options(False) is None and check_crf_options(True) == {}
+    options = {"n_iter": 3, "bilateral_sxy": 20}
+    assert check_crf_options(options) == options and check_crf_options(options) is not options
+    with pytest.raises(ValueError, match=r"affinity__crf: unknown dense_crf options \['n_iters'\]; "
+                                         r"expected some of \['n_iter', "):
+        check_crf_options({"n_iters": 3}, name="affinity__crf")
+    with pytest.raises(TypeError, match="crf must be True, False or a dict"):
+        check_crf_options("yes")

@@ -141,6 +141,10 @@ def test_errors():
         FeatureAffinity(backbone="auto", device="cpu").fit(records)
     with pytest.raises(ValueError, match="random weights"):
         FeatureAffinity(backbone="tiny", pretrained=False, device="cpu").fit(records)
+    with pytest.raises(ValueError, match=r"needs installed ImageNet weights .* pretrained=<weights file>"):
+        FeatureAffinity(backbone="tiny", device="cpu").fit(records)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        FeatureAffinity(backbone="nope", device="cpu").fit(records)
     with pytest.raises(ValueError, match="level"):
         FeatureAffinity(backbone=small_net(), level="deep", device="cpu").fit(records)
     with pytest.raises(ValueError, match="no pair of grid cells"):

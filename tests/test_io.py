@@ -79,6 +79,9 @@ def test_save_mask_errors(tmp_path):
         save_mask(tmp_path / "m.png", np.array([[0, 256]]))
     with pytest.raises(ValueError, match="values must lie in 0..255"):
         save_mask(tmp_path / "m.png", np.array([[-1, 0]]))
+    for bad in (1.5, np.nan):
+        with pytest.raises(ValueError, match="expected integer mask values, got dtype float64"):
+            save_mask(tmp_path / "m.png", np.full((2, 2), bad))
     assert not (tmp_path / "m.png").exists()
 
 

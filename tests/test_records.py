@@ -110,6 +110,40 @@ def test_indexing_like_a_list(records):
     assert records.records[1] in records
 
 
+def test_boolean_and_bad_index_arrays(records):
+    picked = records[np.array([True, False, True])]
+    assert picked.records == [records.records[0], records.records[2]]
+    assert records[[False, True, False]].records == [records.records[1]]
+    with pytest.raises(IndexError, match=r"boolean index of shape \(2,\) for 3 records"):
+        records[np.array([True, False])]
+    with pytest.raises(IndexError, match="integers or booleans"):
+        records[np.array([0.5])]
+
+
+def test_from_array_is_carried_to_the_images_and_parts():
+    images, labels, cams = _data()
+    assert not Records.from_arrays(images, labels, cams).images.from_array
+    X = np.zeros((3, 5, 5, 3), np.uint8)
+    recs = Records.from_arrays(X, labels, [np.zeros((int(row.sum()), 5, 5)) for row in labels])
+    assert recs.from_array and recs.images.from_array
+    for part in (recs[1:], recs[[0, 2]], recs[np.array([True, True, False])],
+                 recs.with_affinity(_affinities(recs), 5), pickle.loads(pickle.dumps(recs))):
+        assert part.from_array
+    # records pickled before the attribute existed read as not from an array
+    old = Records(recs.records, 3)
+    del old.__dict__["from_array"]
+    assert not old.images.from_array and not old[1:].from_array
+
+
+def test_record_repr_is_short(records, tmp_path):
+    with_aff = records.with_affinity(_affinities(records), radius=5)
+    assert repr(with_aff[0]) == ("Record(image=<8x10 array>, labels=[0, 2], cams=<float32 (2, 8, 10)>, "
+                                 "affinity=<float32 (34, 1, 2)>, radius=5)")
+    path = str(tmp_path / "a.png")
+    Image.fromarray(np.zeros((6, 7, 3), np.uint8)).save(path)
+    assert repr(Record(path, [1])) == f"Record(image={path!r}, labels=[1], cams=None, affinity=None)"
+
+
 # --------------------------------------------------------------------------- pickle and hash
 
 

@@ -81,6 +81,27 @@ def test_set_params_rejects_unknown_names(bad):
         PSASegmenter().set_params(**bad)
 
 
+def test_steps_made_by_nested_params_keep_following_device_seed_and_verbose():
+    seg = PSASegmenter().set_params(cam__max_epochs=1, refiner__beta=4)
+    seg.set_params(device="cpu", random_state=3, verbose=1)
+    assert (seg.cam.device, seg.cam.random_state, seg.cam.verbose) == ("cpu", 3, 1)
+    assert seg.refiner.device == "cpu" and seg.cam.max_epochs == 1
+    params = clone(seg).set_params(random_state=5).get_params()
+    assert params["cam__random_state"] == params["affinity__random_state"] == 5
+    # a step given its own values keeps them
+    mine = CAMClassifier(device="cuda", random_state=7, verbose=2)
+    seg = PSASegmenter(cam=mine).set_params(device="cpu", random_state=3, verbose=0)
+    assert (mine.device, mine.random_state, mine.verbose) == ("cuda", 7, 2)
+    # a RandomState is followed only where the step holds that very object
+    rs = np.random.RandomState(0)
+    seg = PSASegmenter(random_state=rs).set_params(cam__max_epochs=1)
+    seg.set_params(random_state=np.random.RandomState(0))
+    assert seg.cam.random_state is seg.random_state
+    seg = PSASegmenter(random_state=rs, cam=CAMClassifier(random_state=np.random.RandomState(0)))
+    seg.set_params(random_state=1)
+    assert isinstance(seg.cam.random_state, np.random.RandomState)
+
+
 def test_clone_keeps_params_and_copies_steps():
     seg = PSASegmenter(refiner=RandomWalkRefiner(beta=4), max_epochs=3, random_state=1)
     twin = clone(seg)
@@ -157,6 +178,11 @@ def test_bad_input_names_the_item(fitted, shapes):
         fitted.predict([X[0], X[1].astype(np.float32)])
     with pytest.raises(ValueError, match="rows but X has"):
         PSASegmenter().fit(X[:4], Y[:3])
+    with pytest.raises(ValueError, match="image-level indicator: expected pixel-level masks"):
+        fitted.score(X, Y)
+    # a typo in the CRF options fails at fit, before any training
+    with pytest.raises(ValueError, match=r"crf: unknown dense_crf options \['n_iters'\]"):
+        PSASegmenter(crf={"n_iters": 2}).fit(X[:4], Y[:4])
 
 
 @pytest.fixture

@@ -101,6 +101,9 @@ class TestCheckImagesArrays:
         np.testing.assert_array_equal(images[3][0, 0], [10, 20, 30])
         np.testing.assert_array_equal(images[3][0, 1], [200, 100, 50])
         assert all(isinstance(images.sources[i], np.ndarray) for i in range(4))
+        # float pixels (mode "F") would turn black in the conversion: refused
+        with pytest.raises(TypeError, match=r"X\[1\]: .* mode 'F'"):
+            check_images([Image.fromarray(rgb), Image.fromarray(np.ones((4, 6), np.float32))])
 
     def test_passthrough_and_records(self):
         images = check_images([_rgb(3, 3)])
@@ -474,6 +477,10 @@ def test_check_scalar_in():
         check_scalar_in(True, "beta")
     with pytest.raises(ValueError, match=r"beta must lie in \[0, 1\], got 2"):
         check_scalar_in(2, "beta", 0, 1)
+    with pytest.raises(ValueError, match="t must be at least 1, got 0"):
+        check_scalar_in(0, "t", low=1)
+    with pytest.raises(ValueError, match="t must be at most 1, got 2"):
+        check_scalar_in(2, "t", high=1)
 
 
 # =========================================================================== check_records
