@@ -4,9 +4,21 @@ synthesized masks (Figure 5).
 matplotlib is optional; it is imported when a function here is called.
 """
 
+import numbers
+
 import numpy as np
 
 from ._affinity_labels import shift_slices
+from ._validation import (
+    _check_image_item,
+    _check_mask_item,
+    _describe,
+    _is_path,
+    check_images,
+    check_masks,
+    check_records,
+    check_scalar_in,
+)
 
 __all__ = ["affinity_map", "plot_affinity", "plot_cams", "plot_mask", "plot_synthesized"]
 
@@ -28,8 +40,46 @@ def _axes(n, axes, panel_size):
         axes = axes[0]
     axes = list(np.ravel(axes))
     if len(axes) < n:
-        raise ValueError(f"need {n} axes for this plot, got {len(axes)}")
+        raise ValueError(f"axes: need {n} axes for this plot, got {len(axes)}")
     return axes[:n]
+
+
+def _check_record(record, *, require_cams=False, require_affinity=False, name="record"):
+    """Check that ``record`` is one consistent :class:`~sklearn_psa.records.Record`."""
+    from .records import Record, Records
+
+    if isinstance(record, Records):
+        raise TypeError(
+            f"{name}: expected one Record, got Records of {len(record)} records; "
+            "pass one of them, e.g. `records[0]`"
+        )
+    if not isinstance(record, Record):
+        raise TypeError(
+            f"{name}: expected a Record (an item of the Records from CAMClassifier.transform "
+            f"or AffinityEstimator.transform), got {_describe(record)}"
+        )
+    if require_cams and record.cams is None:
+        raise ValueError(f"{name} has no CAMs (it did not come from CAMClassifier)")
+    if require_affinity and record.affinity is None:
+        raise ValueError(f"{name} has no affinity: run AffinityEstimator.transform first")
+    # the record's own layout (cams and affinity against labels and image size); a
+    # one-record Records, with as many classes as its labels need
+    n_classes = max(int(record.labels.max(initial=0)) + 1, 1)
+    check_records(Records([record], n_classes), require_cams=require_cams,
+                  require_affinity=require_affinity, name=name)
+    return record
+
+
+def _check_mask_column(masks, records, name):
+    """``masks``: one (H, W) mask per record, at its image's size, values 0..K or 255."""
+    masks = check_masks(masks, n_classes=records.n_classes, name=name)
+    if len(masks) != len(records):
+        raise ValueError(
+            f"{name} has {len(masks)} masks but records has {len(records)} records: "
+            "expected one mask per record"
+        )
+    return check_masks(masks, n_classes=records.n_classes,
+                       shapes=[r.shape for r in records], name=name)
 
 
 def plot_cams(record, *, class_names=None, background_alpha=None, axes=None, cmap="jet",
@@ -44,16 +94,17 @@ def plot_cams(record, *, class_names=None, background_alpha=None, axes=None, cma
     Parameters
     ----------
     record : sklearn_psa.records.Record
-        A record from :meth:`CAMClassifier.transform` or ``fit_transform``.
+        One record (e.g. ``records[0]``) of the Records from
+        :meth:`CAMClassifier.transform` or ``fit_transform``.
     class_names : sequence of str, optional
         Names of all class columns (default ``"class j"``).
     background_alpha : float, optional
-        Also draw the background CAM with this exponent.
+        Also draw the background CAM with this exponent (non-negative).
     axes : array of matplotlib Axes, optional
         Where to draw (one per panel); new figure by default.
     cmap : str, default="jet"
     overlay : float, default=0.5
-        Opacity of the heatmaps over the image.
+        Opacity of the heatmaps over the image, in [0, 1].
     panel_size : float, default=3.0
         Inches per panel of a new figure.
 
@@ -71,10 +122,17 @@ def plot_cams(record, *, class_names=None, background_alpha=None, axes=None, cma
     >>> [ax.get_title() for ax in plot_cams(r, class_names=["cat", "dog"], background_alpha=4)]
     ['image', 'dog', 'background (alpha=4)']
     """
-    if record.cams is None:
-        raise ValueError("the record has no CAMs (it did not come from CAMClassifier)")
+    _check_record(record, require_cams=True)
+    if background_alpha is not None:
+        check_scalar_in(background_alpha, "background_alpha", low=0)
+    check_scalar_in(overlay, "overlay", 0, 1)
     labels = np.asarray(record.labels)
     if class_names is not None:
+        if isinstance(class_names, str):
+            raise TypeError(
+                f"class_names is a single string ({class_names!r}): expected a sequence of "
+                "names, one per class column"
+            )
         class_names = list(class_names)
         if labels.size and labels.max() >= len(class_names):
             raise ValueError(
@@ -102,18 +160,23 @@ def plot_cams(record, *, class_names=None, background_alpha=None, axes=None, cma
     return axes
 
 
-def plot_mask(image, mask, *, ax=None, alpha=0.5, title=None):
+def plot_mask(image, mask, *, ax=None, alpha=0.5, title=None, n_classes=None):
     """Draw a segmentation mask in the VOC palette over its image.
 
     Parameters
     ----------
-    image : ndarray of shape (H, W, 3), uint8
-    mask : ndarray of shape (H, W)
+    image : ndarray of shape (H, W, 3), uint8, PIL image or str
+        The image (grayscale and RGBA uint8 are converted), or its path.
+    mask : ndarray of shape (H, W) or str
         0 background, 1..K classes, 255 ignore (drawn in the palette's colours;
-        background is left transparent).
+        background is left transparent), or the path of a mask file.
     ax : matplotlib Axes, optional
     alpha : float, default=0.5
+        Opacity of the mask colours, in [0, 1].
     title : str, optional
+    n_classes : int, optional
+        Number of classes K; if given, mask values above it (other than 255)
+        are errors.
 
     Returns
     -------
@@ -121,15 +184,19 @@ def plot_mask(image, mask, *, ax=None, alpha=0.5, title=None):
     """
     from .io import voc_palette
 
-    mask = np.asarray(mask)
-    image = np.asarray(image)
-    if mask.shape != image.shape[:2]:
-        raise ValueError(f"mask has shape {mask.shape} but the image is {image.shape[:2]}")
+    if _is_path(image):
+        image = check_images([image], name="image")[0]
+    else:
+        image = _check_image_item(image, "image")
+    if n_classes is not None:
+        check_scalar_in(n_classes, "n_classes", low=1, integer=True)
+    mask = _check_mask_item(mask, "mask", n_classes, image.shape[:2])
+    check_scalar_in(alpha, "alpha", 0, 1)
     if ax is None:
         _, ax = _pyplot().subplots()
     palette = np.asarray(voc_palette(), np.uint8).reshape(-1, 3)
     rgba = np.zeros(mask.shape + (4,), np.float32)
-    rgba[..., :3] = palette[mask.astype(np.uint8)] / 255.0
+    rgba[..., :3] = palette[mask] / 255.0
     rgba[..., 3] = np.where(mask > 0, alpha, 0.0)
     ax.imshow(image)
     ax.imshow(rgba)
@@ -137,6 +204,7 @@ def plot_mask(image, mask, *, ax=None, alpha=0.5, title=None):
         ax.set_title(title)
     ax.set_axis_off()
     return ax
+
 
 def affinity_map(affinity, offsets):
     """Mean affinity of each grid cell to its neighbours within the radius.
@@ -165,10 +233,22 @@ def affinity_map(affinity, offsets):
     array([[0.5, 0.5],
            [1. , 1. ]])
     """
-    affinity = np.asarray(affinity, dtype=np.float64)
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    affinity = _numeric_array(affinity, "affinity", "a (K, h, w) array")
+    offsets = _numeric_array(offsets, "offsets", "a (K, 2) integer array")
+    if offsets.ndim == 1 and offsets.shape == (2,):
+        offsets = offsets[None]
+    if offsets.ndim != 2 or offsets.shape[1] != 2:
+        raise ValueError(
+            f"offsets: expected a (K, 2) integer array of (dy, dx), got shape {offsets.shape}"
+        )
+    if not np.all(offsets == np.round(offsets)):
+        raise ValueError("offsets: expected integer (dy, dx), got fractional values")
+    offsets = offsets.astype(np.int64)
     if affinity.ndim != 3 or affinity.shape[0] != len(offsets):
-        raise ValueError(f"affinity of shape {affinity.shape} does not match {len(offsets)} offsets")
+        raise ValueError(
+            f"affinity: expected a (K, h, w) array with K = {len(offsets)} (one map per row "
+            f"of offsets), got shape {affinity.shape}"
+        )
     _, h, w = affinity.shape
     total = np.zeros((h, w))
     count = np.zeros((h, w))
@@ -180,6 +260,14 @@ def affinity_map(affinity, offsets):
         total[yt, xt] += a
         count[yt, xt] += 1
     return np.divide(total, count, out=np.ones((h, w)), where=count > 0)
+
+
+def _numeric_array(obj, name, expected):
+    try:
+        arr = np.asarray(obj, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name}: expected {expected} of numbers, got {_describe(obj)}") from exc
+    return arr
 
 
 def _upsample(grid, shape):
@@ -217,7 +305,8 @@ def plot_affinity(record, ax=None, *, show_image=True):
     Parameters
     ----------
     record : Record
-        With ``affinity`` and ``radius`` (from ``AffinityEstimator.transform``).
+        One record (e.g. ``records[0]``) with ``affinity`` and ``radius`` (from
+        ``AffinityEstimator.transform``).
     ax : matplotlib Axes, optional
     show_image : bool
         Blend the image under the map.
@@ -229,8 +318,7 @@ def plot_affinity(record, ax=None, *, show_image=True):
     from .walk import neighbor_offsets
 
     plt = _pyplot()
-    if record.affinity is None:
-        raise ValueError("the record has no affinity: run AffinityEstimator.transform first")
+    _check_record(record, require_affinity=True)
     if ax is None:
         _, ax = plt.subplots()
     amap = _upsample(affinity_map(record.affinity, neighbor_offsets(record.radius)), record.shape)
@@ -250,13 +338,15 @@ def plot_synthesized(records, masks, true_masks=None, *, indices=None, max_image
     ----------
     records : Records
         With CAMs and affinities (``AffinityEstimator.transform``).
-    masks : sequence of (H, W) masks
-        Synthesized masks (e.g. ``RandomWalkRefiner.predict``), one per record.
-    true_masks : sequence of (H, W) masks, optional
-        Ground truth column (left out when None).
+    masks : sequence of (H, W) masks or (n, H, W) array
+        Synthesized masks (e.g. ``RandomWalkRefiner.predict``), one per record,
+        each at its image's size; values 0..K or 255.
+    true_masks : sequence of (H, W) masks or (n, H, W) array, optional
+        Ground truth column (left out when None), like ``masks``.
     indices : sequence of int, optional
         Records to show (default: the first ``max_images``).
-    max_images : int
+    max_images : int, default=4
+        At least 1; used when ``indices`` is None.
     figsize : tuple, optional
 
     Returns
@@ -264,7 +354,28 @@ def plot_synthesized(records, masks, true_masks=None, *, indices=None, max_image
     fig : matplotlib Figure
     """
     plt = _pyplot()
-    indices = list(range(min(len(records), max_images))) if indices is None else list(indices)
+    check_records(records, require_cams=False, require_affinity=True, name="records")
+    n = len(records)
+    masks = _check_mask_column(masks, records, "masks")
+    if true_masks is not None:
+        true_masks = _check_mask_column(true_masks, records, "true_masks")
+    if indices is None:
+        check_scalar_in(max_images, "max_images", low=1, integer=True)
+        indices = list(range(min(n, max_images)))
+    else:
+        if isinstance(indices, numbers.Integral):
+            raise TypeError(f"indices is a single int ({indices}): expected a sequence; "
+                            f"wrap it in a list")
+        try:
+            indices = list(indices)
+        except TypeError as exc:
+            raise TypeError(
+                f"indices: expected a sequence of record indices, got {_describe(indices)}"
+            ) from exc
+        if not indices:
+            raise ValueError("indices is empty: expected at least one record index")
+        for k, i in enumerate(indices):
+            check_scalar_in(i, f"indices[{k}]", low=-n, high=n - 1, integer=True)
     columns = ["image"] + (["ground truth"] if true_masks is not None else []) + [
         "CAMs", "affinities", "synthesized"]
     fig, axes = plt.subplots(len(indices), len(columns), squeeze=False,

@@ -68,3 +68,111 @@ def test_plot_synthesized_draws_every_column():
     plt.close(fig)
     with pytest.raises(ValueError, match="no affinity"):
         plotting.plot_affinity(Records.from_arrays(images[:1], [[0, 0]], [np.zeros((0, 24, 40))])[0])
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+@pytest.fixture
+def plt():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    yield plt
+    plt.close("all")
+
+
+def _shapes_records(n=3):
+    """Records of ``make_shapes`` images with (empty) CAMs and oracle affinities, and the masks."""
+    from sklearn_psa.datasets import make_shapes
+
+    X, Y, masks = make_shapes(n, n_classes=2, image_size=32, random_state=0)
+    cams = [np.zeros((int(y.sum()), 32, 32), np.float32) for y in Y]
+    affs = [oracle_affinity(m, neighbor_offsets(5)) for m in masks]
+    return X, Records.from_arrays(X, Y, cams, affinities=affs, radius=5), list(masks)
+
+
+def test_single_record_plots_reject_records_and_other_types(plt):
+    _, recs, _ = _shapes_records()
+    for plot in (plotting.plot_cams, plotting.plot_affinity):
+        with pytest.raises(TypeError, match=r"record: expected one Record, got Records of 3 .*records\[0\]"):
+            plot(recs)
+        with pytest.raises(TypeError, match="record: expected a Record.*got array of shape"):
+            plot(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_plot_cams_checks_the_record_and_its_options(plt):
+    from sklearn_psa.records import Record
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"cams has shape \(1, 4, 4\), expected \(1, 8, 8\)"):
+        plotting.plot_cams(Record(image, [1], np.zeros((1, 4, 4))))
+    with pytest.raises(ValueError, match=r"cams has shape \(1, 8, 8\), expected \(2, 8, 8\)"):
+        plotting.plot_cams(Record(image, [0, 1], np.zeros((1, 8, 8))))
+    r = Record(image, [1], np.zeros((1, 8, 8)))
+    with pytest.raises(TypeError, match="class_names is a single string"):
+        plotting.plot_cams(r, class_names="ab")
+    with pytest.raises(TypeError, match="background_alpha must be a number"):
+        plotting.plot_cams(r, background_alpha="4")
+    with pytest.raises(ValueError, match=r"overlay must lie in \[0, 1\]"):
+        plotting.plot_cams(r, overlay=3)
+    with pytest.raises(ValueError, match="axes: need 2 axes"):
+        plotting.plot_cams(r, axes=[])
+
+
+def test_plot_synthesized_checks_masks_against_records(plt):
+    _, recs, masks = _shapes_records()
+    with pytest.raises(ValueError, match="masks has 2 masks but records has 3 records"):
+        plotting.plot_synthesized(recs, masks[:2], masks)
+    with pytest.raises(ValueError, match="true_masks has 1 masks but records has 3 records"):
+        plotting.plot_synthesized(recs, masks, masks[:1])
+    with pytest.raises(ValueError, match=r"masks\[1\]: mask has shape \(16, 32\) but its image is \(32, 32\)"):
+        plotting.plot_synthesized(recs, [masks[0], masks[1][:16], masks[2]])
+    with pytest.raises(ValueError, match=r"masks\[0\]: mask value 3 is beyond the 2 classes"):
+        plotting.plot_synthesized(recs, [np.full((32, 32), 3, np.uint8)] + masks[1:])
+    with pytest.raises(ValueError, match="masks is a single"):
+        plotting.plot_synthesized(recs[:1], masks[0])
+    with pytest.raises(TypeError, match="records: expected Records"):
+        plotting.plot_synthesized(list(recs.records), masks)
+
+
+def test_plot_synthesized_checks_indices(plt):
+    _, recs, masks = _shapes_records()
+    with pytest.raises(ValueError, match=r"indices\[1\] must lie in \[-3, 2\], got 3"):
+        plotting.plot_synthesized(recs, masks, indices=[0, 3])
+    with pytest.raises(ValueError, match="indices is empty"):
+        plotting.plot_synthesized(recs, masks, indices=[])
+    with pytest.raises(TypeError, match="indices is a single int"):
+        plotting.plot_synthesized(recs, masks, indices=1)
+    with pytest.raises(ValueError, match="max_images must be at least 1, got 0"):
+        plotting.plot_synthesized(recs, masks, max_images=0)
+
+
+def test_plot_mask_checks_values_image_and_alpha(plt):
+    X, _, masks = _shapes_records(1)
+    with pytest.raises(ValueError, match=r"mask: .*0 \(background\), 1\.\.K \(classes\) or 255 "
+                                         r"\(ignore\), got values in \[300, "):
+        plotting.plot_mask(X[0], masks[0].astype(int) + 300)
+    with pytest.raises(ValueError, match=r"got values in \[-1, "):
+        plotting.plot_mask(X[0], masks[0].astype(int) - 1)
+    with pytest.raises(ValueError, match=r"mask: mask value 2 is beyond the 1 classes \(expected 0\.\.1 or 255\)"):
+        plotting.plot_mask(X[0], np.full((32, 32), 2), n_classes=1)
+    plotting.plot_mask(X[0], np.full((32, 32), 255), n_classes=1)  # ignore is fine
+    with pytest.raises(TypeError, match=r"image: expected an \(H, W, 3\) uint8"):
+        plotting.plot_mask(X[0] / 255.0, masks[0])
+    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]"):
+        plotting.plot_mask(X[0], masks[0], alpha=2)
+    ax = plotting.plot_mask(X[0, ..., 0], masks[0])  # grayscale: drawn as RGB, not a colour map
+    assert ax.get_images()[0].get_array().shape == (32, 32, 3)
+
+
+def test_affinity_map_checks_its_arrays():
+    with pytest.raises(ValueError, match=r"offsets: expected a \(K, 2\) integer array .*got shape \(3, 3\)"):
+        affinity_map(np.zeros((3, 4, 4)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="offsets: expected integer"):
+        affinity_map(np.zeros((1, 4, 4)), [[0, 0.5]])
+    with pytest.raises(ValueError, match=r"affinity: expected a \(K, h, w\) array with K = 1"):
+        affinity_map(np.zeros((4, 4)), [[0, 1]])
+    with pytest.raises(TypeError, match="affinity: expected .* of numbers, got dict"):
+        affinity_map({"a": 1}, [[0, 1]])
