@@ -167,14 +167,20 @@ def format_report(stages, class_names, *, times=None, cpu_times=None, settings=N
     report : str
     scores : dict
         Mean IoU (a fraction) per stage title.
+    ratio : float
+        Mean IoU of the first "PSASegmenter" stage over that of the first
+        "Fully supervised" stage; nan without them, or where the reference
+        scores no class (every class IoU 0: it predicts background only, say),
+        where the ratio means nothing and the report says so.
     """
     from .metrics import segmentation_report
 
-    scores, tables = {}, []
+    scores, class_iou, tables = {}, {}, []
     for title, data, y_true, y_pred in stages:
         per_class = segmentation_report(y_true, y_pred, class_names=class_names,
                                         n_classes=len(class_names), output_dict=True)
         scores[title] = per_class["mean"]["iou"]
+        class_iou[title] = [per_class[name]["iou"] for name in class_names]
         text = segmentation_report(y_true, y_pred, class_names=class_names,
                                    n_classes=len(class_names))
         tables.append(f"### {title} ({data} images)\n\n```\n{text}\n```")
@@ -193,7 +199,12 @@ def format_report(stages, class_names, *, times=None, cpu_times=None, settings=N
     lines.append(_markdown_table(["stage", "images", "mIoU (%)"], rows))
     weak = [t for t, *_ in stages if t.startswith("PSASegmenter")]
     full = [t for t, *_ in stages if t.startswith("Fully supervised")]
-    if weak and full and scores[full[0]] > 0:
+    ratio = float("nan")
+    if weak and full and not any(iou > 0 for iou in class_iou[full[0]]):  # nan is not > 0
+        lines += ["", "Weakly / fully supervised mIoU: not meaningful: the fully supervised "
+                      "reference scores no class (every class IoU is 0; it predicts background "
+                      "only, or nothing right), so it is no reference yet: train longer."]
+    elif weak and full:
         ratio = scores[weak[0]] / scores[full[0]]
         lines += ["", f"Weakly / fully supervised mIoU: **{100 * ratio:.0f}%** "
                       "(the paper: 76% with ResNet-38, 86% with DeepLab). Both networks train "
@@ -214,7 +225,7 @@ def format_report(stages, class_names, *, times=None, cpu_times=None, settings=N
     if settings:
         lines += ["", "## Settings", ""]
         lines += [f"- `{k}`: `{v!r}`" for k, v in settings.items()]
-    return "\n".join(lines) + "\n", scores
+    return "\n".join(lines) + "\n", scores, ratio
 
 
 def plot_grid(path, columns, n_rows):
@@ -278,6 +289,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
         Training images (default 160, or 24 with ``quick``); the test set has
         its own fixed size and seed.
     device : str, default="auto"
+        Device of the networks; the report shows what ``"auto"`` resolved to.
     quick : bool, default=False
         Small images and one epoch per network: a smoke test in seconds.
     random_state : int, default=0
@@ -294,7 +306,8 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     Returns
     -------
     summary : dict
-        ``scores`` (mean IoU per stage), ``ratio`` (weakly / fully supervised),
+        ``scores`` (mean IoU per stage), ``ratio`` (weakly / fully supervised;
+        nan where the reference scores no class, see :func:`format_report`),
         ``times`` and ``cpu_times`` (wall and CPU seconds per stage),
         ``wall_seconds``, ``cpu_seconds``, ``peak_rss_mb`` and ``files``
         (paths written).
@@ -303,15 +316,17 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
 
     from sklearn.base import clone
 
+    from ._device import resolve_device
     from .datasets import make_shapes
     from .io import atomic_write, dump_model
 
     start, cpu_start = time.perf_counter(), time.process_time()
     setting = demo_setting(quick, backbone)
     settings = DEMO_SETTINGS[setting]
-    n_train = int(n_samples or settings["n_samples"])
+    n_train = int(settings["n_samples"] if n_samples is None else n_samples)
     if n_train < 2:
         raise ValueError(f"--n-samples must be at least 2, got {n_train}")
+    used_device = str(resolve_device(device))  # what "auto" means here, for the report
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     size, n_test = settings["image_size"], settings["n_test"]
@@ -319,7 +334,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
 
     _log(out, f"sklearn-psa demo: {n_train} training and {n_test} test images of "
               f"{size}x{size} px (make_shapes, seeds {random_state} and "
-              f"{random_state + _TEST_SEED_OFFSET}), device {device}")
+              f"{random_state + _TEST_SEED_OFFSET}), device {used_device}")
     X, Y, M = make_shapes(n_train, image_size=size, random_state=random_state)
     Xt, _, Mt = make_shapes(n_test, image_size=size, random_state=random_state + _TEST_SEED_OFFSET)
     class_names = [f"class {j + 1}" for j in range(Y.shape[1])]
@@ -358,9 +373,9 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
         ("Fully supervised (true masks)", "test", Mt, pred_full),
     ]
     peak = _peak_rss_mb()
-    text, scores = format_report(
+    text, scores, ratio = format_report(
         stages, class_names, times=watch.times, cpu_times=watch.cpu, peak_mb=peak,
-        settings={"n_train": n_train, "n_test": n_test, "image_size": size, "device": device,
+        settings={"n_train": n_train, "n_test": n_test, "image_size": size, "device": used_device,
                   "random_state": random_state, "setting": setting, **settings["params"]},
     )
     files = {"report": output / "report.md", "grid": output / "grid.png",
@@ -379,14 +394,16 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     dump_model(seg, files["model"])
 
     wall = time.perf_counter() - start
-    weak, ref = scores[stages[2][0]], scores[stages[3][0]]
-    ratio = weak / ref if ref > 0 else float("nan")
     _log(out, "")
     for title, data, *_ in stages:
         _log(out, f"  {title:<40} {data:<5}  mIoU {100 * scores[title]:5.1f}%")
-    _log(out, f"  weakly / fully supervised: {100 * ratio:.0f}%")
+    _log(out, "  weakly / fully supervised: " + (
+        "not meaningful (the fully supervised reference scores no class)" if np.isnan(ratio)
+        else f"{100 * ratio:.0f}%"))
     cpu = time.process_time() - cpu_start
-    _log(out, f"  {wall:.0f} s ({cpu:.0f} CPU seconds, {_torch_threads()} torch threads)"
+    threads = _torch_threads()
+    _log(out, f"  {wall:.0f} s ({cpu:.0f} CPU seconds, {threads} torch "
+              f"thread{'s' if threads != 1 else ''})"
               + (f", peak memory {peak:.0f} MiB" if peak else ""))
     _log(out, f"  written: {', '.join(str(p) for p in files.values())}")
     return {"scores": scores, "ratio": ratio, "times": watch.times, "cpu_times": watch.cpu,

@@ -207,13 +207,40 @@ def _parse_param(text):
     return name.strip(), value
 
 
+def _positive_int(text):
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _check_folder(path, option):
+    """Fail before any work where ``path``, a folder to reuse or create, is (or is in) a file."""
+    if path is None:
+        return
+    path = Path(path)
+    found = next((p for p in (path, *path.parents) if p.exists()), None)
+    if found is not None and not found.is_dir():
+        raise CommandError(f"{option} {path}: expected a folder, but {found} is a file")
+
+
 def _load_model(path):
     import joblib
 
     path = Path(path)
     if not path.is_file():
         raise CommandError(f"{path}: no such model file (write one with 'sklearn-psa fit')")
-    model = joblib.load(path)
+    try:
+        model = joblib.load(path)
+    except Exception as exc:  # a CSV, an image, a truncated file: whatever unpickling raises
+        raise CommandError(
+            f"{path}: not a model written by 'sklearn-psa fit' (joblib could not read it: "
+            f"{type(exc).__name__}: {exc})"
+        ) from exc
     from .segmenter import PSASegmenter
 
     if not isinstance(model, PSASegmenter):
@@ -224,6 +251,11 @@ def _load_model(path):
 def cmd_demo(args):
     from ._demo import run_demo
 
+    _check_folder(args.output, "--output")
+    if args.quick and args.backbone not in ("auto", "tiny"):
+        raise CommandError(
+            f"--quick always uses the tiny backbone, got --backbone {args.backbone}"
+        )
     run_demo(
         args.output,
         n_samples=args.n_samples,
@@ -247,11 +279,10 @@ def _check_feature_affinity(affinity):
         raise CommandError(f"--affinity features: {exc}") from exc
 
 
-def cmd_fit(args):
+def _make_estimator(args):
+    """The unfitted PSASegmenter of ``sklearn-psa fit``'s options."""
     from .segmenter import PSASegmenter
 
-    data = load_data(args.data, labels=args.labels, masks=args.masks, split=args.split,
-                     need_masks=args.supervision == "pixel")
     params = dict(
         backbone=args.backbone,
         supervision=args.supervision,
@@ -266,13 +297,25 @@ def cmd_fit(args):
     if args.affinity == "features":
         from .feature_affinity import FeatureAffinity
 
-        model.set_params(affinity=FeatureAffinity())  # its own pretrained backbone
+        # its own pretrained backbone; the command's device and progress, as the other steps
+        model.set_params(affinity=FeatureAffinity(device=params["device"],
+                                                  verbose=params["verbose"]))
     else:
         model.set_params(affinity__backbone=args.backbone)
     try:
-        model.set_params(**dict(args.set))
+        return model.set_params(**dict(args.set))
     except ValueError as exc:
         raise CommandError(f"--set: {exc}") from exc
+
+
+def cmd_fit(args):
+    if Path(args.model).is_dir():
+        raise CommandError(f"--model {args.model}: is a folder; expected a file path")
+    _check_folder(args.memory, "--memory")
+    _check_folder(args.pseudo_labels, "--pseudo-labels")
+    data = load_data(args.data, labels=args.labels, masks=args.masks, split=args.split,
+                     need_masks=args.supervision == "pixel")
+    model = _make_estimator(args)
     if args.affinity == "features" and args.supervision == "image":
         _check_feature_affinity(model.affinity)
     y = data["masks"] if args.supervision == "pixel" else data["labels"]
@@ -292,6 +335,7 @@ def cmd_fit(args):
 def cmd_predict(args):
     from .io import save_mask
 
+    _check_folder(args.output, "--output")
     model = _load_model(args.model)
     if args.device is not None:
         model.set_params(device=args.device)
@@ -397,7 +441,7 @@ def build_parser():
                     "and model.joblib to the output folder.",
     )
     p.add_argument("--output", required=True, help="folder for report.md, grid.png, model.joblib")
-    p.add_argument("--n-samples", type=int, default=None,
+    p.add_argument("--n-samples", type=_positive_int, default=None,
                    help="training images (default 160; 24 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="tiny images and one epoch per network: a smoke test in seconds")
@@ -427,7 +471,7 @@ def build_parser():
                         "paper); features: FeatureAffinity, the distance between EfficientNet-"
                         "Lite0's ImageNet features, no training (needs the pretrained extra; "
                         "tune the walk with --set refiner__beta=...)")
-    p.add_argument("--max-epochs", type=int, default=None,
+    p.add_argument("--max-epochs", type=_positive_int, default=None,
                    help="epochs of the segmentation network")
     p.add_argument("--memory", default=None,
                    help="cache folder for the CAM and affinity steps (reused by later fits)")
@@ -455,7 +499,7 @@ def build_parser():
     p.add_argument("--crf", dest="crf", action="store_true", default=None,
                    help="refine with the dense CRF")
     p.add_argument("--no-crf", dest="crf", action="store_false", help="no dense CRF")
-    p.add_argument("--batch-size", type=int, default=16, help="images per predict call")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per predict call")
     p.add_argument("--overwrite", action="store_true", help="redo masks already written")
     common(p)
     p.set_defaults(func=cmd_predict)

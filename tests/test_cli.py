@@ -1,5 +1,7 @@
 """The sklearn-psa command: demo, fit, predict, evaluate on folders and CSVs."""
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -10,7 +12,9 @@ import pytest
 from PIL import Image
 
 from sklearn_psa import PSASegmenter
-from sklearn_psa.cli import main
+from sklearn_psa._demo import format_report, run_demo
+from sklearn_psa._device import resolve_device
+from sklearn_psa.cli import _make_estimator, build_parser, main
 from sklearn_psa.datasets import make_shapes
 from sklearn_psa.io import load_mask, save_mask
 from sklearn_psa.metrics import segmentation_report
@@ -23,10 +27,18 @@ TINY = TINY_CAM + ["--set", "affinity__max_epochs=1", "--set", "affinity__crf=Fa
 
 
 @pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--output", str(out), "--quick", "--device", "cpu", "-q"]) == 0
-    return out
+def demo_run(tmp_path_factory):
+    """The quick demo on the device "auto" picks, and what it printed."""
+    out, printed = tmp_path_factory.mktemp("demo"), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setattr("sklearn_psa._demo._torch_threads", lambda: 1)  # as printed: "1 torch thread"
+        assert main(["demo", "--output", str(out), "--quick", "-q"]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def demo_dir(demo_run):
+    return demo_run[0]
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +74,30 @@ def test_demo_writes_report_grid_and_model(demo_dir):
     assert isinstance(model, PSASegmenter) and len(model.pseudo_labels_) == 24
     X, _, _ = make_shapes(2, image_size=64, random_state=9)
     assert model.predict(X).shape == (2, 64, 64)
+
+
+def test_demo_reports_the_device_it_used(demo_run):
+    out, printed = demo_run
+    device = str(resolve_device("auto"))
+    assert f"device {device}\n" in printed and "1 torch thread)" in printed
+    report = (out / "report.md").read_text()
+    assert f"`device`: `{device!r}`" in report and "'auto'" not in report
+
+
+def test_report_ratio_needs_a_reference_that_scores_a_class():
+    y = np.zeros((2, 8, 8), np.uint8)
+    y[:, 2:6, 2:6] = 1
+    background = np.zeros_like(y)
+
+    def report(full_pred):
+        stages = [("PSASegmenter (image-level labels)", "test", y, background),
+                  ("Fully supervised (true masks)", "test", y, full_pred)]
+        return format_report(stages, ["a"])
+
+    text, scores, ratio = report(background)  # both background only: mIoU 0.375 each
+    assert np.isnan(ratio) and "supervised mIoU: not meaningful" in text and "%**" not in text
+    text, scores, ratio = report(y)
+    assert ratio == pytest.approx(0.375 / 1.0) and "supervised mIoU: **38%**" in text
 
 
 def test_predict_writes_masks_and_resumes(demo_dir, folder, tmp_path, capsys):
@@ -171,6 +207,7 @@ def test_fit_with_feature_affinity(folder, tmp_path):
     fitted = joblib.load(model)
     assert isinstance(fitted.affinity_, FeatureAffinity)
     assert fitted.affinity_.input_scale == 1.0 and fitted.affinity_.distance_scale_ > 0
+    assert fitted.affinity_.device == "cpu"
     assert fitted.cam_.backbone == "tiny" and fitted.affinity_.backbone == "efficientnet_lite0"
     assert len(fitted.pseudo_labels_) == 6
 
@@ -224,6 +261,81 @@ def test_usage_errors(folder, tmp_path, capsys):
     assert "no such model file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["fit", str(folder), "--model", "m", "--set", "novalue"])
+
+
+@pytest.mark.parametrize("command", ["demo", "predict", "fit --memory", "fit --pseudo-labels",
+                                     "fit --model"])
+def test_output_path_of_the_wrong_kind_fails_before_any_work(demo_dir, folder, tmp_path, capsys,
+                                                              command):
+    afile = tmp_path / "afile"
+    afile.touch()
+    model = tmp_path / "m.joblib"
+    fit = ["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"), "--model",
+           str(model), "--device", "cpu", "-q"] + TINY
+    argv = {
+        "demo": ["demo", "--quick", "--output", str(afile)],
+        "predict": ["predict", str(folder / "images"), "--model", str(demo_dir / "model.joblib"),
+                    "--output", str(afile / "sub"), "-q"],
+        "fit --memory": fit + ["--memory", str(afile)],
+        "fit --pseudo-labels": fit + ["--pseudo-labels", str(afile)],
+        "fit --model": fit + ["--model", str(tmp_path)],  # the last --model wins
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    name = command.split()[0]
+    assert err.startswith(f"sklearn-psa {name}: error: ") and err.count("\n") == 1
+    assert "a folder" in err and str(tmp_path) in err
+    assert not model.exists() and afile.is_file()
+
+
+def test_predict_with_a_file_that_is_not_a_model(folder, tmp_path, capsys):
+    args = ["predict", str(folder / "images"), "--output", str(tmp_path / "p"), "--model"]
+    assert main(args + [str(folder / "labels.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "not a model written by 'sklearn-psa fit'" in err and err.count("\n") == 1
+    joblib.dump({"a": 1}, tmp_path / "dict.joblib")
+    assert main(args + [str(tmp_path / "dict.joblib")]) == 2
+    assert "holds a dict, not a fitted PSASegmenter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "data", "--model", "m", "--output", "p", "--batch-size", "0"],
+    ["demo", "--quick", "--output", "d", "--n-samples", "0"],
+    ["fit", "data", "--model", "m", "--max-epochs", "-1"],
+    ["fit", "data", "--model", "m", "--max-epochs", "two"],
+])
+def test_counts_must_be_positive_integers(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing is written, even where the check is missing
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_demo_needs_two_training_images(tmp_path):
+    for n in (0, 1):
+        with pytest.raises(ValueError, match="at least 2"):
+            run_demo(tmp_path / "demo", n_samples=n, quick=True, out=None)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_quick_runs_the_tiny_backbone_only(tmp_path, capsys, monkeypatch):
+    assert main(["demo", "--quick", "--backbone", "efficientnet_lite0",
+                 "--output", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "--quick always uses the tiny backbone" in err and err.count("\n") == 1
+    calls = []
+    monkeypatch.setattr("sklearn_psa._demo.run_demo", lambda *a, **k: calls.append(k))
+    for backbone in (["--backbone", "tiny"], []):
+        assert main(["demo", "--quick", "--output", str(tmp_path / "d")] + backbone) == 0
+    assert [c["quick"] for c in calls] == [True, True] and not (tmp_path / "d").exists()
+
+
+def test_feature_affinity_gets_the_command_device_and_verbosity():
+    fit = ["fit", "data", "--model", "m", "--affinity", "features", "--device", "cpu"]
+    affinity = _make_estimator(build_parser().parse_args(fit)).affinity
+    assert affinity.device == "cpu" and affinity.verbose == 1
+    assert _make_estimator(build_parser().parse_args(fit + ["-q"])).affinity.verbose == 0
 
 
 def test_python_dash_m():
