@@ -18,7 +18,7 @@ class CAMHead(nn.Module):
 
     Training uses global average pooling, then the 1x1 conv (one logit per
     class); :meth:`cams` applies the same weights at every position, so that
-    ``M_c = ReLU(w_c . f(x, y))`` (DESIGN 3.1).
+    ``M_c = ReLU(w_c . f(x, y))`` (docs/method.md, section 1).
 
     Parameters
     ----------

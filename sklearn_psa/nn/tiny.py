@@ -3,7 +3,7 @@
 Without ImageNet weights, the receptive field of the network decides where a
 CAM lands: a field much larger than the objects smears the maps over the
 whole image, a field about the size of an object's discriminative part keeps
-them there (DESIGN section 6). The tiny backbone therefore exposes its depth
+them there (docs/benchmarks.md, CAMClassifier). The tiny backbone therefore exposes its depth
 and dilation at stride 8 and reports its exact :attr:`TinyBackbone.receptive_field`.
 
 Layout (``w`` = ``width``; every conv is 3x3, followed by BatchNorm and ReLU)::
