@@ -135,16 +135,19 @@ def _pair_auc(records, masks, radius):
     return roc_auc_score(same, score) if 0 < same.mean() < 1 else float("nan")
 
 
-def _best_walk(records, masks, alphas, betas, device):
+def _walk_grid(records, masks, alphas, betas, device, t=256):
+    """{(alpha, beta): mean IoU of the walk} over the grid."""
     from sklearn_psa import RandomWalkRefiner
 
-    best = (-1.0, None)
-    for alpha in alphas:
-        for beta in betas:
-            s = RandomWalkRefiner(alpha=alpha, beta=beta, t=256, device=device).score(records, masks)
-            if s > best[0]:
-                best = (s, (alpha, beta))
-    return best
+    return {(a, b): RandomWalkRefiner(alpha=a, beta=b, t=t, device=device).score(records, masks)
+            for a in alphas for b in betas}
+
+
+def _best_walk(records, masks, alphas, betas, device):
+    """(best mean IoU, (alpha, beta)) of the walk over the grid (the first best on ties)."""
+    grid = _walk_grid(records, masks, alphas, betas, device)
+    best = max(grid, key=grid.get)
+    return grid[best], best
 
 
 def _label_quality(records, masks, crf, alpha_low=4, alpha_high=32):

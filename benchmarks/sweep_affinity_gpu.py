@@ -126,7 +126,7 @@ def job(cfg):
     global OFFSETS
     name, mode, edge, params = cfg
     sys.path.insert(0, HERE)
-    from bench_affinity import _true_label_records, _pair_auc
+    from bench_affinity import _true_label_records, _pair_auc, _walk_grid
     from sklearn_psa import AffinityEstimator, RandomWalkRefiner, neighbor_offsets
     from sklearn_psa.metrics import mean_iou
     rec, masks = load()
@@ -150,10 +150,7 @@ def job(cfg):
     ft = time.time() - t
     er = aff.transform(ev)
     auc = _pair_auc(er, masks[:n_ev], aff.radius)
-    grid = {}
-    for a in [1, 2, 4, 8, 16]:
-        for b in [8, 16, 32, 64, 128]:
-            grid[(a, b)] = mean_iou(masks[:n_ev], RandomWalkRefiner(alpha=a, beta=b, device=DEVICE).predict(er))
+    grid = _walk_grid(er, masks[:n_ev], [1, 2, 4, 8, 16], [8, 16, 32, 64, 128], DEVICE)
     cams = {a: mean_iou(masks[:n_ev], RandomWalkRefiner(alpha=a, t=0, device=DEVICE).predict(ev)) for a in [0.5, 1, 2, 4, 8]}
     best = max(grid, key=grid.get); cam0 = max(cams.values())
     h = aff.train_result_.history
