@@ -327,7 +327,8 @@ def cmd_fit(args):
     dump_model(model, args.model)
     print(f"model written to {args.model}")
     if args.pseudo_labels and args.supervision == "image":
-        written = model.save_pseudo_labels(args.pseudo_labels, names=data["ids"])
+        # this model's masks replace any left there by an earlier fit
+        written = model.save_pseudo_labels(args.pseudo_labels, names=data["ids"], overwrite=True)
         print(f"{len(written)} pseudo-label masks written to {args.pseudo_labels}")
     return 0
 

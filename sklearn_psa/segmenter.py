@@ -7,6 +7,7 @@ new images alone (Ahn & Kwak, CVPR 2018, section 3.5).
 
 import numbers
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +158,10 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         Progress bars when > 0.
     checkpoint : str, path or None, default=None
         Checkpoint file of the segmentation network's training (written after
-        every epoch; an interrupted fit resumes from it).
+        every epoch; an interrupted fit resumes from it). The steps before it
+        train again on resume (or load from ``memory``), so resuming needs
+        them to give the same masks: set ``random_state`` (a warning says so
+        otherwise); on a GPU, ``memory`` keeps the fitted steps themselves.
 
     Attributes
     ----------
@@ -482,14 +486,48 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         sources = [s if isinstance(s, str) else joblib.hash(s) for s in images.sources]
         return joblib.hash((params, sources, [joblib.hash(m) for m in masks]))
 
-    def _train_network(self, images, masks, n_classes):
-        from ._training import Augmentation, ImageSamples, TrainConfig, train
-
+    def _checked_scale_range(self):
         scale_range = tuple(float(s) for s in np.asarray(self.scale_range, dtype=float).ravel())
         if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(
                 f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range!r}"
             )
+        return scale_range
+
+    def _check_before_training(self, steps):
+        """Fail on a bad setting of any stage before the first network trains.
+
+        Checks the parameters of ``steps`` (as each step's ``fit`` would), their
+        backbones and weight files, and this estimator's own CRF options, scale
+        range, backbone and weights file, so that a typo in a late stage does
+        not cost the training of the earlier ones.
+        """
+        self._crf_options()
+        self._checked_scale_range()
+        checks = [(f"{name}__", self._step(name)) for name in steps]
+        if not self._from_cam():
+            checks.append(("", self))
+        for prefix, est in checks:
+            if est is not self and hasattr(est, "_validate_params"):
+                est._validate_params()
+            if hasattr(est, "_resolved_backbone"):
+                est._resolved_backbone()  # "auto" with weights or options given
+            weights = est.get_params(deep=False).get("pretrained") if hasattr(est, "get_params") else None
+            if isinstance(weights, (str, os.PathLike)) and not os.path.isfile(weights):
+                raise FileNotFoundError(f"{prefix}pretrained={os.fspath(weights)!r}: no such weights file")
+        if self.checkpoint is not None and self.random_state is None and steps:
+            warnings.warn(
+                "checkpoint: an interrupted fit resumes only if the steps before the "
+                "segmentation network give the same masks again, and with random_state=None "
+                "they train differently each time; set random_state",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def _train_network(self, images, masks, n_classes):
+        from ._training import Augmentation, ImageSamples, TrainConfig, train
+
+        scale_range = self._checked_scale_range()
         device = self._fit_device()
         seed = self._fit_seed()
         net = self._build_network(n_classes + 1, seed)
@@ -543,7 +581,10 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         """
         images = check_images(X)
         targets = check_targets(y, len(images), shapes=images.shapes)
-        self._crf_options()  # a typo in the CRF options fails now, not at predict
+        if self.supervision == "pixel":
+            self._check_before_training(("cam",) if self._from_cam() else ())
+        else:
+            self._check_before_training(_STEPS)
         labels = targets.labels
         n_classes = labels.shape[1]
         steps_X = X if isinstance(X, (np.ndarray, list, tuple)) else images
@@ -682,8 +723,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         folder : str or path
             Created when missing.
         names : sequence of str, optional
-            File names without ``.png``, one per training image (default:
-            :attr:`pseudo_label_names_`).
+            File names without ``.png`` (no folders), one per training image
+            (default: :attr:`pseudo_label_names_`).
         overwrite : bool, default=False
             Rewrite files that exist.
 
@@ -708,7 +749,12 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             )
         if len(set(names)) != len(names):
             raise ValueError("names must be distinct: each names one PNG file")
+        for i, name in enumerate(names):
+            if not name or name in (".", "..") or "/" in name or "\\" in name:
+                raise ValueError(f"names[{i}] = {name!r}: expected a file name without folders")
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"folder {os.fspath(folder)!r} is a file: expected a folder")
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         for name, mask in zip(names, self.pseudo_labels_):

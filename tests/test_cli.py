@@ -178,6 +178,8 @@ def test_evaluate_needs_a_truth_for_each_prediction(folder, tmp_path, capsys):
 
 def test_fit_image_and_pixel_supervision(folder, tmp_path):
     model, pseudo = tmp_path / "m.joblib", tmp_path / "pseudo"
+    pseudo.mkdir()
+    save_mask(pseudo / "img0.png", np.full((8, 8), 3, np.uint8))  # left by an earlier fit
     code = main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
                  "--model", str(model), "--max-epochs", "1", "--device", "cpu",
                  "--pseudo-labels", str(pseudo), "-q"] + TINY)
@@ -185,6 +187,8 @@ def test_fit_image_and_pixel_supervision(folder, tmp_path):
     fitted = joblib.load(model)
     assert fitted.cam_.max_epochs == 1 and fitted.n_classes_ == 4
     assert sorted(p.stem for p in pseudo.glob("*.png")) == [f"img{i}" for i in range(6)]
+    for i in range(6):  # this model's masks, the stale one replaced
+        np.testing.assert_array_equal(load_mask(pseudo / f"img{i}.png"), fitted.pseudo_labels_[i])
     code = main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
                  "--masks", str(folder / "masks"), "--supervision", "pixel",
                  "--model", str(tmp_path / "full.joblib"), "--max-epochs", "1", "--device", "cpu",

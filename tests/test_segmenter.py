@@ -340,6 +340,55 @@ def test_save_pseudo_labels_resumes(fitted, tmp_path):
     assert os.path.basename(named[0]) == "img0.png"
     with pytest.raises(ValueError, match="names has 2 items"):
         fitted.save_pseudo_labels(tmp_path, names=["a", "b"])
+    names = [f"img{i}" for i in range(24)]
+    for bad in ("../up", "a/b", "..", ""):
+        with pytest.raises(ValueError, match=r"names\[5\] = .*: expected a file name without folders"):
+            fitted.save_pseudo_labels(tmp_path / "bad", names=names[:5] + [bad] + names[6:])
+    assert not (tmp_path / "up.png").exists() and not (tmp_path / "bad").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file: expected a folder"):
+        fitted.save_pseudo_labels(tmp_path / "afile")
+
+
+def test_bad_settings_of_any_stage_fail_before_training(shapes, tmp_path, monkeypatch):
+    X, Y, masks = shapes
+    import sklearn_psa._training as training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the check")
+
+    monkeypatch.setattr(training, "train", no_training)
+    cases = [
+        ({"affinity__max_epochs": -1}, ValueError, "max_epochs"),
+        ({"refiner__beta": -3}, ValueError, "beta"),
+        ({"affinity__pretrained": str(tmp_path / "no.pth")}, FileNotFoundError,
+         r"affinity__pretrained=.*no\.pth': no such weights file"),
+        ({"pretrained": str(tmp_path / "no.pth")}, FileNotFoundError, "^pretrained=.*no such weights"),
+        ({"backbone": "auto", "pretrained": str(tmp_path / "w.pth")}, ValueError, "chooses both"),
+        ({"scale_range": (2.0, 1.0)}, ValueError, "scale_range"),
+        ({"crf": {"n_iters": 2}}, ValueError, r"crf: unknown dense_crf options \['n_iters'\]"),
+    ]
+    for params, error, match in cases:
+        with pytest.raises(error, match=match):
+            tiny_segmenter().set_params(**params).fit(X[:4], Y[:4])
+    # pixel supervision checks the CAM step it trains first, and not the others
+    with pytest.raises(ValueError, match="max_epochs"):
+        tiny_segmenter(supervision="pixel").set_params(cam__max_epochs=-1).fit(X[:4], masks[:4])
+    with pytest.raises(AssertionError, match="trained before the check"):
+        tiny_segmenter(supervision="pixel").set_params(refiner__beta=-3).fit(X[:4], masks[:4])
+
+
+def test_checkpoint_without_a_seed_warns_that_it_cannot_resume(shapes, tmp_path, monkeypatch):
+    X, Y, _ = shapes
+    import sklearn_psa._training as training
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", stop)
+    seg = tiny_segmenter(checkpoint=str(tmp_path / "seg.ckpt")).set_params(random_state=None)
+    with pytest.warns(UserWarning, match="set random_state"), pytest.raises(KeyboardInterrupt):
+        seg.fit(X[:4], Y[:4])
 
 
 def test_pseudo_label_names_from_image_files(shapes, tmp_path):
