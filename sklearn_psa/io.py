@@ -82,12 +82,26 @@ def to_rgb(image):
     return arr
 
 
+def _orientation(img):
+    """EXIF orientation of an opened image (1: as stored), read from the header only."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # Pillow would decode the pixels to look for an eXIf chunk after them
+    return img.getexif().get(0x0112, 1)
+
+
 def load_image(path):
-    """Load an image file as an (H, W, 3) uint8 RGB array (grayscale, palette and RGBA convert)."""
+    """Load an image file as an (H, W, 3) uint8 RGB array (grayscale, palette and RGBA convert).
+
+    An EXIF orientation (photos from phones and cameras) is applied, so the
+    array is upright as image viewers show it; :func:`image_size` agrees.
+    """
+    from PIL import ImageOps
+
     img = _open(path)
     try:
+        upright = _orientation(img) == 1
         img.load()
-        return to_rgb(img)
+        return to_rgb(img if upright else ImageOps.exif_transpose(img))
     except OSError as exc:
         raise ValueError(f"{os.fspath(path)}: corrupt or truncated image file ({exc})") from exc
     finally:
@@ -95,10 +109,15 @@ def load_image(path):
 
 
 def image_size(path):
-    """Return ``(height, width)`` of an image file, reading only its header."""
+    """Return ``(height, width)`` of an image file, reading only its header.
+
+    The size is that of :func:`load_image`'s array: EXIF orientations 5 to 8
+    (a quarter turn) swap the stored width and height.
+    """
     img = _open(path)
     try:
-        return img.size[1], img.size[0]
+        width, height = img.size
+        return (width, height) if _orientation(img) in (5, 6, 7, 8) else (height, width)
     finally:
         img.close()
 

@@ -440,6 +440,26 @@ def test_load_voc_id_without_jpeg_or_xml(tmp_path):
         load_voc(root)
 
 
+def test_load_voc_errors_count_file_lines(tmp_path):
+    root = _small_devkit(tmp_path)
+    blank_lines = "2007_000032\n\n  \n\n2007_999999\n"  # the bad id is on line 5, the 2nd id
+    with pytest.raises(FileNotFoundError, match=r"'2007_999999' \(line 5 .*\) has no JPEG"):
+        load_voc(root, split=_write_list(tmp_path / "l.txt", blank_lines))
+
+
+def test_load_voc_relative_root_gives_absolute_paths(tmp_path, monkeypatch):
+    _small_devkit(tmp_path / "data" / "VOC2012")
+    save_mask(tmp_path / "data" / "VOC2012" / "SegmentationClass" / "2007_000032.png",
+              np.zeros((10, 12), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    data = load_voc("data", split=os.path.join("data", "VOC2012", "ImageSets", "Segmentation",
+                                               "train.txt"))
+    monkeypatch.chdir(tmp_path / "data")  # the paths must survive a change of folder
+    for path in (data.root, data.list_file, *data.images, *data.masks):
+        assert os.path.isabs(path) and os.path.exists(path), path
+    assert data.root == str(tmp_path / "data" / "VOC2012")
+
+
 def test_load_voc_bad_xml(tmp_path):
     root = _small_devkit(tmp_path)
     xml = root / "Annotations" / "2007_000032.xml"

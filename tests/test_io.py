@@ -242,6 +242,23 @@ def test_load_image_16_bit_grayscale_is_not_saturated(tmp_path):
         np.testing.assert_array_equal(got[:, :, 0], (ramp >> 8).astype(np.uint8))
 
 
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_load_image_applies_the_exif_orientation(tmp_path, fmt):
+    stored = np.zeros((16, 24, 3), np.uint8)
+    stored[:8, :8] = (255, 0, 0)  # red top-left corner as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers turn the photo a quarter clockwise
+    Image.fromarray(stored).save(tmp_path / f"o6.{fmt}", exif=exif, quality=95)
+    got = load_image(tmp_path / f"o6.{fmt}")
+    assert got.shape == (24, 16, 3)
+    assert image_size(tmp_path / f"o6.{fmt}") == got.shape[:2]
+    assert got[:8, -8:, 0].mean() > 200 and got[:8, :8, 0].mean() < 50  # red now top-right
+    # A mask is never turned: PNG masks have no orientation.
+    mask = np.zeros((16, 24), np.uint8)
+    Image.fromarray(mask, mode="L").save(tmp_path / "m.png", exif=exif)
+    assert load_mask(tmp_path / "m.png").shape == (16, 24)
+
+
 def test_load_image_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothing\.png: no such image file"):
         load_image(tmp_path / "nothing.png")

@@ -1,5 +1,6 @@
 """Backbones: names and shapes of published architectures, weight loading, the registry."""
 
+import pickle
 import re
 
 import numpy as np
@@ -184,13 +185,66 @@ def test_weight_file_that_does_not_match_lists_the_differences(tmp_path):
     assert "missing 1: layer2.1.conv1.weight" in msg
     assert "unexpected 1: layer9.0.conv1.weight" in msg
     assert re.search(r"wrong shape 1: layer1\.0\.conv2\.weight: file \(64, 64, 5, 5\)", msg)
+    assert "whole network" not in msg  # no prefix hint for a genuine mismatch
 
 
 def test_weight_file_is_read_with_weights_only(tmp_path):
     path = tmp_path / "pickle.pth"
     torch.save({"conv1.weight": torch.zeros(1), "evil": object()}, path)  # not loadable weights-only
-    with pytest.raises(ValueError, match="not a readable torch weights file"):
+    with pytest.raises(ValueError, match="pickle.pth: holds pickled Python objects"):
         make_backbone("resnet50", pretrained=path)
+
+
+def test_whole_module_file_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "whole.pth"
+    torch.save(TinyBackbone(width=4), path)  # torch.save(module) instead of its state dict
+    with pytest.raises(ValueError) as err:
+        make_backbone("tiny", width=4, pretrained=path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: holds pickled Python objects")
+    assert "TinyBackbone" in msg and "rather than a state dict of tensors" in msg
+    assert msg.endswith("save module.state_dict() instead")
+    assert "\n" not in msg and "\x1b" not in msg and "weights_only=False" not in msg
+    assert isinstance(err.value.__cause__, pickle.UnpicklingError)
+
+
+def test_unreadable_weight_file_says_what_was_expected_and_why(tmp_path):
+    expected = r"expected a torch state dict file saved with torch\.save\(module\.state_dict\(\)\)"
+    (tmp_path / "notes.pth").write_text("hello")
+    with pytest.raises(ValueError, match=r"notes\.pth: not a readable torch weights file \(it "
+                       r"starts with b'hell', neither torch\.save's zip format nor a pickle\); "
+                       + expected):
+        make_backbone("tiny", pretrained=tmp_path / "notes.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.pth: .*\(the file is empty\)"):
+        make_backbone("tiny", pretrained=tmp_path / "empty.pth")
+    folder = re.escape(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"{folder}: is a folder; {expected}"):
+        make_backbone("tiny", pretrained=tmp_path)
+
+
+def test_dataparallel_prefix_is_stripped(tmp_path):
+    a = make_backbone("tiny", width=4)
+    path = tmp_path / "dp.pth"
+    torch.save({f"module.{k}": v for k, v in a.state_dict().items()}, path)
+    b = make_backbone("tiny", width=4, pretrained=path)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_whole_network_file_gives_a_hint_to_select_the_backbone(tmp_path):
+    sd = Network(TinyBackbone(width=4), CAMHead(32, 3)).state_dict()
+    path = tmp_path / "network.pth"
+    torch.save(sd, path)
+    with pytest.raises(ValueError) as err:
+        make_backbone("tiny", width=4, pretrained=path)
+    msg = str(err.value)
+    assert "missing 48: " in msg and "unexpected 49: backbone." in msg  # the listing stays
+    assert "names in " + str(path) + " start with 'backbone.': it looks like a whole network" in msg
+    hint = msg.split("e.g. ")[1]
+    assert hint == "{k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}"
+    torch.save(eval(hint), path)  # the suggested dict loads
+    b = make_backbone("tiny", width=4, pretrained=path)
+    assert torch.equal(b.state_dict()["stem.0.0.weight"], sd["backbone.stem.0.0.weight"])
 
 
 def test_pretrained_true_without_packaged_weights_is_a_clear_error():

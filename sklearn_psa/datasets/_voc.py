@@ -30,6 +30,7 @@ def _find_voc2012(root):
         raise FileNotFoundError(f"VOC root {str(root)!r} does not exist")
     if not root.is_dir():
         raise NotADirectoryError(f"VOC root {str(root)!r} is not a folder")
+    root = root.resolve()  # absolute paths survive a change of working folder
     for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (candidate / "JPEGImages").is_dir() or (candidate / "Annotations").is_dir():
             return candidate
@@ -82,12 +83,12 @@ def _find_list_file(voc, split):
 
 
 def _read_list(list_file):
-    """Ids (and listed mask paths, or None) from a list file.
+    """Ids, listed mask paths (or None) and line numbers from a list file.
 
     A line is either an id (``2007_000032``) or, as in the SBD-augmented
     ``train_aug.txt``, ``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png``.
     """
-    ids, listed_masks = [], []
+    ids, listed_masks, numbers = [], [], []
     try:
         lines = Path(list_file).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -105,9 +106,10 @@ def _read_list(list_file):
         stem, ext = os.path.splitext(name)
         ids.append(stem if ext.lower() in _IMAGE_EXTENSIONS else name)
         listed_masks.append(fields[1] if len(fields) == 2 else None)
+        numbers.append(number)
     if not ids:
         raise ValueError(f"{str(list_file)!r}: the list file holds no image ids")
-    return ids, listed_masks
+    return ids, listed_masks, numbers
 
 
 def _labels_from_xml(path):
@@ -165,7 +167,10 @@ def load_voc(root, split="train"):
         ids : list of str
             Image ids in list-file order.
         images : list of str
-            Paths of ``JPEGImages/{id}.jpg``; use them as ``X``.
+            Absolute paths of ``JPEGImages/{id}.jpg``; use them as ``X``.
+            ``root`` is resolved to an absolute path once, so these paths
+            (and those of ``masks``) stay valid after a change of the working
+            folder.
         labels : ndarray of shape (n_images, 20), dtype uint8
             ``labels[i, j] == 1`` iff ``Annotations/{id}.xml`` lists an object
             of class ``class_names[j]``; repeats count once, and objects
@@ -173,7 +178,7 @@ def load_voc(root, split="train"):
             reference code's label file. Body parts of person layouts
             (``<part><name>``) are not objects.
         masks : list of str or None
-            Paths of the palette PNG masks (values 0 background, ``j + 1``
+            Absolute paths of the palette PNG masks (values 0 background, ``j + 1``
             class ``j``, 255 object boundaries and ignored pixels, as
             :func:`sklearn_psa.io.load_mask` reads them), None where an image
             has none. A mask path given in the list file (relative to the
@@ -183,9 +188,9 @@ def load_voc(root, split="train"):
         class_names : list of str
             The 20 VOC classes in the standard order (aeroplane ... tvmonitor).
         root : str
-            The ``VOC2012`` folder that was read.
+            The ``VOC2012`` folder that was read, as an absolute path.
         list_file : str
-            The list file that was read.
+            The list file that was read, as an absolute path.
 
     Raises
     ------
@@ -223,17 +228,17 @@ def load_voc(root, split="train"):
     voc = _find_voc2012(root)
     images_dir = _require_dir(voc, "JPEGImages")
     annotations_dir = _require_dir(voc, "Annotations")
-    list_file = _find_list_file(voc, split)
+    list_file = _find_list_file(voc, split).resolve()
     masks_dir = voc / "SegmentationClass"
 
-    ids, listed_masks = _read_list(list_file)
+    ids, listed_masks, numbers = _read_list(list_file)
     images, masks = [], []
     labels = np.zeros((len(ids), len(VOC_CLASSES)), dtype=np.uint8)
-    for i, (image_id, listed) in enumerate(zip(ids, listed_masks)):
+    for i, (image_id, listed, number) in enumerate(zip(ids, listed_masks, numbers)):
         image = images_dir / f"{image_id}.jpg"
         if not image.is_file():
             raise FileNotFoundError(
-                f"image id {image_id!r} (line {i + 1} of {str(list_file)!r}) has no JPEG: "
+                f"image id {image_id!r} (line {number} of {str(list_file)!r}) has no JPEG: "
                 f"{str(image)!r} does not exist"
             )
         annotation = annotations_dir / f"{image_id}.xml"
