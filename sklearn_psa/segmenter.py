@@ -514,7 +514,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                 est._resolved_backbone()  # "auto" with weights or options given
             weights = est.get_params(deep=False).get("pretrained") if hasattr(est, "get_params") else None
             if isinstance(weights, (str, os.PathLike)) and not os.path.isfile(weights):
-                raise FileNotFoundError(f"{prefix}pretrained={os.fspath(weights)!r}: no such weights file")
+                what = "is a folder; expected a weights file" if os.path.isdir(weights) else "no such weights file"
+                raise FileNotFoundError(f"{prefix}pretrained={os.fspath(weights)!r}: {what}")
         if self.checkpoint is not None and self.random_state is None and steps:
             warnings.warn(
                 "checkpoint: an interrupted fit resumes only if the steps before the "

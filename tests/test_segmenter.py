@@ -364,6 +364,7 @@ def test_bad_settings_of_any_stage_fail_before_training(shapes, tmp_path, monkey
         ({"affinity__pretrained": str(tmp_path / "no.pth")}, FileNotFoundError,
          r"affinity__pretrained=.*no\.pth': no such weights file"),
         ({"pretrained": str(tmp_path / "no.pth")}, FileNotFoundError, "^pretrained=.*no such weights"),
+        ({"cam__pretrained": str(tmp_path)}, FileNotFoundError, "is a folder; expected a weights file"),
         ({"backbone": "auto", "pretrained": str(tmp_path / "w.pth")}, ValueError, "chooses both"),
         ({"scale_range": (2.0, 1.0)}, ValueError, "scale_range"),
         ({"crf": {"n_iters": 2}}, ValueError, r"crf: unknown dense_crf options \['n_iters'\]"),
