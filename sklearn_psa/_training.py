@@ -16,7 +16,8 @@ its objective as ``loss_fn(net, batch) -> scalar tensor``, and calls
     result = train(net, samples, loss_fn, config,
                    param_groups=net.parameter_groups(1.0, 10.0),
                    device=device, seed=seed, verbose=verbose,
-                   checkpoint=path_or_None, fingerprint=data_and_params_hash)
+                   checkpoint=path_or_None, fingerprint=joblib.hash((params, data)),
+                   fingerprint_params=params)   # a mismatch names the params that differ
     result.history          # mean loss per epoch run now
     result.epoch_seconds    # wall time per epoch run now
 
@@ -43,8 +44,13 @@ What the loop does (the reference code's recipe where it has one):
   run resumed from a checkpoint gives the same weights as an uninterrupted one.
 - Checkpoints: after each epoch the model, optimizer, epoch and loss history
   are written atomically to ``checkpoint``; when that file exists at the
-  start, training continues at its epoch (its ``fingerprint`` must match).
-- Progress: a tqdm bar over steps when ``verbose``.
+  start, training continues at its epoch (its ``fingerprint`` must match;
+  ``fingerprint_params``, stored with it, let a mismatch name what differs).
+  A checkpoint holding exactly the weights ``net`` starts from (the last one
+  of the fit that a warm start continues) is replaced rather than resumed.
+- Progress: a tqdm bar over steps when ``verbose`` (:func:`progress`, which
+  the estimators' inference loops use too): erased when done at ``verbose=1``,
+  kept at ``verbose >= 2``.
 """
 
 import contextlib
@@ -64,10 +70,38 @@ __all__ = [
     "TrainResult",
     "load_checkpoint",
     "poly_lr",
+    "progress",
     "seeded",
     "sgd_param_groups",
     "train",
+    "weights_hash",
 ]
+
+
+def progress(iterable=None, *, verbose, desc, total=None, unit="image", initial=0):
+    """The tqdm bar of a long loop (training steps, inference over images).
+
+    Parameters
+    ----------
+    iterable : iterable, optional
+        Wrapped as ``tqdm(iterable)``; without it, call ``update`` on the bar.
+    verbose : int
+        0: no bar; 1: a bar erased when the loop ends; 2 or more: the bar
+        stays (one line per stage).
+    desc : str
+        Label naming the stage.
+    total : int, optional
+    unit : str, default="image"
+    initial : int, default=0
+
+    Returns
+    -------
+    bar : tqdm.tqdm
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit,
+                disable=not verbose, leave=verbose > 1)
 
 
 # --------------------------------------------------------------------------- data
@@ -371,7 +405,64 @@ def _epoch_seed(seed, epoch):
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _save_checkpoint(path, net, optimizer, scaler, epoch, step, history, fingerprint):
+def weights_hash(module):
+    """joblib hash of ``module``'s state dict (weights and buffers), e.g. to fingerprint
+    the weights a warm start begins from."""
+    import joblib
+
+    return joblib.hash({k: v.detach().cpu().numpy() for k, v in module.state_dict().items()})
+
+
+def _plain(value):
+    """``value`` as plain Python that a ``weights_only`` checkpoint can hold and an error
+    message can show: tuples become lists; other objects a ``"<type hash>"`` string."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    import joblib
+
+    return f"<{type(value).__name__} {joblib.hash(value)[:12]}>"
+
+
+def _mismatch_message(path, saved_params, params):
+    """Why the checkpoint at ``path`` does not fit this run: the parameters that differ,
+    else the data, or the bare fact where the checkpoint stores no parameters."""
+    why = "fingerprint differs"
+    if isinstance(saved_params, dict) and params is not None:
+        params = _plain(params)
+        unset = object()
+
+        def show(d, k):
+            return "not set" if d.get(k, unset) is unset else repr(d[k])
+
+        diff = [f"{k}: {show(saved_params, k)} in the checkpoint, {show(params, k)} now"
+                for k in sorted(set(saved_params) | set(params))
+                if saved_params.get(k, unset) != params.get(k, unset)]
+        why = "; ".join(diff) if diff else "the parameters agree, so the training data differ"
+    return (f"checkpoint {os.fspath(path)} was written for other data or parameters ({why}); "
+            "delete it or pass another checkpoint path")
+
+
+def _holds_state_of(state, net):
+    """Whether the checkpoint's model weights are exactly ``net``'s current ones."""
+    import torch
+
+    current = net.state_dict()
+    return set(current) == set(state) and all(
+        v.shape == state[k].shape and v.dtype == state[k].dtype and torch.equal(v.detach().cpu(), state[k])
+        for k, v in current.items()
+    )
+
+
+def _save_checkpoint(path, net, optimizer, scaler, epoch, step, history, fingerprint,
+                     fingerprint_params=None):
     import torch
 
     from .io import atomic_write
@@ -384,6 +475,8 @@ def _save_checkpoint(path, net, optimizer, scaler, epoch, step, history, fingerp
         "history": [float(h) for h in history],
         "fingerprint": "" if fingerprint is None else str(fingerprint),
     }
+    if fingerprint_params is not None:
+        state["fingerprint_params"] = _plain(fingerprint_params)
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
     with atomic_write(path, "wb") as f:
@@ -424,7 +517,7 @@ def _to_device_batch(images, maps, targets, factors, device, channels_last):
 
 
 def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", seed=0, verbose=0,
-          checkpoint=None, fingerprint=None, desc="training"):
+          checkpoint=None, fingerprint=None, fingerprint_params=None, desc="training"):
     """Train ``net`` in place on ``samples``; see the module docstring.
 
     Parameters
@@ -441,12 +534,22 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
     device : torch.device or str
     seed : int
     verbose : int
-        Show a tqdm progress bar when > 0.
+        0: silent; 1: a tqdm progress bar over the steps, erased when done;
+        2 or more: the bar stays (see :func:`progress`).
     checkpoint : path, optional
         Written atomically after every epoch; resumed from when it exists.
     fingerprint : str, optional
         Identifies the data and parameters; a checkpoint with another
-        fingerprint is an error rather than silently resumed.
+        fingerprint is an error rather than silently resumed, unless its
+        weights are exactly those ``net`` starts from (a warm start after the
+        fit that wrote it, whose fingerprint includes its starting weights):
+        resuming it would train nothing and replacing it loses nothing, so
+        it is replaced.
+    fingerprint_params : dict, optional
+        The parameters that went into ``fingerprint`` (values made plain:
+        tuples as lists, objects as hashes), stored in the checkpoint so that
+        a mismatch names the parameters that differ, or says that the data
+        differ when they agree.
     desc : str
         Progress bar label.
 
@@ -455,7 +558,6 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
     TrainResult
     """
     import torch
-    from tqdm.auto import tqdm
 
     device = torch.device(device)
     n = len(samples)
@@ -482,14 +584,15 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
             scaler = torch.amp.GradScaler("cuda")
 
     start_epoch, step, history = 0, 0, []
+    state = None
     if checkpoint is not None and os.path.exists(checkpoint):
         state = load_checkpoint(checkpoint)
-        saved = state.get("fingerprint", "")
-        if fingerprint is not None and saved != str(fingerprint):
-            raise ValueError(
-                f"checkpoint {os.fspath(checkpoint)} was written for other data or parameters "
-                "(fingerprint differs); delete it or pass another checkpoint path"
-            )
+        if fingerprint is not None and state.get("fingerprint", "") != str(fingerprint):
+            if not _holds_state_of(state["model"], net):
+                raise ValueError(_mismatch_message(checkpoint, state.get("fingerprint_params"),
+                                                   fingerprint_params))
+            state = None  # where this run starts: overwritten by its first epoch
+    if state is not None:
         from .nn.weights import load_weights
 
         load_weights(net, state["model"], source=f"checkpoint {os.fspath(checkpoint)}")
@@ -500,8 +603,7 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
         history = list(state.get("history", []))
 
     epoch_seconds = []
-    bar = tqdm(total=max_step, initial=min(step, max_step), desc=desc, disable=not verbose,
-               unit="step", leave=verbose > 1)
+    bar = progress(verbose=verbose, desc=desc, total=max_step, initial=min(step, max_step), unit="step")
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
         with torch.random.fork_rng(devices=devices):
@@ -547,7 +649,8 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
                 epoch_seconds.append(time.perf_counter() - t0)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
                 if checkpoint is not None:
-                    _save_checkpoint(checkpoint, net, optimizer, scaler, epoch + 1, step, history, fingerprint)
+                    _save_checkpoint(checkpoint, net, optimizer, scaler, epoch + 1, step, history,
+                                     fingerprint, fingerprint_params)
     finally:
         bar.close()
         net.eval()

@@ -58,7 +58,7 @@ class AffinityTransformerMixin(TransformerMixin):
     A subclass defines ``_affinity_features(records)``, yielding
     ``(indices, features)`` batch by batch, whose
     :func:`~sklearn_psa.nn.affinity_head.pairwise_affinity` is the affinity,
-    and sets ``offsets_`` in ``fit``; it has the ``radius`` parameter.
+    and sets ``offsets_`` in ``fit``; it has the ``radius`` and ``verbose`` parameters.
     """
 
     def predict_affinity(self, X):
@@ -77,16 +77,19 @@ class AffinityTransformerMixin(TransformerMixin):
         """
         import torch
 
+        from ._training import progress
         from .nn.affinity_head import pairwise_affinity
 
         check_is_fitted(self)
         records = check_records(X, name="X")
         out = [None] * len(records)
-        with torch.inference_mode():
+        bar = progress(verbose=self.verbose, desc=f"{type(self).__name__} affinities", total=len(records))
+        with torch.inference_mode(), bar:
             for idx, feats in self._affinity_features(records):
                 aff = pairwise_affinity(feats.float(), self.offsets_).cpu().numpy()
                 for j, i in enumerate(idx):
                     out[i] = np.ascontiguousarray(aff[j], dtype=np.float32)
+                bar.update(len(idx))
         return out
 
     def transform(self, X):
@@ -172,6 +175,10 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         "auto" uses CUDA when available, else the CPU.
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
+        0: silent; 1: progress bars over the images while ``fit`` derives the
+        affinity labels (with the dense CRF when ``crf``), over the training
+        steps, and over the images of ``transform`` / ``predict_affinity``,
+        each erased when done; 2: the bars stay, one line per stage.
 
     Attributes
     ----------
@@ -318,7 +325,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         -------
         self : AffinityEstimator
         """
-        from ._training import Augmentation, TrainConfig, train
+        from ._training import Augmentation, TrainConfig, progress, train
         from .walk import neighbor_offsets
 
         records = check_records(X, name="X")
@@ -342,7 +349,8 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         pairs = np.zeros(3, np.int64)
         from ._affinity_labels import affinity_pairs
 
-        for r in records.records:
+        stage = "AffinityNet labels" + (" (dense CRF)" if crf is not None else "")
+        for r in progress(records.records, verbose=self.verbose, desc=stage):
             low, high = _value_maps(r, self.alpha_low, self.alpha_high, crf)
             samples.append(_LazySample(r, low, high))
             grid = _grid_labels(low[None], high[None])[0]

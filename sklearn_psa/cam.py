@@ -1,5 +1,6 @@
 """CAMClassifier: a multilabel image classifier whose transform gives class activation maps."""
 
+import copy
 import numbers
 import os
 
@@ -74,7 +75,10 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         Seeds the initial weights, data order and augmentation: the same
         value gives the same fitted weights on the CPU.
     verbose : int, default=0
-        Show a progress bar during training when > 0.
+        0: silent; 1: progress bars over the training steps and over the
+        images of CAM inference (``transform``, ``compute_cams``, the CAMs of
+        ``fit_transform``, ``predict``), each erased when done; 2: the bars
+        stay, one line per stage.
     backbone_options : dict or None, default=None
         Options for the named backbone, e.g. ``{"width": 16, "depth": 2,
         "dilation": 1}`` for ``"tiny"``, whose depth and dilation at stride 8
@@ -84,11 +88,16 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
     warm_start : bool, default=False
         When True and already fitted on the same classes, ``fit`` continues
         from the fitted weights (a new learning-rate schedule of
-        ``max_epochs``) instead of starting anew.
+        ``max_epochs``) instead of starting anew. It trains a copy:
+        ``network_`` is replaced only when ``fit`` completes.
     checkpoint : str, path or None, default=None
         File written atomically after every epoch; when it exists at ``fit``
         training resumes at its epoch (it must come from the same data and
-        parameters, else ``fit`` raises).
+        parameters, else ``fit`` raises an error naming the parameters that
+        differ). A warm-started fit has its own checkpoint, identified by the
+        fitted weights it starts from: the finished checkpoint of the fit
+        that gave those weights is replaced by it, and an interrupted
+        warm-started fit resumes from it.
 
     Attributes
     ----------
@@ -224,14 +233,22 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
             head = CAMHead(backbone.out_channels[2], n_classes)
             return Network(backbone, head)
 
-    def _fingerprint(self, images, labels):
+    def _fingerprint(self, images, labels, start=None):
+        """``(fingerprint, params)`` of a checkpointed fit: the hash of the training
+        parameters, the data and, for a warm start, the ``start`` network's weights;
+        and those parameters."""
         import joblib
+
+        from ._training import weights_hash
 
         params = {k: v for k, v in self.get_params().items()
                   if k not in ("verbose", "device", "checkpoint", "warm_start", "threshold", "scales", "flip")}
         params["backbone"], params["pretrained"], params["backbone_options"] = self._resolved_backbone()
         params["backbone"] = params["backbone"] if isinstance(params["backbone"], str) else repr(params["backbone"])
-        return joblib.hash((params, [s if isinstance(s, str) else joblib.hash(s) for s in images.sources], labels))
+        if start is not None:
+            params["warm_start_weights"] = weights_hash(start)
+        sources = [s if isinstance(s, str) else joblib.hash(s) for s in images.sources]
+        return joblib.hash((params, sources, labels)), params
 
     @staticmethod
     def _loss(net, batch):
@@ -257,7 +274,10 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
             and hasattr(self, "network_")
             and getattr(self, "n_classes_", None) == n_classes
         )
-        net = self.network_ if reuse else self._build_network(n_classes, seed)
+        # a copy: an interrupted fit leaves the fitted model (and the warm start's checkpoint) valid
+        net = copy.deepcopy(self.network_) if reuse else self._build_network(n_classes, seed)
+        fingerprint, params = (None, None) if self.checkpoint is None else self._fingerprint(
+            images, labels, start=self.network_ if reuse else None)
         pretrained = self._resolved_backbone()[1] not in (None, False)
         config = TrainConfig(
             max_epochs=self.max_epochs,
@@ -278,7 +298,8 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
             seed=seed,
             verbose=self.verbose,
             checkpoint=self.checkpoint,
-            fingerprint=None if self.checkpoint is None else self._fingerprint(images, labels),
+            fingerprint=fingerprint,
+            fingerprint_params=params,
             desc="CAMClassifier",
         )
         previous = list(getattr(self, "loss_curve_", [])) if reuse else []
@@ -340,6 +361,8 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         import torch
         from torch.nn import functional as F
 
+        from ._training import progress
+
         net = self._network()
         device = next(net.parameters()).device
         scales = self._checked_scales() if cams else (1.0,)
@@ -347,7 +370,8 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         logits = np.zeros((n, self.n_classes_), np.float32)
         out = [None] * n
         use_amp = device.type == "cuda"
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        bar = progress(verbose=self.verbose, desc="CAMClassifier " + ("CAMs" if cams else "scores"), total=n)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp), bar:
             for idx in iter_image_batches(images.shapes, self.batch_size):
                 x = images_to_tensor([images[i] for i in idx], device)
                 N, _, H, W = x.shape
@@ -371,6 +395,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
                     if self.flip:
                         maps = maps[:N] + maps[N:].flip(-1)
                     total = maps if total is None else total + maps
+                bar.update(len(idx))
                 if not cams:
                     continue
                 if not have_logits:  # scales without 1.0: logits from a plain pass

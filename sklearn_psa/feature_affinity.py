@@ -60,7 +60,9 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
     device : str, default="auto"
         "auto" uses CUDA when available, else the CPU.
     verbose : int, default=0
-        Above 0, progress bars over the images.
+        0: silent; 1: progress bars over the images of ``fit`` (the feature
+        statistics) and of ``transform`` / ``predict_affinity``, each erased
+        when done; 2: the bars stay, one line per stage.
 
     Attributes
     ----------
@@ -159,18 +161,15 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
             options["stages"] = 5  # the same low level, without the costly 1280-channel head
         return make_backbone(self.backbone, pretrained=pretrained, **options)
 
-    def _grid_features(self, records, device, desc):
+    def _grid_features(self, records, device):
         """Yield ``(indices, features)``: raw grid features, batch by batch (run it under
         ``torch.inference_mode``)."""
-        from tqdm.auto import tqdm
-
         from .nn.affinity_head import _resize_to, backbone_levels
 
         net = self._network("backbone_")
         shapes = [r.shape for r in records.records]
         level = _LEVELS[self.level]
-        batches = list(iter_image_batches(shapes, max(1, int(self.batch_size))))
-        for idx in tqdm(batches, desc=desc, unit="batch", disable=not self.verbose, leave=False):
+        for idx in iter_image_batches(shapes, max(1, int(self.batch_size))):
             x = images_to_tensor([records[i].load_image() for i in idx], device)
             levels, size = backbone_levels(net, x, STRIDE, float(self.input_scale))
             yield idx, _resize_to(levels[level].float().contiguous(), size)
@@ -185,7 +184,7 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         device = resolve_device(self.device)
         shift = torch.as_tensor(self.mean_, device=device).view(1, -1, 1, 1)
         divide = torch.as_tensor(self.scale_ * self.distance_scale_, device=device).view(1, -1, 1, 1)
-        for idx, feats in self._grid_features(records, device, "FeatureAffinity"):
+        for idx, feats in self._grid_features(records, device):
             yield idx, (feats - shift) / divide
 
     # ------------------------------------------------------------------ fit
@@ -211,6 +210,7 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         """
         import torch
 
+        from ._training import progress
         from .walk import neighbor_offsets
 
         records = check_records(X, name="X")
@@ -224,8 +224,10 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         # (it is linear in them: mean_c |diff_c| / scale_c).
         total = total_sq = abs_diff = 0.0
         count = n_pairs = 0
-        with torch.inference_mode():
-            for _, feats in self._grid_features(records, device, "FeatureAffinity statistics"):
+        bar = progress(verbose=self.verbose, desc="FeatureAffinity statistics", total=len(records))
+        with torch.inference_mode(), bar:
+            for idx, feats in self._grid_features(records, device):
+                bar.update(len(idx))
                 f = feats.double()
                 total = total + f.sum(dim=(0, 2, 3))
                 total_sq = total_sq + (f * f).sum(dim=(0, 2, 3))

@@ -82,8 +82,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         adds affinities to records fits here, such as
         :class:`~sklearn_psa.FeatureAffinity` (no training).
     refiner : RandomWalkRefiner or None, default=None
-        Step 3; None makes ``RandomWalkRefiner(device=device)`` (alpha 16,
-        beta 8, t 256: the paper's).
+        Step 3; None makes ``RandomWalkRefiner(device=device, verbose=verbose)``
+        (alpha 16, beta 8, t 256: the paper's).
     supervision : {"image", "pixel"}, default="image"
         "image": learn from image-level labels through the three steps.
         "pixel": train the segmentation network on the true masks ``y`` (the
@@ -310,7 +310,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                                      verbose=self.verbose)
         from .walk import RandomWalkRefiner
 
-        return RandomWalkRefiner(device=device)
+        return RandomWalkRefiner(device=device, verbose=self.verbose)
 
     def _step(self, name):
         """A clone of step ``name`` (the default-made one when the parameter is None)."""
@@ -471,6 +471,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
     def _fingerprint(self, images, masks):
+        """``(fingerprint, params)`` of a checkpointed fit: the hash of the training
+        parameters, the starting weights, the images and the masks; and those parameters."""
         import joblib
 
         params = {k: v for k, v in self.get_params(deep=False).items()
@@ -484,7 +486,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             state = self.cam_.network_.backbone.state_dict()
             params["backbone"] = joblib.hash({k: v.detach().cpu().numpy() for k, v in state.items()})
         sources = [s if isinstance(s, str) else joblib.hash(s) for s in images.sources]
-        return joblib.hash((params, sources, [joblib.hash(m) for m in masks]))
+        return joblib.hash((params, sources, [joblib.hash(m) for m in masks])), params
 
     def _checked_scale_range(self):
         scale_range = tuple(float(s) for s in np.asarray(self.scale_range, dtype=float).ravel())
@@ -529,6 +531,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         from ._training import Augmentation, ImageSamples, TrainConfig, train
 
         scale_range = self._checked_scale_range()
+        fingerprint, params = (None, None) if self.checkpoint is None else self._fingerprint(images, masks)
         device = self._fit_device()
         seed = self._fit_seed()
         net = self._build_network(n_classes + 1, seed)
@@ -556,7 +559,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             seed=seed,
             verbose=self.verbose,
             checkpoint=self.checkpoint,
-            fingerprint=None if self.checkpoint is None else self._fingerprint(images, masks),
+            fingerprint=fingerprint,
+            fingerprint_params=params,
             desc="segmentation" if self.supervision == "image" else "segmentation (masks)",
         )
         return net, result

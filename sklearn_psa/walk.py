@@ -350,6 +350,9 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
     device : str or None, default="auto"
         Where the torch backend computes; ``"auto"`` (or None) means CUDA when
         available, else CPU. Ignored by ``backend="scipy"``.
+    verbose : int, default=0
+        0: silent; 1: a progress bar over the records of ``transform`` and
+        ``predict``, erased when done; 2: the bar stays.
 
     See Also
     --------
@@ -388,14 +391,16 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         "t": [Interval(numbers.Integral, 0, None, closed="left")],
         "backend": [StrOptions(_BACKENDS)],
         "device": [str, None],
+        "verbose": ["verbose"],
     }
 
-    def __init__(self, alpha=16, beta=8, t=256, backend="auto", device="auto"):
+    def __init__(self, alpha=16, beta=8, t=256, backend="auto", device="auto", verbose=0):
         self.alpha = alpha
         self.beta = beta
         self.t = t
         self.backend = backend
         self.device = device
+        self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -424,14 +429,20 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         device = resolve_device(self.device)
         return (self.backend, None) if self.backend == "scipy" else (self.backend, device)
 
-    def _refine(self, record, backend, device):
-        scores = score_stack(record.cams, self.alpha)
-        if self.t == 0:
-            return scores
-        pooled = _average_pool(scores, STRIDE)
-        walked = random_walk(pooled, record.affinity, beta=self.beta, t=self.t,
-                             backend=backend, device=device)
-        return _upsample(walked, record.shape, STRIDE)
+    def _refined(self, records):
+        """Yield ``(record, refined scores)`` for each record, with the progress bar."""
+        from ._training import progress
+
+        backend, device = self._walk_settings()
+        stage = "random walk" if self.t > 0 else "CAM baseline (t=0)"
+        for record in progress(records.records, verbose=self.verbose, desc=stage):
+            scores = score_stack(record.cams, self.alpha)
+            if self.t > 0:
+                pooled = _average_pool(scores, STRIDE)
+                walked = random_walk(pooled, record.affinity, beta=self.beta, t=self.t,
+                                     backend=backend, device=device)
+                scores = _upsample(walked, record.shape, STRIDE)
+            yield record, scores
 
     def transform(self, X):
         """Refined score maps.
@@ -451,8 +462,7 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         """
         self._validate_params()
         X = self._check_records(X)
-        backend, device = self._walk_settings()
-        return [self._refine(r, backend, device) for r in X.records]
+        return [scores for _, scores in self._refined(X)]
 
     def predict(self, X):
         """One mask per record.
@@ -473,10 +483,8 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"X has {X.n_classes} classes: uint8 masks hold at most 254 (255 is ignore)"
             )
-        backend, device = self._walk_settings()
         masks = []
-        for r in X.records:
-            refined = self._refine(r, backend, device)
+        for r, refined in self._refined(X):
             values = np.concatenate([[0], r.labels + 1]).astype(np.uint8)
             masks.append(values[np.argmax(refined, axis=0)])
         return format_masks(masks, X.images)

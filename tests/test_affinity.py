@@ -159,6 +159,18 @@ def test_crf_snaps_blurred_cams_to_the_objects(squares):
 # ----------------------------------------------------------------------------- sklearn guarantees
 
 
+def test_progress_bars_name_the_stage_only_when_verbose(squares, capsys):
+    records = squares[0][:4]
+    est = AffinityEstimator(max_epochs=1, **{**FAST, "crf": True}).fit(records)
+    est.transform(records)
+    assert capsys.readouterr().err == ""
+    est.set_params(verbose=1).fit(records)
+    err = capsys.readouterr().err
+    assert "AffinityNet labels (dense CRF)" in err and "AffinityNet:" in err
+    est.predict_affinity(records)
+    assert "AffinityEstimator affinities" in capsys.readouterr().err
+
+
 def test_clone_get_set_params_round_trip():
     est = AffinityEstimator(alpha_low=2, alpha_high=16, radius=3, crf=False, init="cam")
     params = est.get_params()

@@ -143,10 +143,53 @@ def test_warm_start_continues_from_the_fitted_weights(shapes_data):
     net = est.network_
     before = {k: v.clone() for k, v in net.state_dict().items()}
     est.fit(X[:16], Y[:16])
-    assert est.network_ is net and est.n_iter_ == 2 and len(est.loss_curve_) == 2
-    assert not all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert est.n_iter_ == 2 and len(est.loss_curve_) == 2
+    # trained a copy (an interrupted fit leaves the fitted model), which left the fitted weights
+    assert est.network_ is not net and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not all(torch.equal(before[k], v) for k, v in est.network_.state_dict().items())
     est.set_params(warm_start=False).fit(X[:16], Y[:16])
-    assert est.network_ is not net and est.n_iter_ == 1
+    assert est.n_iter_ == 1
+    assert all(torch.equal(before[k], v) for k, v in est.network_.state_dict().items())  # anew
+
+
+def _tiny_data():
+    return make_shapes(6, image_size=32, random_state=0)[:2] if make_shapes else _square_images(6)[:2]
+
+
+TINY = dict(FAST, backbone_options={"width": 4, "depth": 1}, scales=(1.0,))
+
+
+def test_warm_start_with_a_checkpoint_trains_and_resumes(tmp_path, monkeypatch):
+    import sklearn_psa._training as training
+
+    X, Y = _tiny_data()
+    path = tmp_path / "cam.ckpt"
+    plain = CAMClassifier(**TINY, warm_start=True).fit(X, Y).fit(X, Y)  # no checkpoint: 2 + 2 epochs
+    est = CAMClassifier(**TINY, warm_start=True, checkpoint=str(path)).fit(X, Y)
+    fitted = {k: v.clone() for k, v in est.network_.state_dict().items()}
+
+    save = training._save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):  # the second fit replaces the finished checkpoint, then dies
+        est.fit(X, Y)
+    monkeypatch.undo()
+    assert training.load_checkpoint(path)["epoch"] == 1
+    assert all(torch.equal(fitted[k], v) for k, v in est.network_.state_dict().items())
+
+    est.fit(X, Y)  # resumes the warm-started fit at its second epoch
+    assert len(est.epoch_seconds_) == 1 and est.n_iter_ == 4
+    assert est.loss_curve_ == pytest.approx(plain.loss_curve_)
+    sp, se = plain.network_.state_dict(), est.network_.state_dict()
+    assert all(torch.equal(sp[k], se[k]) for k in sp)
+
+    other = CAMClassifier(**dict(TINY, random_state=1), warm_start=True).fit(X, Y)
+    with pytest.raises(ValueError, match="random_state: 0 in the checkpoint, 1 now; warm_start_weights"):
+        other.set_params(checkpoint=str(path)).fit(X, Y)  # another run's checkpoint
 
 
 def test_checkpoint_resumes_and_refuses_other_data(shapes_data, tmp_path):
@@ -158,8 +201,10 @@ def test_checkpoint_resumes_and_refuses_other_data(shapes_data, tmp_path):
     assert b.epoch_seconds_ == []  # nothing left to train: the checkpoint is complete
     sa, sb = a.network_.state_dict(), b.network_.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    with pytest.raises(ValueError, match="other data or parameters"):
+    with pytest.raises(ValueError, match="the parameters agree, so the training data differ"):
         CAMClassifier(**dict(FAST, max_epochs=1, checkpoint=str(path))).fit(X[16:32], Y[16:32])
+    with pytest.raises(ValueError, match=r"\(max_epochs: 1 in the checkpoint, 2 now\); delete it"):
+        CAMClassifier(**dict(FAST, max_epochs=2, checkpoint=str(path))).fit(X[:16], Y[:16])
 
 
 # ----------------------------------------------------------------------------- CAMs
@@ -194,6 +239,21 @@ def test_cams_match_the_plain_multiscale_formula(fitted_cam, shapes_data, flip):
         ref = _reference_cams(fitted_cam.network_, X[i], (1.0, 0.5, 1.5), flip)
         np.testing.assert_array_equal(r.labels, np.flatnonzero(Y[i]))
         np.testing.assert_allclose(r.cams, ref[r.labels], atol=2e-5)
+
+
+def test_progress_bars_name_the_stage_only_when_verbose(capsys):
+    X, Y = _tiny_data()
+    est = CAMClassifier(**dict(TINY, max_epochs=1)).fit(X, Y)
+    est.compute_cams(X)
+    est.predict(X)
+    assert capsys.readouterr().err == ""
+    est.set_params(verbose=2).fit_transform(X, Y)  # 2: the bars stay, complete
+    err = capsys.readouterr().err
+    assert "CAMClassifier: 100%" in err and "CAMClassifier CAMs: 100%" in err and "6/6" in err
+    est.set_params(verbose=1).transform(X)
+    assert "CAMClassifier CAMs" in capsys.readouterr().err
+    est.predict(X)
+    assert "CAMClassifier scores" in capsys.readouterr().err
 
 
 def test_transform_records_use_the_predicted_classes(fitted_cam, shapes_data):

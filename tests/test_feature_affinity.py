@@ -133,6 +133,17 @@ def test_transform_sets_affinity_and_radius_and_walks():
     assert all(p.shape == (32, 32) for p in pred)
 
 
+def test_progress_bars_name_the_stage_only_when_verbose(capsys):
+    records = random_records([(32, 32), (16, 24)])
+    est = FeatureAffinity(backbone=small_net(), device="cpu").fit(records)
+    est.transform(records)
+    assert capsys.readouterr().err == ""
+    est.set_params(verbose=2).fit(records)
+    assert "FeatureAffinity statistics: 100%" in capsys.readouterr().err
+    est.transform(records)
+    assert "FeatureAffinity affinities: 100%" in capsys.readouterr().err
+
+
 def test_errors():
     records = random_records([(16, 16)])
     with pytest.raises(TypeError, match="Records"):

@@ -58,6 +58,7 @@ def test_deep_params_expose_default_steps():
     params = PSASegmenter(device="cpu", random_state=3).get_params()
     assert params["cam__random_state"] == 3 and params["affinity__device"] == "cpu"
     assert params["refiner__device"] == "cpu"
+    assert PSASegmenter(verbose=2).get_params()["refiner__verbose"] == 2
     assert set(PSASegmenter().get_params(deep=False)) <= set(params)
 
 
@@ -377,6 +378,14 @@ def test_bad_settings_of_any_stage_fail_before_training(shapes, tmp_path, monkey
         tiny_segmenter(supervision="pixel").set_params(cam__max_epochs=-1).fit(X[:4], masks[:4])
     with pytest.raises(AssertionError, match="trained before the check"):
         tiny_segmenter(supervision="pixel").set_params(refiner__beta=-3).fit(X[:4], masks[:4])
+
+
+def test_a_checkpoint_of_other_settings_is_refused_naming_them(shapes, tmp_path):
+    X, Y, _ = shapes
+    path = tmp_path / "seg.ckpt"
+    tiny_segmenter(checkpoint=str(path)).set_params(max_epochs=1).fit(X[:6], Y[:6])
+    with pytest.raises(ValueError, match="max_epochs: 1 in the checkpoint, 2 now"):
+        tiny_segmenter(checkpoint=str(path)).set_params(max_epochs=2).fit(X[:6], Y[:6])
 
 
 def test_checkpoint_without_a_seed_warns_that_it_cannot_resume(shapes, tmp_path, monkeypatch):

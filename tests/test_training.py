@@ -21,6 +21,7 @@ from sklearn_psa._training import (
     _steps_per_epoch,
     load_checkpoint,
     poly_lr,
+    progress,
     seeded,
     sgd_param_groups,
     train,
@@ -69,11 +70,13 @@ def _config(epochs=3, **kw):
                        augmentation=aug, **kw)
 
 
-def _fit(seed=0, epochs=3, checkpoint=None, fingerprint=None, samples=None, loss=_loss, **kw):
-    with seeded(seed):
-        net = _Net()
+def _fit(seed=0, epochs=3, checkpoint=None, fingerprint=None, samples=None, loss=_loss, net=None,
+         fingerprint_params=None, **kw):
+    if net is None:
+        with seeded(seed):
+            net = _Net()
     result = train(net, samples or _colour_samples(), loss, _config(epochs, **kw), seed=seed,
-                   checkpoint=checkpoint, fingerprint=fingerprint)
+                   checkpoint=checkpoint, fingerprint=fingerprint, fingerprint_params=fingerprint_params)
     return net, result
 
 
@@ -279,6 +282,47 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_weights(tmp_path):
         _fit(seed=5, epochs=3, checkpoint=path, fingerprint="data-2")
 
 
+def test_a_refused_checkpoint_names_the_parameters_that_differ(tmp_path):
+    path = tmp_path / "run.pt"
+    params = {"max_epochs": 1, "scale_range": (0.9, 1.1), "backbone": "tiny", "random_state": None}
+    _fit(epochs=1, samples=_colour_samples(8), checkpoint=path, fingerprint="run-1", fingerprint_params=params)
+    state = load_checkpoint(path)  # weights_only=True reads the stored parameters
+    assert state["fingerprint_params"] == {**params, "scale_range": [0.9, 1.1]}
+
+    def refusal(fingerprint, **changes):
+        with pytest.raises(ValueError, match="other data or parameters") as info:
+            _fit(epochs=1, samples=_colour_samples(8), checkpoint=path, fingerprint=fingerprint,
+                 fingerprint_params=None if changes.get("params") is None else {**params, **changes["params"]})
+        return str(info.value)
+
+    message = refusal("run-2", params={"max_epochs": 3, "warm_start_weights": "abc"})
+    assert "max_epochs: 1 in the checkpoint, 3 now" in message
+    assert "warm_start_weights: not set in the checkpoint, 'abc' now" in message
+    assert "scale_range" not in message and "backbone" not in message
+    assert "the parameters agree, so the training data differ" in refusal("run-3", params={})
+    assert "(fingerprint differs)" in refusal("run-4")  # this run gives no parameters
+    del state["fingerprint_params"]  # a checkpoint written before they were stored
+    torch.save(state, path)
+    assert "(fingerprint differs)" in refusal("run-5", params={"max_epochs": 3})
+    assert load_checkpoint(path)["epoch"] == 1  # refused, not overwritten
+
+
+def test_a_checkpoint_of_the_starting_weights_is_replaced_not_resumed(tmp_path):
+    path = tmp_path / "run.pt"
+    net, _ = _fit(epochs=1, samples=_colour_samples(8), checkpoint=path, fingerprint="first")
+    fitted = {k: v.clone() for k, v in net.state_dict().items()}
+    # a warm start from the weights the checkpoint holds: it trains, and its own checkpoint replaces the old
+    _, result = _fit(epochs=2, samples=_colour_samples(8), checkpoint=path, fingerprint="warm", net=net)
+    assert result.start_epoch == 0 and len(result.epoch_seconds) == 2 and len(result.history) == 2
+    state = load_checkpoint(path)
+    assert state["fingerprint"] == "warm" and state["epoch"] == 2
+    assert not all(torch.equal(fitted[k], v) for k, v in state["model"].items())
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in state["model"].items())
+    # other starting weights: the checkpoint of another run is still refused
+    with pytest.raises(ValueError, match="fingerprint differs"):
+        _fit(epochs=2, samples=_colour_samples(8), checkpoint=path, fingerprint="other", seed=1)
+
+
 def test_checkpoint_that_is_not_one_is_a_clear_error(tmp_path):
     path = tmp_path / "junk.pt"
     path.write_bytes(b"not a checkpoint")
@@ -317,6 +361,19 @@ def test_progress_bar_only_when_verbose(capsys):
     assert "quiet-run" not in capsys.readouterr().err
     train(net, _colour_samples(8), _loss, _config(1), verbose=2, desc="loud-run")
     assert "loud-run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verbose", [0, 1, 2])
+def test_progress_bar_is_off_erased_or_kept(capsys, verbose):
+    for _ in progress(range(3), verbose=verbose, desc="some stage"):
+        pass
+    err = capsys.readouterr().err
+    if verbose == 0:
+        assert err == ""
+    else:  # verbose 1 blanks the bar's line when done, verbose 2 leaves its final state
+        assert "some stage" in err
+        assert err.endswith("\n") == (verbose == 2)
+        assert ("3/3" in err.split("\r")[-1]) == (verbose == 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -614,6 +614,21 @@ def test_refiner_is_stateless_clones_and_pickles(records):
     assert refiner.__sklearn_tags__().requires_fit is False
 
 
+def test_refiner_progress_bar_only_when_verbose(records, capsys):
+    refiner = RandomWalkRefiner(t=4, device="cpu")
+    assert refiner.get_params()["verbose"] == 0
+    refiner.predict(records)
+    refiner.transform(records)
+    assert capsys.readouterr().err == ""
+    masks = refiner.set_params(verbose=1).predict(records)
+    assert "random walk" in capsys.readouterr().err
+    for a, b in zip(masks, refiner.set_params(verbose=0).predict(records)):
+        np.testing.assert_array_equal(a, b)
+    refiner.set_params(verbose=2, t=0).transform(records)
+    err = capsys.readouterr().err  # verbose=2 keeps the completed bar
+    assert "CAM baseline (t=0): 100%" in err and f"{len(records)}/{len(records)}" in err
+
+
 DATA_FREE_CHECKS = [
     "check_no_attributes_set_in_init",
     "check_parameters_default_constructible",
