@@ -360,7 +360,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         """
         if not params:
             return self
-        self._follow_shared_params(params)
+        shared_before = {key: getattr(self, key) for key in _SHARED_PARAMS if key in params}
+        steps_before = {name: getattr(self, name) for name in _STEPS}
         nested = {}
         for key in [k for k in params if "__" in k]:
             name, sub = key.split("__", 1)
@@ -372,6 +373,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                 )
             nested.setdefault(name, {})[sub] = params.pop(key)
         super().set_params(**params)
+        self._follow_shared_params(shared_before, steps_before)
         for name, sub_params in nested.items():
             step = getattr(self, name)
             if step is None:
@@ -385,15 +387,14 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             step.set_params(**sub_params)
         return self
 
-    def _follow_shared_params(self, params):
-        """Pass changes of device, random_state and verbose on to the steps that share them."""
-        for key in _SHARED_PARAMS:
-            if key not in params:
-                continue
-            old, new = getattr(self, key), params[key]
+    def _follow_shared_params(self, before, steps_before):
+        """Pass the changes of device, random_state and verbose (their values ``before``) on
+        to the steps that shared them and were not replaced in the same call."""
+        for key, old in before.items():
+            new = getattr(self, key)
             for name in _STEPS:
                 step = getattr(self, name)
-                if step is None or not hasattr(step, "get_params"):
+                if step is None or step is not steps_before[name] or not hasattr(step, "get_params"):
                     continue
                 current = step.get_params(deep=False)
                 if key not in current:

@@ -93,6 +93,9 @@ def test_steps_made_by_nested_params_keep_following_device_seed_and_verbose():
     mine = CAMClassifier(device="cuda", random_state=7, verbose=2)
     seg = PSASegmenter(cam=mine).set_params(device="cpu", random_state=3, verbose=0)
     assert (mine.device, mine.random_state, mine.verbose) == ("cuda", 7, 2)
+    # and so does a step given in the same call
+    seg = PSASegmenter().set_params(cam=CAMClassifier(), random_state=4)
+    assert seg.cam.random_state is None and seg.get_params()["affinity__random_state"] == 4
     # a RandomState is followed only where the step holds that very object
     rs = np.random.RandomState(0)
     seg = PSASegmenter(random_state=rs).set_params(cam__max_epochs=1)
