@@ -103,6 +103,8 @@ def _image_ids(paths):
     ids = [Path(p).stem for p in paths]
     seen = {}
     for p, i in zip(paths, ids):
+        if i in seen and os.path.abspath(seen[i]) == os.path.abspath(p):
+            raise CommandError(f"{p} is listed twice; list each image once")
         if i in seen:
             raise CommandError(
                 f"two images share the name {i!r} ({seen[i]} and {p}); their masks would "

@@ -245,6 +245,7 @@ def test_feature_affinity_without_weights_fails_before_training(folder, tmp_path
         ("filename,a,b\nnothere.png,0,1\n", "no such image file"),
         ("filename\nimg0.png\n", "names no class"),
         ("filename,a,a\nimg0.png,0,1\n", "repeated class names"),
+        ("filename,a,b\nimg0.png,0,1\nimg0.png,1,0\n", "img0.png is listed twice"),
     ],
 )
 def test_bad_label_csv_is_a_clear_error(folder, tmp_path, capsys, csv, message):
