@@ -12,7 +12,8 @@ paper's Table 4), and writes to the output folder:
   per-class table per stage (:func:`~sklearn_psa.metrics.segmentation_report`)
   and the time each stage took;
 - ``grid.png``: training images with their CAMs, the CAM masks, the
-  synthesized masks, the two networks' predictions and the true masks;
+  synthesized masks, the two networks' predictions and the true masks
+  (where matplotlib is installed);
 - ``model.joblib``: the fitted weakly supervised :class:`PSASegmenter`.
 """
 
@@ -128,6 +129,15 @@ def _peak_rss_mb():
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+def _matplotlib_installed():
+    """Whether matplotlib can be imported (the ``plot`` extra), without importing it."""
+    import importlib.util
+
+    if "matplotlib" in sys.modules:  # imported already, or blocked (None)
+        return sys.modules["matplotlib"] is not None
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _torch_threads():
@@ -327,6 +337,10 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     if n_train < 2:
         raise ValueError(f"--n-samples must be at least 2, got {n_train}")
     used_device = str(resolve_device(device))  # what "auto" means here, for the report
+    can_plot = _matplotlib_installed()
+    if not can_plot:
+        _log(out, "matplotlib is not installed (pip install \"sklearn-psa[plot]\"): the demo writes "
+                  "report.md and model.joblib, not grid.png")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     size, n_test = settings["image_size"], settings["n_test"]
@@ -378,20 +392,21 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
         settings={"n_train": n_train, "n_test": n_test, "image_size": size, "device": used_device,
                   "random_state": random_state, "setting": setting, **settings["params"]},
     )
-    files = {"report": output / "report.md", "grid": output / "grid.png",
-             "model": output / "model.joblib"}
+    files = {"report": output / "report.md", "model": output / "model.joblib"}
     with atomic_write(files["report"], "w") as f:
         f.write(text)
-    plot_grid(files["grid"], [
-        ("image", X[:rows], "image"),
-        ("CAM (max over classes)", cam_heat[:rows], "heat"),
-        ("CAM mask", cam_masks[:rows], "mask"),
-        ("synthesized (CAM + walk)", seg.pseudo_labels_[:rows], "mask"),
-        ("PSASegmenter", seg.predict(X[:rows]), "mask"),
-        ("fully supervised", full.predict(X[:rows]), "mask"),
-        ("ground truth", M[:rows], "mask"),
-    ], rows)
     dump_model(seg, files["model"])
+    if can_plot:
+        files["grid"] = output / "grid.png"
+        plot_grid(files["grid"], [
+            ("image", X[:rows], "image"),
+            ("CAM (max over classes)", cam_heat[:rows], "heat"),
+            ("CAM mask", cam_masks[:rows], "mask"),
+            ("synthesized (CAM + walk)", seg.pseudo_labels_[:rows], "mask"),
+            ("PSASegmenter", seg.predict(X[:rows]), "mask"),
+            ("fully supervised", full.predict(X[:rows]), "mask"),
+            ("ground truth", M[:rows], "mask"),
+        ], rows)
 
     wall = time.perf_counter() - start
     _log(out, "")

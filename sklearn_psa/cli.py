@@ -306,8 +306,8 @@ def _make_estimator(args):
         model.set_params(affinity__backbone=args.backbone)
     try:
         return model.set_params(**dict(args.set))
-    except ValueError as exc:
-        raise CommandError(f"--set: {exc}") from exc
+    except ValueError as exc:  # scikit-learn's message holds a multi-line estimator repr
+        raise CommandError(f"--set: {' '.join(str(exc).split())}") from exc
 
 
 def cmd_fit(args):

@@ -474,8 +474,10 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        masks : list of ndarray of shape (H, W), uint8
-            0 for background, ``j + 1`` for class column ``j``.
+        masks : ndarray of shape (n, H, W) or list of ndarray of shape (H, W), uint8
+            0 for background, ``j + 1`` for class column ``j``; an array when
+            the records' images came as one ``(n, H, W, 3)`` array
+            (``X.from_array``), else a list.
         """
         self._validate_params()
         X = self._check_records(X)

@@ -266,6 +266,13 @@ def test_usage_errors(folder, tmp_path, capsys):
     assert "no such model file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["fit", str(folder), "--model", "m", "--set", "novalue"])
+    capsys.readouterr()
+    # an unknown parameter: one line, though scikit-learn's message holds a multi-line repr
+    assert main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
+                 "--model", str(tmp_path / "m.joblib"), "--set", "bogus=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sklearn-psa fit: error: --set: Invalid parameter 'bogus'")
+    assert err.count("\n") == 1 and not (tmp_path / "m.joblib").exists()
 
 
 @pytest.mark.parametrize("command", ["demo", "predict", "fit --memory", "fit --pseudo-labels",
@@ -322,6 +329,15 @@ def test_demo_needs_two_training_images(tmp_path):
         with pytest.raises(ValueError, match="at least 2"):
             run_demo(tmp_path / "demo", n_samples=n, quick=True, out=None)
     assert not (tmp_path / "demo").exists()
+
+
+def test_demo_without_matplotlib_writes_the_report_and_model(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as without the plot extra
+    printed = io.StringIO()
+    summary = run_demo(tmp_path / "demo", quick=True, device="cpu", out=printed)
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["model.joblib", "report.md"]
+    assert set(summary["files"]) == {"report", "model"}
+    assert "matplotlib is not installed" in printed.getvalue()
 
 
 def test_demo_quick_runs_the_tiny_backbone_only(tmp_path, capsys, monkeypatch):
