@@ -32,10 +32,11 @@ def flush_denormal():
     """
     import torch
 
-    # torch offers no getter; the default is False, which we restore.
-    changed = torch.set_flush_denormal(True)
+    # torch offers no getter: a denormal times one is zero exactly when flushing is on
+    was_on = bool((torch.tensor([1e-39]) * 1.0).item() == 0.0)
+    supported = torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        if changed:
+        if supported and not was_on:
             torch.set_flush_denormal(False)

@@ -36,10 +36,12 @@ Why the result is the same to the last bit that matters:
 * ``T^t - p(T) = D^-1/2 (M^t - p(M)) D^1/2``, hence for every channel ``s``
   ``max|T^t s - p(T) s| <= 2 tau sqrt(sum(D) / min(D)) max|s|``.
 
-``tau`` is chosen per matrix so that this bound is ``eps`` of the working
-precision (1.2e-7 for float32) times ``max|s|``: below the rounding error of
-the ``t`` products it replaces. Where the expansion would not save products
-(small ``t``), plain repeated products are used.
+``tau`` is chosen per matrix so that this truncation bound is ``eps`` of the
+working precision (1.2e-7 for float32) times ``max|s|``. The expansion's own
+float32 rounding adds more: measured against the dense float64 formula, up to
+about 30 eps of ``max|s|`` (3e-6) on small grids, against about 4 eps for the
+plain products; float64 agrees to about 1e-14. Where the expansion would not
+save products (small ``t``), plain repeated products are used.
 """
 
 import contextlib

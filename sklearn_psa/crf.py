@@ -91,8 +91,8 @@ def _check_probs(probs, shape):
         raise TypeError(f"{expected}, got {_describe(probs)}")
 
 
-def _check_distribution(probs):
-    """probs: float32 tensor (C, H, W). Finite, >= 0 and summing to 1 per pixel."""
+def _check_distribution(probs, atol=_PROB_ATOL):
+    """probs: float32 tensor (C, H, W). Finite, >= 0 and summing to 1 per pixel (to ``atol``)."""
     import torch
 
     sums = probs.sum(0)  # NaN or inf anywhere shows here
@@ -100,15 +100,15 @@ def _check_distribution(probs):
         label, y, x = torch.nonzero(~torch.isfinite(probs))[0].tolist()
         raise ValueError(f"probs contains NaN or infinite values (first at label {label}, pixel ({y}, {x}))")
     low = probs.amin()
-    if float(low) < -_PROB_ATOL:
+    if float(low) < -atol:
         label, y, x = torch.nonzero(probs == low)[0].tolist()
         raise ValueError(f"probs must be probabilities (>= 0), got {float(low):.4g} at label {label}, pixel ({y}, {x})")
     error = (sums - 1).abs_()
     worst = error.amax()
-    if float(worst) > _PROB_ATOL:
+    if float(worst) > atol:
         y, x = torch.nonzero(error == worst)[0].tolist()
         raise ValueError(
-            f"probs must sum to 1 over labels at every pixel (tolerance {_PROB_ATOL}); pixel ({y}, {x}) sums "
+            f"probs must sum to 1 over labels at every pixel (tolerance {atol:.2g}); pixel ({y}, {x}) sums "
             f"to {float(sums[y, x]):.6g}. Normalise score maps first (scores / scores.sum(0)): the CRF's "
             "result depends only on the per-pixel ratios of the scores"
         )
@@ -147,8 +147,11 @@ def _prepare_probs(probs, shape, device):
     import torch
 
     _check_probs(probs, shape)
-    probs_t = torch.as_tensor(probs).detach().to(device=device, dtype=torch.float32)
-    _check_distribution(probs_t)
+    given = torch.as_tensor(probs)
+    probs_t = given.detach().to(device=device, dtype=torch.float32)
+    # low-precision inputs (bfloat16: 8 bits of mantissa) sum to 1 only to their own precision
+    eps = torch.finfo(given.dtype).eps if given.dtype.is_floating_point else 0.0
+    _check_distribution(probs_t, max(_PROB_ATOL, 4 * eps))
     return probs_t
 
 
@@ -315,7 +318,8 @@ def dense_crf(
         The RGB image.
     probs : ndarray or torch.Tensor of shape (C, H, W), float
         Label probabilities per pixel: non-negative and summing to 1 over
-        the ``C`` labels (tolerance 1e-3). The unary energy is
+        the ``C`` labels (tolerance 1e-3, or 4 eps of a coarser dtype such as
+        bfloat16). The unary energy is
         ``-log(clip(probs, 1e-5, 1))``, as ``pydensecrf.utils.unary_from_softmax``
         computes it in the reference code. Score maps that do not sum to 1
         (the reference code passes CAM scores as they are) give the same

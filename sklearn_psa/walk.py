@@ -16,6 +16,7 @@ truncation error is bounded below the rounding error of the working precision
 
 import contextlib
 import functools
+import math
 import numbers
 
 import numpy as np
@@ -284,8 +285,12 @@ def random_walk(scores, affinity, *, beta=8, t=256, backend="auto", device=None)
         else:
             kernel = torch_walk if backend == "torch" else scipy_walk
             S_dev, A_dev = S.to(device=dev, dtype=dtype), A.to(device=dev)
+            # The walk is linear: scores near the float range are walked scaled down by a
+            # power of two (exact), as the kernels' recurrences may double them on the way.
+            peak = float(S_dev.abs().max())
+            scale = 2.0 ** math.floor(math.log2(peak)) if peak > 2.0 ** 64 else 1.0
             with flush_denormal() if dev.type == "cpu" else contextlib.nullcontext():
-                out = kernel(S_dev, A_dev, offsets, float(beta), int(t))
+                out = kernel(S_dev / scale, A_dev, offsets, float(beta), int(t)) * scale
     if scores_is_tensor:
         return out.to(S.device)
     return out.cpu().numpy()
@@ -498,7 +503,9 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         ----------
         X : Records
         y : sequence of (H, W) integer masks or mask paths
-            0 background, ``j + 1`` class column ``j``, 255 ignored.
+            0 background, ``j + 1`` class column ``j``, 255 ignored. A class
+            beyond the records' ``n_classes`` (one absent from a
+            cross-validation training fold) counts as missed.
 
         Returns
         -------
@@ -508,9 +515,9 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         from .metrics import mean_iou
 
         X = check_records(X, require_affinity=False, name="X")
-        masks = check_masks(y, len(X), n_classes=X.n_classes,
-                            shapes=[r.shape for r in X.records], name="y")
-        return mean_iou(masks, self.predict(X), n_classes=X.n_classes)
+        # a true class beyond X's (absent from a cross-validation training fold) is a miss
+        masks = check_masks(y, len(X), shapes=[r.shape for r in X.records], name="y")
+        return mean_iou(masks, self.predict(X))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

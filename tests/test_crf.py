@@ -446,6 +446,14 @@ def test_rejects_probabilities_that_are_not_distributions(valid):
         dense_crf(image, bad)
     # Within the tolerance is fine.
     dense_crf(image, probs * np.float32(1.0005))
+    # bfloat16 holds 8 mantissa bits: its softmax sums to 1 only within ~4e-3, which passes;
+    # the same error in float32 does not
+    soft = torch.softmax(torch.randn(3, *probs.shape[1:], generator=torch.Generator().manual_seed(0)), 0)
+    low = soft.bfloat16()
+    assert float((low.float().sum(0) - 1).abs().max()) > 1e-3
+    dense_crf(image, low)
+    with pytest.raises(ValueError, match=r"tolerance 0.001"):
+        dense_crf(image, low.float())
 
 
 @pytest.mark.parametrize(

@@ -478,3 +478,25 @@ def test_auto_learning_rates_follow_where_the_weights_come_from(shapes, monkeypa
     tiny_segmenter(learning_rate=0.05, head_lr_mult=2.0).set_params(
         cam__pretrained=str(weights), cam__learning_rate=0.2).fit(X[:8], Y[:8])
     assert calls[0][0] == 0.2 and calls[2] == (0.05, [1.0, 2.0])
+
+
+def test_a_class_missing_from_the_training_folds_is_scored_as_missed(fitted, shapes, tmp_path):
+    X, _, masks = shapes
+    unseen = [m.copy() for m in masks[:4]]
+    unseen[0][:8, :8] = 5  # a fifth class the segmenter was never fitted on
+    assert fitted.score(X[:4], unseen) == pytest.approx(mean_iou(unseen, fitted.predict(X[:4])))
+    # cross-validation whose first training fold lacks the highest class scores every fold
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import Pipeline
+
+    X8, _, masks8 = make_shapes(8, image_size=32, random_state=0)
+    assert not any((m == 4).any() for m in masks8[:4]) and any((m == 4).any() for m in masks8[4:])
+    pipe = Pipeline([
+        ("cam", CAMClassifier(backbone="tiny", scales=(1.0,), max_epochs=1, crop_size=32,
+                              device="cpu", random_state=0)),
+        ("affinity", AffinityEstimator(backbone="tiny", crf=False, crop_size=32, max_epochs=1,
+                                       device="cpu", random_state=0)),
+        ("rw", RandomWalkRefiner(t=16, device="cpu")),
+    ], memory=str(tmp_path))
+    search = GridSearchCV(pipe, {"rw__beta": [8, 16]}, cv=2, error_score="raise").fit(X8, masks8)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()

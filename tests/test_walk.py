@@ -655,3 +655,32 @@ def test_sklearn_checks_that_apply(check):
     from sklearn.utils import estimator_checks
 
     getattr(estimator_checks, check)("RandomWalkRefiner", RandomWalkRefiner())
+
+
+def test_flush_denormal_restores_the_callers_setting():
+    from sklearn_psa._device import flush_denormal
+
+    def flushing():
+        return bool((torch.tensor([1e-39]) * 1.0).item() == 0.0)
+
+    scores, affinity = np.ones((1, 3, 3), np.float32), np.ones((34, 3, 3), np.float32)
+    try:
+        for before in (False, True):
+            torch.set_flush_denormal(before)
+            with flush_denormal():
+                assert flushing() or not torch.set_flush_denormal(True)
+            assert flushing() == before
+            random_walk(scores, affinity, t=4)  # flushes inside, restores after
+            assert flushing() == before
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_scores_near_the_float_range_walk_without_overflow(backend):
+    affinity = np.ones((34, 4, 4), np.float32)
+    for value in (2e38, -3e38, 1e300):
+        dtype = np.float64 if abs(value) > 3.4e38 else np.float32
+        scores = np.full((1, 4, 4), value, dtype)
+        out = random_walk(scores, affinity, t=256, backend=backend)
+        np.testing.assert_allclose(out, scores, rtol=1e-5)  # a constant map stays constant
