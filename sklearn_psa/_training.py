@@ -116,7 +116,7 @@ class Sample:
     image : ndarray of shape (H, W, 3), uint8
     maps : dict of str to ndarray of shape (H, W)
         Pixel targets, transformed with the image (integer maps are padded with
-        255, float maps with 0).
+        255, boolean maps with False, float maps with 0).
     targets : dict of str to ndarray
         Per-image targets (e.g. the label indicator), passed through.
     """
@@ -159,7 +159,14 @@ class ImageSamples(Sequence):
 
 
 def _map_fill(arr):
-    return 255 if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool else 0
+    """Padding of a pixel map: 255 (ignore) for integer maps, False for boolean, 0 for float."""
+    if arr.dtype == bool:
+        return False
+    return 255 if np.issubdtype(arr.dtype, np.integer) else 0
+
+
+#: Internal boolean map of an image's own pixels (False on padding), for the colour jitter.
+_VALID = "__valid__"
 
 
 @dataclass
@@ -267,16 +274,29 @@ def _collate(items, pad_value):
     return images, maps
 
 
-def _color_jitter(x, factors):
-    """Brightness, contrast, saturation on a float (N, 3, h, w) 0..255 batch."""
+def _color_jitter(x, factors, valid=None, pad_value=None):
+    """Brightness, contrast, saturation on a float (N, 3, h, w) 0..255 batch.
+
+    ``valid`` (bool (N, 1, h, w)) marks each image's own pixels: the contrast
+    mean is theirs, and the padding keeps ``pad_value``.
+    """
+    import torch
+
     b, c, s = (factors[:, i].view(-1, 1, 1, 1) for i in range(3))
-    x = x * b
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    mean = gray.mean(dim=(2, 3), keepdim=True)
-    x = (x - mean) * c + mean
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = (x - gray) * s + gray
-    return x.clamp(0, 255)
+    jittered = x * b
+    gray = (0.299 * jittered[:, 0:1] + 0.587 * jittered[:, 1:2] + 0.114 * jittered[:, 2:3])
+    if valid is None:
+        mean = gray.mean(dim=(2, 3), keepdim=True)
+    else:
+        weight = valid.to(gray.dtype)
+        mean = (gray * weight).sum(dim=(2, 3), keepdim=True) / weight.sum(dim=(2, 3), keepdim=True).clamp_min(1)
+    jittered = (jittered - mean) * c + mean
+    gray = (0.299 * jittered[:, 0:1] + 0.587 * jittered[:, 1:2] + 0.114 * jittered[:, 2:3])
+    jittered = ((jittered - gray) * s + gray).clamp(0, 255)
+    if valid is None:
+        return jittered
+    pad = torch.as_tensor(pad_value, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return torch.where(valid, jittered, pad)
 
 
 def _batches(n, batch_size, rng):
@@ -499,12 +519,15 @@ def load_checkpoint(path):
 # --------------------------------------------------------------------------- the loop
 
 
-def _to_device_batch(images, maps, targets, factors, device, channels_last):
+def _to_device_batch(images, maps, targets, factors, device, channels_last, pad_value=None):
     import torch
 
     x = torch.from_numpy(images).to(device, non_blocking=True).permute(0, 3, 1, 2)
+    valid = maps.pop(_VALID, None)
     if factors is not None:
-        x = _color_jitter(x, torch.from_numpy(factors).to(device))
+        if valid is not None:
+            valid = torch.from_numpy(valid).to(device)[:, None]
+        x = _color_jitter(x, torch.from_numpy(factors).to(device), valid, pad_value)
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     batch = {"image": x}
     for k, v in maps.items():
@@ -567,6 +590,7 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
     steps_per_epoch = _steps_per_epoch(n, batch_size)
     max_step = steps_per_epoch * max_epochs
     aug = config.augmentation
+    jitter = float(aug.color_jitter) > 0  # as jitter_factors decides
 
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     net.to(device=device, memory_format=memory_format)
@@ -618,12 +642,16 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
                     items, targets = [], {}
                     for i in idx:
                         s = samples[int(i)]
+                        if jitter:  # mark the image's own pixels: the jitter leaves the padding
+                            s = Sample(s.image, {**s.maps, _VALID: np.ones(np.shape(s.image)[:2], bool)},
+                                       s.targets)
                         items.append(aug.geometric(s, rng))
                         for k, v in s.targets.items():
                             targets.setdefault(k, []).append(np.asarray(v))
                     images, maps = _collate(items, aug.pad_value)
                     factors = aug.jitter_factors(len(idx), rng)
-                    batch = _to_device_batch(images, maps, targets, factors, device, config.channels_last)
+                    batch = _to_device_batch(images, maps, targets, factors, device, config.channels_last,
+                                             aug.pad_value)
                     for g in optimizer.param_groups:
                         g["lr"] = poly_lr(g["initial_lr"], step, max_step, config.power)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):

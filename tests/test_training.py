@@ -191,6 +191,64 @@ def test_collate_pads_to_the_largest():
     assert images[0, 5, 0, 0] == 9.0 and maps["m"][0, 5, 0] == 255 and maps["m"][1, 0, 4] == 255
 
 
+def test_boolean_maps_pad_with_false():
+    a = (np.ones((4, 5, 3), np.float32), {"m": np.ones((4, 5), bool)})
+    b = (np.ones((6, 3, 3), np.float32), {"m": np.ones((6, 3), bool)})
+    _, maps = _collate([a, b], (0.0, 0.0, 0.0))
+    assert maps["m"].dtype == bool and not maps["m"][0, 5, 0] and not maps["m"][1, 0, 4]
+    assert maps["m"][0, :4, :5].all()
+
+
+def test_color_jitter_leaves_the_padding_and_ignores_it_for_contrast():
+    pad = (123.0, 117.0, 104.0)
+    x = torch.full((2, 3, 6, 6), 0.0)
+    x[:] = torch.tensor(pad).view(1, 3, 1, 1)
+    x[0, :, :4, :4] = torch.rand(3, 4, 4) * 255  # image 0: a 4x4 image padded to 6x6
+    x[1] = torch.rand(3, 6, 6) * 255
+    valid = torch.zeros(2, 1, 6, 6, dtype=torch.bool)
+    valid[0, :, :4, :4] = True
+    valid[1] = True
+    f = torch.tensor([[1.2, 0.7, 1.3], [0.8, 1.3, 0.9]])
+    out = _color_jitter(x, f, valid, pad)
+    assert (out[0, :, 4:, :] == torch.tensor(pad).view(3, 1, 1)).all()  # padding untouched
+    # the image's pixels jitter as they would on their own, unpadded
+    torch.testing.assert_close(out[0, :, :4, :4], _color_jitter(x[:1, :, :4, :4], f[:1])[0])
+    torch.testing.assert_close(out[1], _color_jitter(x[1:], f[1:])[0])
+
+
+def test_training_batches_keep_padding_at_the_pad_value(monkeypatch):
+    import sklearn_psa._training as training
+
+    seen = []
+    real = training._to_device_batch
+
+    def spy(images, maps, *args, **kwargs):
+        batch = real(images, maps, *args, **kwargs)
+        seen.append(batch)
+        return batch
+
+    monkeypatch.setattr(training, "_to_device_batch", spy)
+    pad = (120.0, 110.0, 100.0)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((8, 8), (12, 10))]
+    masks = [np.ones(im.shape[:2], np.uint8) for im in images]
+    net = torch.nn.Conv2d(3, 2, 1)
+    config = TrainConfig(max_epochs=1, batch_size=2, learning_rate=0.01, weight_decay=0.0,
+                         augmentation=Augmentation(crop_size=None, color_jitter=0.3, pad_value=pad))
+
+    def loss_fn(net, batch):
+        return net(batch["image"]).mean()
+
+    train(net, ImageSamples(images, maps={"label": masks}), loss_fn, config)
+    batch = seen[0]
+    assert set(batch) == {"image", "label"}  # the internal map of valid pixels is gone
+    padded = batch["label"][:, None].expand(-1, 3, -1, -1) == 255
+    image = batch["image"]
+    expected = torch.tensor(pad).view(1, 3, 1, 1).expand_as(image)
+    assert padded.any() and (image[padded] == expected[padded]).all()
+    assert not (image[~padded] == expected[~padded]).all()
+
+
 def test_color_jitter_identity_brightness_and_range():
     x = torch.rand(3, 3, 8, 8) * 255
     torch.testing.assert_close(_color_jitter(x, torch.ones(3, 3)), x)
