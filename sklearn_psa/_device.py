@@ -23,6 +23,22 @@ def resolve_device(device="auto"):
     return dev
 
 
+def autocast(device, enabled=True):
+    """Mixed precision on CUDA (bfloat16 where the GPU has it, else float16); off elsewhere."""
+    import torch
+
+    device = torch.device(device)
+    on = bool(enabled) and device.type == "cuda"
+    return torch.autocast(device.type, dtype=cuda_amp_dtype() if on else None, enabled=on)
+
+
+def cuda_amp_dtype():
+    """bfloat16 where the current CUDA device supports it (Ampere and later), else float16."""
+    import torch
+
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 @contextlib.contextmanager
 def flush_denormal():
     """Flush denormal floats to zero on the CPU inside the block.

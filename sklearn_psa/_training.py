@@ -62,6 +62,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._device import cuda_amp_dtype
+
 __all__ = [
     "Augmentation",
     "ImageSamples",
@@ -603,7 +605,7 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
     amp_dtype = None
     scaler = None
     if use_amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        amp_dtype = cuda_amp_dtype()
         if amp_dtype == torch.float16:
             scaler = torch.amp.GradScaler("cuda")
 

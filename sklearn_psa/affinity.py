@@ -304,6 +304,8 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
                 from .nn.weights import load_weights
 
                 load_weights(bb, state, source="the CAM classifier's backbone")
+                if source.get("pretrained") not in (None, False):
+                    bb.prepare_pretrained()  # frozen layers, as the CAM classifier's backbone had
             net = AffinityNet(bb, widths=widths, input_scale=self.input_scale)
         return net, from_weights
 

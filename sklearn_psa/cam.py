@@ -16,6 +16,7 @@ from ._torch_estimator import (
     iter_image_batches,
     module_type,
 )
+from ._device import autocast
 from ._validation import check_images, check_targets
 
 __all__ = ["CAMClassifier"]
@@ -369,9 +370,8 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         n = len(images)
         logits = np.zeros((n, self.n_classes_), np.float32)
         out = [None] * n
-        use_amp = device.type == "cuda"
         bar = progress(verbose=self.verbose, desc="CAMClassifier " + ("CAMs" if cams else "scores"), total=n)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp), bar:
+        with torch.inference_mode(), autocast(device), bar:
             for idx in iter_image_batches(images.shapes, self.batch_size):
                 x = images_to_tensor([images[i] for i in idx], device)
                 N, _, H, W = x.shape

@@ -22,6 +22,7 @@ from ._torch_estimator import (
     iter_image_batches,
     module_type,
 )
+from ._device import autocast
 from ._validation import IGNORE_INDEX, check_images, check_masks, check_targets, format_masks
 
 __all__ = ["PSASegmenter"]
@@ -636,11 +637,9 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         crf = self._crf_options()
         if crf is not None:
             from .crf import dense_crf
-        use_amp = device.type == "cuda"
         for idx in iter_image_batches(images.shapes, self.batch_size):
             batch = [images[i] for i in idx]
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                        enabled=use_amp):
+            with torch.inference_mode(), autocast(device):
                 x = images_to_tensor(batch, device)
                 logits = F.interpolate(net(x).float(), size=x.shape[-2:], mode="bilinear",
                                        align_corners=False)

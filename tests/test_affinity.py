@@ -4,6 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 
 from sklearn_psa import AffinityEstimator, RandomWalkRefiner, neighbor_offsets
@@ -136,6 +137,20 @@ def test_init_from_the_cam_classifiers_backbone(squares):
     assert set(got) == set(state)
     for k, v in state.items():
         np.testing.assert_array_equal(got[k].cpu().numpy(), np.asarray(v))
+
+
+def test_init_from_a_pretrained_cam_backbone_sets_it_up_as_pretrained(squares):
+    from sklearn_psa.nn import make_backbone
+
+    records, _ = squares
+    state = make_backbone("efficientnet_lite0", stages=5).state_dict()  # random weights suffice
+    for pretrained, momentum in ((True, 0.01), (None, 0.1)):
+        with_source = Records(records.records, records.n_classes,
+                              {"backbone": "efficientnet_lite0", "backbone_options": {"stages": 5},
+                               "pretrained": pretrained, "state_dict": state})
+        net, from_weights = AffinityEstimator(init="cam", **FAST)._make_network(with_source, 0)
+        bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert from_weights and bns and {m.momentum for m in bns} == {momentum}
 
 
 def test_crf_snaps_blurred_cams_to_the_objects(squares):

@@ -238,7 +238,7 @@ def test_whole_network_file_gives_a_hint_to_select_the_backbone(tmp_path):
     with pytest.raises(ValueError) as err:
         make_backbone("tiny", width=4, pretrained=path)
     msg = str(err.value)
-    assert "missing 48: " in msg and "unexpected 49: backbone." in msg  # the listing stays
+    assert "missing 40: " in msg and "unexpected 49: backbone." in msg  # the listing stays
     assert "names in " + str(path) + " start with 'backbone.': it looks like a whole network" in msg
     hint = msg.split("e.g. ")[1]
     assert hint == "{k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}"
@@ -275,9 +275,14 @@ def test_resnet38d_loads_the_reference_classifier_file(tmp_path):
     shapes = reference_resnet38_shapes()
     state = _random_state_dict(shapes, seed=1)
     state["fc8.weight"] = torch.zeros(20, 4096, 1, 1)  # the reference classifier, skipped
+    # the reference's converted weights predate BatchNorm's num_batches_tracked counters
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "res38_cls.pth"
     torch.save(state, path)
     net = make_backbone("resnet38d", pretrained=str(path))
+    assert any(k.endswith("num_batches_tracked") for k in net.state_dict())
+    net.train()  # pretrained: its BatchNorm layers stay in eval mode
+    assert not any(m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert torch.equal(net.state_dict()["b7.conv_branch2b2.weight"], state["b7.conv_branch2b2.weight"])
     assert not net.conv1a.weight.requires_grad and not net.b2_2.conv_branch2a.weight.requires_grad
     assert net.b3.conv_branch2a.weight.requires_grad

@@ -27,6 +27,17 @@ class Backbone(nn.Module):
     input_mean = IMAGENET_MEAN
     input_std = IMAGENET_STD
 
+    def prepare_pretrained(self):
+        """Set the network up as one that starts from trained weights; return it.
+
+        Called once the weights are loaded (from ImageNet, a file, or a fitted
+        CAM classifier's backbone that was itself set up so): ResNets freeze
+        their BatchNorm layers (and ResNet-38 its first blocks), as the
+        reference code does; EfficientNet-Lite keeps its loaded running
+        statistics with a slow average. The base class does nothing.
+        """
+        return self
+
     def normalize(self, x):
         """Map a float RGB batch on the 0..255 scale to the network's input scale."""
         mean = torch.as_tensor(self.input_mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

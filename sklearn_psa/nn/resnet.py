@@ -39,6 +39,9 @@ class _FrozenBatchNormMixin:
                 m.bias.requires_grad_(False)
         return self
 
+    def prepare_pretrained(self):
+        return self.freeze_batchnorm()
+
     def train(self, mode=True):
         super().train(mode)
         if self.frozen_bn:
@@ -214,6 +217,9 @@ class ResNet38d(_FrozenBatchNormMixin, Backbone):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def prepare_pretrained(self):
+        return self.freeze_batchnorm().freeze_early_layers()
+
     def freeze_early_layers(self):
         """Freeze ``conv1a`` and ``b2*``, as the reference's classifier training does."""
         for name, p in self.named_parameters():
@@ -249,7 +255,7 @@ def _build(cls, path, ignore):
         net = cls(init_weights=False)
     net = net.to_empty(device="cpu")  # every tensor is then overwritten by the strict load
     load_weights(net, path, ignore=ignore)
-    return net.freeze_batchnorm()
+    return net.prepare_pretrained()
 
 
 def _pretrained_path(name, pretrained, hint):
@@ -274,5 +280,4 @@ def resnet38d(*, pretrained=None):
     (``f8_3.*``, ``f8_4.*``, ``f8_5.*``, ``f9.*``) are skipped when present.
     """
     path = _pretrained_path("resnet38d", pretrained, "a ResNet-38 weights file of the AffinityNet reference code")
-    net = _build(ResNet38d, path, ("fc8.", "f8_3.", "f8_4.", "f8_5.", "f9."))
-    return net if path in (None, False) else net.freeze_early_layers()
+    return _build(ResNet38d, path, ("fc8.", "f8_3.", "f8_4.", "f8_5.", "f9."))

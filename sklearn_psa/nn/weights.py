@@ -128,6 +128,9 @@ def load_weights(module, weights, *, ignore=(), source=None):
         prefix = None
     # values may be numpy arrays (Records.source keeps state dicts as arrays)
     state = {k: torch.as_tensor(v) for k, v in weights.items() if not k.startswith(ignore)}
+    for k, v in own.items():  # BatchNorm's counters, which files saved before torch 0.4.1 lack
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = v
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
     mismatched = sorted(
