@@ -381,6 +381,26 @@ def test_any_module_is_wrapped_into_three_levels(out, channels):
     assert [f.shape[1] for f in feats] == list(channels)
 
 
+def test_a_module_of_another_stride_is_wrapped_with_a_warning():
+    coarse = nn.Conv2d(3, 4, 3, stride=16, padding=1)
+    with pytest.warns(UserWarning, match="output stride 16 .* expect 8"):
+        assert make_backbone(coarse).output_stride == 16
+
+
+def test_tiny_options_must_be_integers():
+    for bad in ({"width": 2.7}, {"depth": "2"}, {"dilation": True}):
+        with pytest.raises(TypeError, match="must be an integer"):
+            make_backbone("tiny", **bad)
+    assert make_backbone("tiny", width=np.int64(4), depth=1).width == 4
+
+
+def test_numpy_bool_pretrained_is_a_bool(tmp_path):
+    # scikit-learn's parameter validation lets np.True_ / np.False_ through as booleans
+    assert make_backbone("tiny", pretrained=np.False_, width=4).width == 4
+    with pytest.raises(ValueError, match="has no packaged pretrained weights"):
+        make_backbone("tiny", pretrained=np.True_)
+
+
 def test_bad_module_output_is_a_clear_error():
     with pytest.raises(ValueError, match="_Plain failed on a .*feature maps"):
         make_backbone(_Plain("junk"))

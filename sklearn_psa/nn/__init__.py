@@ -176,6 +176,14 @@ class ModuleBackbone(Backbone):
             module.train(was_training)
         self.out_channels = tuple(int(f.shape[1]) for f in feats)
         self.output_stride = max(1, round(64 / feats[2].shape[-1]))
+        if self.output_stride != 8:
+            warnings.warn(
+                f"backbone module {type(module).__name__} has output stride {self.output_stride} "
+                "(measured on a 64x64 input); sklearn-psa's CAMs, affinities and segmentation "
+                "expect 8 and resize its features to that grid, coarser or finer than intended",
+                UserWarning,
+                stacklevel=3,
+            )
 
     @staticmethod
     def _as_levels(out, name):
@@ -226,8 +234,11 @@ def make_backbone(backbone="tiny", *, pretrained=None, **options):
     -------
     Backbone
     """
+    import numpy as np
     from torch import nn
 
+    if isinstance(pretrained, np.bool_):  # numpy's bool, which parameter validation accepts
+        pretrained = bool(pretrained)
     backbone, pretrained, options = resolve_backbone(backbone, pretrained, options)
     options = options or {}
     if isinstance(backbone, nn.Module):

@@ -17,6 +17,8 @@ so ``depth=1`` gives a 43 px field, ``depth=2`` 59 px (the default), ``depth=2,
 dilation=2`` 91 px, ``depth=4, dilation=2`` 155 px.
 """
 
+import numbers
+
 from torch import nn
 
 from .base import Backbone
@@ -59,7 +61,10 @@ class TinyBackbone(Backbone):
 
     def __init__(self, width=16, depth=2, dilation=1):
         super().__init__()
-        if int(width) < 1 or int(depth) < 0 or int(dilation) < 1:
+        for name, value in (("width", width), ("depth", depth), ("dilation", dilation)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"tiny backbone: {name} must be an integer, got {value!r}")
+        if width < 1 or depth < 0 or dilation < 1:
             raise ValueError(
                 f"tiny backbone: width must be >= 1, depth >= 0, dilation >= 1; "
                 f"got width={width}, depth={depth}, dilation={dilation}"
