@@ -477,6 +477,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         parameters, the starting weights, the images and the masks; and those parameters."""
         import joblib
 
+        from ._training import weights_hash
+
         params = {k: v for k, v in self.get_params(deep=False).items()
                   if k in ("supervision", "init", "pretrained", "backbone_options", "aspp_rates",
                            "head_channels", "crop_size", "scale_range", "batch_size",
@@ -485,8 +487,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         name, params["pretrained"], params["backbone_options"] = self._resolved_backbone()
         params["backbone"] = name if isinstance(name, str) else repr(name)
         if self._from_cam():  # the starting weights
-            state = self.cam_.network_.backbone.state_dict()
-            params["backbone"] = joblib.hash({k: v.detach().cpu().numpy() for k, v in state.items()})
+            params["backbone"] = weights_hash(self.cam_.network_.backbone)
         sources = [s if isinstance(s, str) else joblib.hash(s) for s in images.sources]
         return joblib.hash((params, sources, [joblib.hash(m) for m in masks])), params
 
