@@ -217,11 +217,16 @@ class Augmentation:
             maps = {k: v[:, ::-1] for k, v in maps.items()}
         return np.ascontiguousarray(image), {k: np.ascontiguousarray(v) for k, v in maps.items()}
 
+    @property
+    def jitters(self):
+        """Whether the colours are jittered (``color_jitter > 0``)."""
+        return float(self.color_jitter) > 0
+
     def jitter_factors(self, n, rng):
-        """``(n, 3)`` brightness, contrast, saturation factors."""
-        j = float(self.color_jitter)
-        if j <= 0:
+        """``(n, 3)`` brightness, contrast, saturation factors; None without jitter."""
+        if not self.jitters:
             return None
+        j = float(self.color_jitter)
         return rng.uniform(max(0.0, 1 - j), 1 + j, size=(n, 3)).astype(np.float32)
 
 
@@ -592,7 +597,6 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
     steps_per_epoch = _steps_per_epoch(n, batch_size)
     max_step = steps_per_epoch * max_epochs
     aug = config.augmentation
-    jitter = float(aug.color_jitter) > 0  # as jitter_factors decides
 
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     net.to(device=device, memory_format=memory_format)
@@ -644,7 +648,7 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
                     items, targets = [], {}
                     for i in idx:
                         s = samples[int(i)]
-                        if jitter:  # mark the image's own pixels: the jitter leaves the padding
+                        if aug.jitters:  # mark the image's own pixels: the jitter leaves the padding
                             s = Sample(s.image, {**s.maps, _VALID: np.ones(np.shape(s.image)[:2], bool)},
                                        s.targets)
                         items.append(aug.geometric(s, rng))
