@@ -131,15 +131,6 @@ def _peak_rss_mb():
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
 
-def _matplotlib_installed():
-    """Whether matplotlib can be imported (the ``plot`` extra), without importing it."""
-    import importlib.util
-
-    if "matplotlib" in sys.modules:  # imported already, or blocked (None)
-        return sys.modules["matplotlib"] is not None
-    return importlib.util.find_spec("matplotlib") is not None
-
-
 def _torch_threads():
     import torch
 
@@ -327,6 +318,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     from sklearn.base import clone
 
     from ._device import resolve_device
+    from ._optional import installed
     from .datasets import make_shapes
     from .io import atomic_write, dump_model
 
@@ -337,7 +329,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     if n_train < 2:
         raise ValueError(f"--n-samples must be at least 2, got {n_train}")
     used_device = str(resolve_device(device))  # what "auto" means here, for the report
-    can_plot = _matplotlib_installed()
+    can_plot = installed("matplotlib")  # the plot extra
     if not can_plot:
         _log(out, "matplotlib is not installed (pip install \"sklearn-psa[plot]\"): the demo writes "
                   "report.md and model.joblib, not grid.png")

