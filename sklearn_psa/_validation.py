@@ -250,7 +250,8 @@ def _check_mask_item(item, where, n_classes, shape):
     return arr
 
 
-def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y"):
+def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y",
+                of=("X", "image")):
     """Validate pixel-level masks; return a list of (H, W) uint8 arrays.
 
     Parameters
@@ -264,6 +265,11 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y")
         If given, values above it (other than 255) are errors.
     shapes : list of (H, W), optional
         Expected shape of each mask (its image's).
+    name : str, default="y"
+        The masks' name in error messages.
+    of : (str, str), default=("X", "image")
+        What ``n_samples`` counts, for the message of a count mismatch: the
+        argument's name and its items (``("records", "record")``).
     """
     if masks is None:
         raise TypeError(f"{name} is None: expected a sequence of (H, W) masks")
@@ -290,7 +296,8 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y")
     if len(items) == 0:
         raise ValueError(f"{name} is empty: expected at least one mask")
     if n_samples is not None and len(items) != n_samples:
-        raise ValueError(f"{name} has {len(items)} masks but X has {n_samples} images")
+        raise ValueError(f"{name} has {len(items)} masks but {of[0]} has {n_samples} {of[1]}s: "
+                         f"expected one mask per {of[1]}")
     if shapes is not None and len(shapes) != len(items):
         raise ValueError(f"{name} has {len(items)} masks but there are {len(shapes)} images")
     return [

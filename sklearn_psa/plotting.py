@@ -72,14 +72,8 @@ def _check_record(record, *, require_cams=False, require_affinity=False, name="r
 
 def _check_mask_column(masks, records, name):
     """``masks``: one (H, W) mask per record, at its image's size, values 0..K or 255."""
-    masks = check_masks(masks, n_classes=records.n_classes, name=name)
-    if len(masks) != len(records):
-        raise ValueError(
-            f"{name} has {len(masks)} masks but records has {len(records)} records: "
-            "expected one mask per record"
-        )
-    return check_masks(masks, n_classes=records.n_classes,
-                       shapes=[r.shape for r in records], name=name)
+    return check_masks(masks, len(records), n_classes=records.n_classes,
+                       shapes=[r.shape for r in records], name=name, of=("records", "record"))
 
 
 def plot_cams(record, *, class_names=None, background_alpha=None, axes=None, cmap="jet",
