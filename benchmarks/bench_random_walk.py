@@ -130,7 +130,7 @@ def reference_walk(scores, affinity, offsets, beta, t):
 def run_method(method, scores, affinity, offsets, beta, t, device, squarings=None, timing=None):
     import torch
 
-    from sklearn_psa import _walk_kernels, random_walk
+    from sklearn_psa import _device, _walk_kernels, random_walk
     from sklearn_psa._device import flush_denormal
 
     if method == "dense":
@@ -148,7 +148,7 @@ def run_method(method, scores, affinity, offsets, beta, t, device, squarings=Non
     elif method == "torch-power":
         options["chebyshev"] = False
     elif method == "torch-threads":
-        _walk_kernels.SERIAL_WORK = 0
+        _device.SERIAL_WORK = 0
     S = torch.from_numpy(scores).to(device)
     A = torch.from_numpy(affinity).to(device)
     work = scores.size * (2 * len(offsets) + 1)

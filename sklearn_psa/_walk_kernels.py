@@ -69,27 +69,9 @@ __all__ = [
 #: 128 x 128).
 STENCIL_MIN_CELLS = 4096
 
-#: Below this many multiply-adds per product (non-zeros x channels), the CPU walk runs
-#: on one thread: each of the ~100 products is too short to pay for waking and
-#: synchronising torch's worker threads, which on a shared, loaded machine cost tens
-#: of milliseconds per product (measured: 2.8 s instead of 0.08 s for a 63 x 47 grid).
-SERIAL_WORK = 1 << 24
-
-
-@contextlib.contextmanager
-def cpu_threads(work):
-    """Run torch CPU kernels on one thread inside the block when ``work < SERIAL_WORK``."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if work >= SERIAL_WORK or previous == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+# cpu_threads (and its threshold _device.SERIAL_WORK) are shared with the CRF and the other
+# per-image CPU kernels; re-exported here, where the walk first used them.
+from ._device import cpu_threads  # noqa: E402
 
 
 def _binomial_half(t, j):

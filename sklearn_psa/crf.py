@@ -28,7 +28,8 @@ import numbers
 
 import numpy as np
 
-from ._device import flush_denormal, resolve_device
+from . import _device
+from ._device import cpu_threads, flush_denormal, resolve_device
 
 __all__ = ["DenseCRF", "dense_crf"]
 
@@ -237,13 +238,23 @@ class DenseCRF:
             A NumPy array when ``probs`` is one, else a tensor on its device.
         """
         n_iter = _check_n_iter(n_iter)
-        probs_t = _prepare_probs(probs, self.shape, self.device)
-        if self.device.type == "cpu":
-            with flush_denormal():
-                out = self._infer(probs_t, n_iter)
-        else:
-            out = self._infer(probs_t, n_iter)
+        if self.device.type != "cpu":
+            return _format_like(self._infer(_prepare_probs(probs, self.shape, self.device), n_iter), probs)
+        _check_probs(probs, self.shape)  # before its shape is used
+        # Images below about two megapixels (21 labels) run on one thread: see cpu_threads.
+        with cpu_threads(self._work(probs.shape[0]), _device.CRF_SERIAL_WORK), flush_denormal():
+            out = self._infer(_prepare_probs(probs, self.shape, self.device), n_iter)
         return _format_like(out, probs)
+
+    def _work(self, n_labels):
+        """Multiply-adds of the largest single product of inference on ``n_labels`` labels.
+
+        The splat onto the bilateral lattice (6 corners per pixel), or onto the
+        Gaussian one (3) without it: what decides whether threads pay
+        (:func:`sklearn_psa._device.cpu_threads`).
+        """
+        corners = 6 if self._kernels["bilateral_compat"] != 0 else 3
+        return self.shape[0] * self.shape[1] * int(n_labels) * corners
 
     def _build(self):
         """The pairwise term ``sum_k w_k D_k K_k D_k``, as one lattice filter (or None)."""

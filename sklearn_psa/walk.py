@@ -24,6 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 from ._affinity_labels import STRIDE, score_stack
+from ._parallel import N_JOBS_CONSTRAINT
 from ._validation import check_masks, check_records, format_masks
 
 __all__ = ["neighbor_offsets", "random_walk", "RandomWalkRefiner"]
@@ -322,10 +323,29 @@ def _upsample(grid_scores, shape, stride):
     import torch
     import torch.nn.functional as F
 
+    from ._device import cpu_threads
+
     C, h, w = grid_scores.shape
     x = torch.from_numpy(np.ascontiguousarray(grid_scores, dtype=np.float32))[None]
-    up = F.interpolate(x, size=(h * stride, w * stride), mode="bilinear", align_corners=False)
+    with cpu_threads(4 * C * h * w * stride * stride):  # 4 multiply-adds per output value
+        up = F.interpolate(x, size=(h * stride, w * stride), mode="bilinear", align_corners=False)
     return up[0, :, : shape[0], : shape[1]].numpy().copy()
+
+
+def _refine(cams, affinity, shape, labels, alpha, beta, t, backend, device, as_mask):
+    """One record's refined scores ``(1 + L, H, W)``, or its mask when ``as_mask``.
+
+    Picklable: a task of :func:`sklearn_psa._parallel.map_images`.
+    """
+    scores = score_stack(cams, alpha)
+    if t > 0:
+        pooled = _average_pool(scores, STRIDE)
+        walked = random_walk(pooled, affinity, beta=beta, t=t, backend=backend, device=device)
+        scores = _upsample(walked, shape, STRIDE)
+    if not as_mask:
+        return scores
+    values = np.concatenate([[0], np.asarray(labels) + 1]).astype(np.uint8)
+    return values[np.argmax(scores, axis=0)]
 
 
 class RandomWalkRefiner(TransformerMixin, BaseEstimator):
@@ -358,6 +378,14 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
     verbose : int, default=0
         0: silent; 1: a progress bar over the records of ``transform`` and
         ``predict``, erased when done; 2: the bar stays.
+    n_jobs : int or None, default=None
+        Processes (or cluster workers) walking the records, through joblib:
+        None means 1 unless in a ``joblib.parallel_backend`` context
+        (``"dask"`` or ``"ray"`` spread the records over a cluster), -1 all
+        cores. Each worker runs torch on one thread; a walk on CUDA runs in
+        this process. Results are those of ``n_jobs=1`` (bit for bit on grids
+        below ``2**24 / (2K + 1)`` multiply-adds per product, which walk on one
+        thread either way; to float32 rounding above).
 
     See Also
     --------
@@ -397,15 +425,18 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         "backend": [StrOptions(_BACKENDS)],
         "device": [str, None],
         "verbose": ["verbose"],
+        "n_jobs": N_JOBS_CONSTRAINT,
     }
 
-    def __init__(self, alpha=16, beta=8, t=256, backend="auto", device="auto", verbose=0):
+    def __init__(self, alpha=16, beta=8, t=256, backend="auto", device="auto", verbose=0,
+                 n_jobs=None):
         self.alpha = alpha
         self.beta = beta
         self.t = t
         self.backend = backend
         self.device = device
         self.verbose = verbose
+        self.n_jobs = n_jobs
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -434,20 +465,18 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         device = resolve_device(self.device)
         return (self.backend, None) if self.backend == "scipy" else (self.backend, device)
 
-    def _refined(self, records):
-        """Yield ``(record, refined scores)`` for each record, with the progress bar."""
-        from ._training import progress
+    def _refined(self, records, as_mask=False):
+        """Refined scores (or masks) of each record, in order, with the progress bar."""
+        from ._parallel import map_images
 
         backend, device = self._walk_settings()
+        on_cuda = device is not None and device.type == "cuda"
+        device = None if device is None else str(device)  # explicit: a worker never picks CUDA
         stage = "random walk" if self.t > 0 else "CAM baseline (t=0)"
-        for record in progress(records.records, verbose=self.verbose, desc=stage):
-            scores = score_stack(record.cams, self.alpha)
-            if self.t > 0:
-                pooled = _average_pool(scores, STRIDE)
-                walked = random_walk(pooled, record.affinity, beta=self.beta, t=self.t,
-                                     backend=backend, device=device)
-                scores = _upsample(walked, record.shape, STRIDE)
-            yield record, scores
+        tasks = ((r.cams, r.affinity if self.t > 0 else None, r.shape, r.labels, self.alpha,
+                  self.beta, self.t, backend, device, as_mask) for r in records.records)
+        return map_images(_refine, tasks, n_jobs=self.n_jobs, in_parent=on_cuda,
+                          verbose=self.verbose, desc=stage, total=len(records))
 
     def transform(self, X):
         """Refined score maps.
@@ -467,7 +496,7 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         """
         self._validate_params()
         X = self._check_records(X)
-        return [scores for _, scores in self._refined(X)]
+        return list(self._refined(X))
 
     def predict(self, X):
         """One mask per record.
@@ -490,11 +519,7 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"X has {X.n_classes} classes: uint8 masks hold at most 254 (255 is ignore)"
             )
-        masks = []
-        for r, refined in self._refined(X):
-            values = np.concatenate([[0], r.labels + 1]).astype(np.uint8)
-            masks.append(values[np.argmax(refined, axis=0)])
-        return format_masks(masks, X.images)
+        return format_masks(list(self._refined(X, as_mask=True)), X.images)
 
     def score(self, X, y):
         """Mean IoU (background and classes, 255 ignored) of ``predict(X)`` against ``y``.
