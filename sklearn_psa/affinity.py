@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._affinity_labels import STRIDE, combine_confident, confident_regions, pool_index_map
+from ._parallel import N_JOBS_CONSTRAINT, map_images
 from ._torch_estimator import (
     TorchEstimatorMixin,
     device_type,
@@ -37,6 +38,24 @@ def _value_maps(record, alpha_low, alpha_high, crf):
     lut = np.zeros(256, np.uint8)
     lut[1 : record.labels.size + 1] = record.labels + 1
     return lut[low], lut[high]
+
+
+def _label_task(record, alpha_low, alpha_high, crf, offsets):
+    """One image's affinity labels: ``(low, high, cell counts, pair counts)``.
+
+    ``low``/``high`` are :func:`_value_maps`; the counts are the confident
+    foreground, background and ignored grid cells and the background-positive,
+    foreground-positive and negative pairs. Picklable: a task of
+    :func:`sklearn_psa._parallel.map_images`.
+    """
+    from ._affinity_labels import affinity_pairs
+
+    low, high = _value_maps(record, alpha_low, alpha_high, crf)
+    grid = _grid_labels(low[None], high[None])[0]
+    cells = np.array([np.sum((grid > 0) & (grid != IGNORE_INDEX)), np.sum(grid == 0),
+                      np.sum(grid == IGNORE_INDEX)], np.int64)
+    pairs = np.array([int(p.sum()) for p in affinity_pairs(grid, offsets)], np.int64)
+    return low, high, cells, pairs
 
 
 def _grid_labels(low, high, stride=STRIDE):
@@ -179,6 +198,14 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         affinity labels (with the dense CRF when ``crf``), over the training
         steps, and over the images of ``transform`` / ``predict_affinity``,
         each erased when done; 2: the bars stay, one line per stage.
+    n_jobs : int or None, default=None
+        Processes (or cluster workers) deriving the affinity labels of ``fit``
+        (the dense CRF, per image), through joblib: None means 1 unless in a
+        ``joblib.parallel_backend`` context (``"dask"`` or ``"ray"`` spread the
+        images over a cluster), -1 all cores. Each worker runs torch on one
+        thread; a CRF on CUDA runs in this process. The labels are the same as
+        with 1, to float rounding (identical where the CRF runs on one thread:
+        images below about two megapixels).
 
     Attributes
     ----------
@@ -228,13 +255,14 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         "device": [str, device_type()],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "n_jobs": N_JOBS_CONSTRAINT,
     }
 
     def __init__(self, backbone="auto", pretrained=None, alpha_low=4, alpha_high=32, radius=5,
                  crf=True, init="scratch", backbone_options=None, head_widths=(64, 128, 256),
                  input_scale=1.0, crop_size=128, scale_range=(0.9, 1.1), batch_size=8,
                  max_epochs=8, learning_rate="auto", head_lr_mult=10.0, weight_decay=5e-4,
-                 device="auto", random_state=None, verbose=0):
+                 device="auto", random_state=None, verbose=0, n_jobs=None):
         self.backbone = backbone
         self.pretrained = pretrained
         self.alpha_low = alpha_low
@@ -255,21 +283,31 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------ helpers
 
     def _crf_function(self):
-        """``crf(image, scores) -> probs`` or None, from the ``crf`` parameter."""
+        """``(crf(image, scores) -> probs, on_cuda)`` from the ``crf`` parameter.
+
+        ``crf`` is None without a CRF; it is picklable (for the workers of
+        ``n_jobs``) and names its device, so that a worker never picks CUDA;
+        ``on_cuda`` says it runs on a GPU, hence in this process.
+        """
+        import functools
+
+        from ._device import resolve_device
         from .crf import check_crf_options, dense_crf
 
         options = check_crf_options(self.crf)
         if options is None:
-            return None
-
-        def crf(image, scores):
-            return dense_crf(image, scores, **options)
-
-        return crf
+            return None, False
+        on_cuda = False
+        if options.get("backend", "auto") != "pydensecrf2":
+            device = resolve_device(options.get("device"))
+            on_cuda = device.type == "cuda"
+            options["device"] = str(device)
+        return functools.partial(dense_crf, **options), on_cuda
 
     def _make_network(self, records, seed):
         from ._training import seeded
@@ -327,7 +365,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         -------
         self : AffinityEstimator
         """
-        from ._training import Augmentation, TrainConfig, progress, train
+        from ._training import Augmentation, TrainConfig, train
         from .walk import neighbor_offsets
 
         records = check_records(X, name="X")
@@ -345,19 +383,18 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         seed = self._fit_seed()
         self.n_classes_ = records.n_classes
         self.offsets_ = np.asarray(neighbor_offsets(self.radius))
-        crf = self._crf_function()
+        crf, on_cuda = self._crf_function()
 
         samples, stats = [], np.zeros(3, np.int64)
         pairs = np.zeros(3, np.int64)
-        from ._affinity_labels import affinity_pairs
-
         stage = "AffinityNet labels" + (" (dense CRF)" if crf is not None else "")
-        for r in progress(records.records, verbose=self.verbose, desc=stage):
-            low, high = _value_maps(r, self.alpha_low, self.alpha_high, crf)
+        tasks = ((r, self.alpha_low, self.alpha_high, crf, self.offsets_) for r in records.records)
+        labelled = map_images(_label_task, tasks, n_jobs=self.n_jobs, in_parent=on_cuda,
+                              verbose=self.verbose, desc=stage, total=len(records))
+        for r, (low, high, cells, pair_counts) in zip(records.records, labelled):
             samples.append(_LazySample(r, low, high))
-            grid = _grid_labels(low[None], high[None])[0]
-            stats += [np.sum((grid > 0) & (grid != IGNORE_INDEX)), np.sum(grid == 0), np.sum(grid == IGNORE_INDEX)]
-            pairs += [int(p.sum()) for p in affinity_pairs(grid, self.offsets_)]
+            stats += cells
+            pairs += pair_counts
         total = max(int(stats.sum()), 1)
         self.label_stats_ = {
             "foreground": stats[0] / total, "background": stats[1] / total, "ignored": stats[2] / total,

@@ -23,13 +23,14 @@ from ._torch_estimator import (
     module_type,
 )
 from ._device import autocast
+from ._parallel import N_JOBS_CONSTRAINT
 from ._validation import IGNORE_INDEX, check_images, check_masks, check_targets, format_masks
 
 __all__ = ["PSASegmenter"]
 
 _STEPS = ("cam", "affinity", "refiner")
 #: Parameters a default-made step takes from the segmenter (those it has).
-_SHARED_PARAMS = ("device", "random_state", "verbose")
+_SHARED_PARAMS = ("device", "random_state", "verbose", "n_jobs")
 
 
 def _same_setting(key, a, b):
@@ -163,6 +164,13 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         train again on resume (or load from ``memory``), so resuming needs
         them to give the same masks: set ``random_state`` (a warning says so
         otherwise); on a GPU, ``memory`` keeps the fitted steps themselves.
+    n_jobs : int or None, default=None
+        Processes (or cluster workers) for the per-image CPU work, through
+        joblib: the dense CRF of :meth:`predict` and, for the default-made
+        steps, the affinity labels and the random walk. None means 1 unless in
+        a ``joblib.parallel_backend`` context (``"dask"``, ``"ray"``), -1 all
+        cores. Each worker runs torch on one thread; work on CUDA stays in
+        this process.
 
     Attributes
     ----------
@@ -242,6 +250,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "checkpoint": [str, os.PathLike, None],
+        "n_jobs": N_JOBS_CONSTRAINT,
     }
 
     def __init__(
@@ -270,6 +279,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         random_state=None,
         verbose=0,
         checkpoint=None,
+        n_jobs=None,
     ):
         self.cam = cam
         self.affinity = affinity
@@ -294,6 +304,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.checkpoint = checkpoint
+        self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------ steps and parameters
 
@@ -308,10 +319,10 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             from .affinity import AffinityEstimator
 
             return AffinityEstimator(device=device, random_state=self.random_state,
-                                     verbose=self.verbose)
+                                     verbose=self.verbose, n_jobs=self.n_jobs)
         from .walk import RandomWalkRefiner
 
-        return RandomWalkRefiner(device=device, verbose=self.verbose)
+        return RandomWalkRefiner(device=device, verbose=self.verbose, n_jobs=self.n_jobs)
 
     def _step(self, name):
         """A clone of step ``name`` (the default-made one when the parameter is None)."""
@@ -629,15 +640,33 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         return check_crf_options(self.crf)
 
     def _iter_proba(self, images):
-        """Yield ``(index, probabilities (K+1, H, W) float32)`` per image, batch by batch."""
+        """Yield ``(index, probabilities (K+1, H, W) float32)`` per image, in order.
+
+        The network runs batch by batch in this process; the dense CRF (with
+        ``crf``) per image, over ``n_jobs`` workers where it runs on the CPU.
+        """
+        from ._device import resolve_device
+        from ._parallel import map_images
+
+        crf = self._crf_options()
+        if crf is None:
+            yield from ((i, p) for i, _, p in self._iter_network_proba(images))
+            return
+        on_cuda = False
+        if crf.get("backend", "auto") != "pydensecrf2":
+            device = resolve_device(crf.get("device"))
+            on_cuda, crf["device"] = device.type == "cuda", str(device)  # workers: never CUDA
+        tasks = ((i, image, p, crf) for i, image, p in self._iter_network_proba(images))
+        yield from map_images(_crf_task, tasks, n_jobs=self.n_jobs, in_parent=on_cuda,
+                              verbose=self.verbose, desc="dense CRF", total=len(images))
+
+    def _iter_network_proba(self, images):
+        """Yield ``(index, image, softmax of the network (K+1, H, W) float32)``, batch by batch."""
         import torch
         from torch.nn import functional as F
 
         net = self._network("network_")
         device = next(net.parameters()).device
-        crf = self._crf_options()
-        if crf is not None:
-            from .crf import dense_crf
         for idx in iter_image_batches(images.shapes, self.batch_size):
             batch = [images[i] for i in idx]
             with torch.inference_mode(), autocast(device):
@@ -646,10 +675,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                                        align_corners=False)
                 proba = torch.softmax(logits, dim=1).float().cpu().numpy()
             for j, i in enumerate(idx):
-                p = proba[j]
-                if crf is not None:
-                    p = np.asarray(dense_crf(batch[j], p, **crf), dtype=np.float32)
-                yield i, p
+                yield i, batch[j], proba[j]
 
     def predict_proba(self, X):
         """Per-pixel probabilities of background and each class.
@@ -774,6 +800,13 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             save_mask(path, mask)
             written.append(str(path))
         return written
+
+
+def _crf_task(index, image, proba, options):
+    """``(index, dense_crf(image, proba, **options))``: a task of ``_parallel.map_images``."""
+    from .crf import dense_crf
+
+    return index, np.asarray(dense_crf(image, proba, **options), dtype=np.float32)
 
 
 def _image_names(images):
