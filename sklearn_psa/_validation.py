@@ -395,6 +395,7 @@ def check_scalar_in(value, name, low=None, high=None, integer=False):
 
 def check_records(records, *, require_cams=True, require_affinity=False, name="X"):
     """Validate :class:`~sklearn_psa.records.Records` coming from an earlier step."""
+    from ._store import stored_path
     from .records import Records
 
     if not isinstance(records, Records):
@@ -419,7 +420,9 @@ def check_records(records, *, require_cams=True, require_affinity=False, name="X
                     f"{where}: cams has shape {r.cams.shape}, expected {expected} "
                     "(one map per class present, at the image's size)"
                 )
-            if not np.all(np.isfinite(r.cams)):
+            # arrays of a store were checked when computed: reading them all again here
+            # would page the whole dataset in
+            if not stored_path(r.cams) and not np.all(np.isfinite(r.cams)):
                 raise ValueError(f"{where}: cams contain NaN or infinite values")
         if require_affinity or r.affinity is not None:
             if r.affinity is None:
@@ -428,10 +431,11 @@ def check_records(records, *, require_cams=True, require_affinity=False, name="X
                 )
             if r.affinity.ndim != 3:
                 raise ValueError(f"{where}: affinity must be (K, h, w), got shape {r.affinity.shape}")
-            if not np.all(np.isfinite(r.affinity)):
-                raise ValueError(f"{where}: affinity contains NaN or infinite values")
-            if r.affinity.size and r.affinity.min() < 0:
-                raise ValueError(f"{where}: affinity must be non-negative")
+            if not stored_path(r.affinity):
+                if not np.all(np.isfinite(r.affinity)):
+                    raise ValueError(f"{where}: affinity contains NaN or infinite values")
+                if r.affinity.size and r.affinity.min() < 0:
+                    raise ValueError(f"{where}: affinity must be non-negative")
             if r.radius is None:
                 raise ValueError(f"{where}: affinity without its radius")
             _check_affinity_layout(r, where)

@@ -58,6 +58,20 @@ def _label_task(record, alpha_low, alpha_high, crf, offsets):
     return low, high, cells, pairs
 
 
+def _inference(batches):
+    """``batches`` (a generator of torch work) advanced under ``torch.inference_mode``, so
+    that the consumer's own code between batches runs outside it."""
+    import torch
+
+    while True:
+        with torch.inference_mode():
+            try:
+                item = next(batches)
+            except StopIteration:
+                return
+        yield item
+
+
 def _grid_labels(low, high, stride=STRIDE):
     """Label maps on the stride grid from a batch of value maps (padding 255 = no score)."""
     n_values = int(max(low[low != IGNORE_INDEX].max(initial=0), high[high != IGNORE_INDEX].max(initial=0))) + 1
@@ -94,22 +108,30 @@ class AffinityTransformerMixin(TransformerMixin):
             and ``(y + dy_k, x + dx_k)`` (``offsets_[k]``); 0 where the
             neighbour is outside the grid.
         """
+        check_is_fitted(self)
+        records = check_records(X, name="X")
+        out = [None] * len(records)
+        for i, aff in self._iter_affinities(records):
+            out[i] = aff
+        return out
+
+    def _iter_affinities(self, records, done=0):
+        """Yield ``(index, affinity)`` per record as computed, with the progress bar
+        (``done`` records computed earlier count in it)."""
         import torch
 
         from ._training import progress
         from .nn.affinity_head import pairwise_affinity
 
-        check_is_fitted(self)
-        records = check_records(X, name="X")
-        out = [None] * len(records)
-        bar = progress(verbose=self.verbose, desc=f"{type(self).__name__} affinities", total=len(records))
-        with torch.inference_mode(), bar:
-            for idx, feats in self._affinity_features(records):
-                aff = pairwise_affinity(feats.float(), self.offsets_).cpu().numpy()
+        bar = progress(verbose=self.verbose, desc=f"{type(self).__name__} affinities",
+                       total=len(records) + done, initial=done)
+        with bar:
+            for idx, feats in _inference(self._affinity_features(records)):
+                with torch.inference_mode():
+                    aff = pairwise_affinity(feats.float(), self.offsets_).cpu().numpy()
                 for j, i in enumerate(idx):
-                    out[i] = np.ascontiguousarray(aff[j], dtype=np.float32)
+                    yield i, np.ascontiguousarray(aff[j], dtype=np.float32)
                 bar.update(len(idx))
-        return out
 
     def transform(self, X):
         """Add each image's affinity to its record.
@@ -123,10 +145,30 @@ class AffinityTransformerMixin(TransformerMixin):
         -------
         records : Records
             The same records with ``affinity`` ``(K, ceil(H/8), ceil(W/8))`` and
-            ``radius`` set, ready for :class:`~sklearn_psa.RandomWalkRefiner`.
+            ``radius`` set, ready for :class:`~sklearn_psa.RandomWalkRefiner`;
+            memory-mapped from ``store`` when it is set.
         """
-        affinities = self.predict_affinity(X)  # checks X first
-        return X.with_affinity(affinities, self.radius)
+        if getattr(self, "store", None) is None:
+            affinities = self.predict_affinity(X)  # checks X first
+            return X.with_affinity(affinities, self.radius)
+        check_is_fitted(self)
+        records = check_records(X, name="X")
+        return records.with_affinity(self._stored_affinities(records), self.radius)
+
+    def _stored_affinities(self, records):
+        """Memory-mapped affinities from ``store``, computing only those not there."""
+        import joblib
+
+        from ._store import ArrayStore, image_key, model_key
+
+        store = ArrayStore(self.store)
+        model = model_key(self, self._store_fitted())
+        keys = [joblib.hash((model, image_key(r.image), tuple(r.shape))) for r in records.records]
+        todo = [i for i, key in enumerate(keys) if not store.has("affinity", key)]
+        if todo:
+            for j, aff in self._iter_affinities(records[todo], done=len(records) - len(todo)):
+                store.save("affinity", keys[todo[j]], aff)
+        return [store.load("affinity", key) for key in keys]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -206,6 +248,13 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         thread; a CRF on CUDA runs in this process. The labels are the same as
         with 1, to float rounding (identical where the CRF runs on one thread:
         images below about two megapixels).
+    store : str, path or None, default=None
+        A folder for the affinities of ``transform``: each image's affinity is
+        written there as it is computed (atomically) and the records returned
+        hold it memory-mapped (read-only), so memory does not grow with the
+        number of images. Affinities already there for the same image, fitted
+        network and parameters are not computed again: an interrupted call
+        resumes. None keeps them in memory.
 
     Attributes
     ----------
@@ -256,13 +305,15 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "n_jobs": N_JOBS_CONSTRAINT,
+        "store": [str, os.PathLike, None],
     }
 
     def __init__(self, backbone="auto", pretrained=None, alpha_low=4, alpha_high=32, radius=5,
                  crf=True, init="scratch", backbone_options=None, head_widths=(64, 128, 256),
                  input_scale=1.0, crop_size=128, scale_range=(0.9, 1.1), batch_size=8,
                  max_epochs=8, learning_rate="auto", head_lr_mult=10.0, weight_decay=5e-4,
-                 device="auto", random_state=None, verbose=0, n_jobs=None):
+                 device="auto", random_state=None, verbose=0, n_jobs=None,
+                 store=None):
         self.backbone = backbone
         self.pretrained = pretrained
         self.alpha_low = alpha_low
@@ -284,6 +335,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         self.random_state = random_state
         self.verbose = verbose
         self.n_jobs = n_jobs
+        self.store = store
 
     # ------------------------------------------------------------------ helpers
 
@@ -438,6 +490,9 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         return self
 
     # ------------------------------------------------------------------ transform
+
+    def _store_fitted(self):
+        return (self._network("network_"),)
 
     def _affinity_features(self, records):
         """Yield ``(indices, f_aff)`` batch by batch: AffinityNet's features."""

@@ -99,6 +99,15 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         fitted weights it starts from: the finished checkpoint of the fit
         that gave those weights is replaced by it, and an interrupted
         warm-started fit resumes from it.
+    store : str, path or None, default=None
+        A folder for the CAMs of ``transform``, ``fit_transform`` and
+        ``compute_cams``: each image's CAMs are written there as they are
+        computed (atomically) and the records returned hold them
+        memory-mapped (read-only), so memory does not grow with the number
+        of images. CAMs already there for the same image, fitted network,
+        parameters and classes are not computed again: an interrupted call
+        resumes. Records pickle (and ``Pipeline(memory=...)`` caches them) as
+        references to these files. None keeps the CAMs in memory.
 
     Attributes
     ----------
@@ -168,6 +177,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         "backbone_options": [dict, None],
         "warm_start": ["boolean"],
         "checkpoint": [str, os.PathLike, None],
+        "store": [str, os.PathLike, None],
     }
 
     def __init__(
@@ -188,6 +198,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         backbone_options=None,
         warm_start=False,
         checkpoint=None,
+        store=None,
     ):
         self.backbone = backbone
         self.pretrained = pretrained
@@ -205,6 +216,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         self.backbone_options = backbone_options
         self.warm_start = warm_start
         self.checkpoint = checkpoint
+        self.store = store
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -354,10 +366,12 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
 
     # ------------------------------------------------------------------ inference
 
-    def _run(self, images, labels=None, cams=True):
+    def _run(self, images, labels=None, cams=True, emit=None, done=0):
         """Logits (n, C) and, when ``cams``, per-image CAM arrays of the classes in ``labels``.
 
-        ``labels`` None means the predicted classes.
+        ``labels`` None means the predicted classes. With ``emit``, each image's
+        ``(present, cams)`` goes to ``emit(i, present, cams)`` as it is computed
+        and is not kept; ``done`` images computed earlier count in the progress bar.
         """
         import torch
         from torch.nn import functional as F
@@ -370,7 +384,8 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         n = len(images)
         logits = np.zeros((n, self.n_classes_), np.float32)
         out = [None] * n
-        bar = progress(verbose=self.verbose, desc="CAMClassifier " + ("CAMs" if cams else "scores"), total=n)
+        bar = progress(verbose=self.verbose, desc="CAMClassifier " + ("CAMs" if cams else "scores"),
+                       total=n + done, initial=done)
         with torch.inference_mode(), autocast(device), bar:
             for idx in iter_image_batches(images.shapes, self.batch_size):
                 x = images_to_tensor([images[i] for i in idx], device)
@@ -408,13 +423,19 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
                     else:
                         present = np.flatnonzero(labels[i])
                     out[i] = (present, np.ascontiguousarray(total[j, present], dtype=np.float32))
+                    if emit is not None:
+                        emit(i, *out[i])
+                        out[i] = None
         return logits, out
 
     def _records(self, images, labels=None):
         from .records import Record, Records
 
         check_is_fitted(self)
-        _, out = self._run(images, labels, cams=True)
+        if self.store is None:
+            _, out = self._run(images, labels, cams=True)
+        else:
+            out = self._stored_cams(images, labels)
         records = [
             Record(images.sources[i], present, cams, shape=tuple(images.shape(i)))
             for i, (present, cams) in enumerate(out)
@@ -429,6 +450,28 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
             "state_dict": self._network().backbone.state_dict(),
         }
         return Records(records, self.n_classes_, source=source, from_array=images.from_array)
+
+    def _stored_cams(self, images, labels):
+        """``(present, memory-mapped cams)`` per image, computing only those not in the store."""
+        import joblib
+
+        from ._store import ArrayStore, image_key, model_key
+
+        store = ArrayStore(self.store)
+        model = model_key(self, (self._network(),))
+        asked = [None if labels is None else np.flatnonzero(labels[i]) for i in range(len(images))]
+        keys = [joblib.hash((model, image_key(src), None if a is None else a.tolist()))
+                for src, a in zip(images.sources, asked)]
+        todo = [i for i, key in enumerate(keys) if not store.has("cams", key)]
+        if todo:
+            def emit(j, present, cams):
+                key = keys[todo[j]]
+                store.save("labels", key, present.astype(np.int64))
+                store.save("cams", key, cams)  # last: its presence means both are there
+
+            self._run(images.take(todo), None if labels is None else labels[todo],
+                      cams=True, emit=emit, done=len(images) - len(todo))
+        return [(np.asarray(store.load("labels", key)), store.load("cams", key)) for key in keys]
 
     def decision_function(self, X):
         """Class scores (logits) of the whole images at scale 1.

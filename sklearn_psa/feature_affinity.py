@@ -63,6 +63,13 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         0: silent; 1: progress bars over the images of ``fit`` (the feature
         statistics) and of ``transform`` / ``predict_affinity``, each erased
         when done; 2: the bars stay, one line per stage.
+    store : str, path or None, default=None
+        A folder for the affinities of ``transform``: each image's affinity is
+        written there as it is computed (atomically) and the records returned
+        hold it memory-mapped (read-only), so memory does not grow with the
+        number of images. Affinities already there for the same image, fitted
+        network and parameters are not computed again: an interrupted call
+        resumes. None keeps them in memory.
 
     Attributes
     ----------
@@ -113,10 +120,12 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "device": [str, device_type()],
         "verbose": ["verbose"],
+        "store": [str, os.PathLike, None],
     }
 
     def __init__(self, backbone="efficientnet_lite0", pretrained=True, level="low", input_scale=2.0,
-                 radius=5, backbone_options=None, batch_size=8, device="auto", verbose=0):
+                 radius=5, backbone_options=None, batch_size=8, device="auto", verbose=0,
+                 store=None):
         self.backbone = backbone
         self.pretrained = pretrained
         self.level = level
@@ -126,6 +135,7 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         self.batch_size = batch_size
         self.device = device
         self.verbose = verbose
+        self.store = store
 
     # ------------------------------------------------------------------ helpers
 
@@ -160,6 +170,9 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
                 and self.level == "low" and "stages" not in options):
             options["stages"] = 5  # the same low level, without the costly 1280-channel head
         return make_backbone(self.backbone, pretrained=pretrained, **options)
+
+    def _store_fitted(self):
+        return (self._network("backbone_"), self.mean_, self.scale_, self.distance_scale_)
 
     def _grid_features(self, records, device):
         """Yield ``(indices, features)``: raw grid features, batch by batch (run it under

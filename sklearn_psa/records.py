@@ -9,13 +9,17 @@ Memory per image (float32): the CAMs take ``4 * L * H * W`` bytes for ``L``
 classes present at the image's full size (a 500x375 VOC image with 2 classes:
 1.5 MB), the affinity ``4 * K * h * w`` bytes on the stride-8 grid
 (radius 5, K = 34, 63x47 grid: 0.4 MB). An image given as a path is not held
-in memory.
+in memory, and neither are arrays from a ``store`` folder: they are memory-mapped
+(read-only) from their files, and a record pickles their file names
+(:mod:`sklearn_psa._store`).
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from ._store import StoredArray, stored_path
 
 __all__ = ["Record", "Records"]
 
@@ -88,10 +92,10 @@ class Record:
                 self.shape = tuple(image_size(self.image))
             else:
                 self.shape = tuple(np.asarray(self.image).shape[:2])
-        if self.cams is not None:
-            self.cams = np.asarray(self.cams, dtype=np.float32)
-        if self.affinity is not None:
-            self.affinity = np.asarray(self.affinity, dtype=np.float32)
+        for name in ("cams", "affinity"):
+            value = self.__dict__[name]
+            if value is not None and not isinstance(value, StoredArray):
+                setattr(self, name, np.asarray(value, dtype=np.float32))
 
     def __repr__(self):
         image = repr(self.image) if isinstance(self.image, str) else f"<{self.shape[0]}x{self.shape[1]} array>"
@@ -108,8 +112,14 @@ class Record:
         # and those of equal arrays differ between a fresh record, its pickled copy and
         # its joblib.load-ed copy (empty arrays, cam[None], strided views): pickle and
         # hash the arrays in one layout so that a record hashes the same however it was made
+        # (arrays of a store are held, pickled and hashed as their file's name)
         return {k: _canonical(v) if isinstance(v, np.ndarray) else v
                 for k, v in self.__dict__.items()}
+
+    @property
+    def stored(self):
+        """Whether this record's arrays come from a ``store`` folder (memory-mapped on access)."""
+        return any(isinstance(self.__dict__[k], StoredArray) for k in ("cams", "affinity"))
 
     def load_image(self):
         """The image as an (H, W, 3) uint8 array (loaded from disk when a path)."""
@@ -127,6 +137,29 @@ class Record:
         if isinstance(self.image, np.ndarray):
             total += self.image.nbytes
         return total
+
+
+def _lazy_array(name):
+    """The ``cams`` / ``affinity`` attribute of :class:`Record`.
+
+    An array from a store is held as its file's name (:class:`StoredArray`) and
+    memory-mapped anew at each access, so records hold no open files and no
+    pages of the arrays they do not use; any other array is held as it is.
+    """
+
+    def get(self):
+        value = self.__dict__.get(name)
+        return value.load() if isinstance(value, StoredArray) else value
+
+    def set(self, value):
+        path = stored_path(value)
+        self.__dict__[name] = StoredArray(path) if path else value
+
+    return property(get, set, doc=f"The record's {name} (memory-mapped when from a store).")
+
+
+Record.cams = _lazy_array("cams")
+Record.affinity = _lazy_array("affinity")
 
 
 class Records(Sequence):

@@ -118,7 +118,10 @@ def _as_tensor(obj, name):
         raise TypeError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr)), False
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # memory-mapped from a store: torch wants writable memory
+        arr = arr.copy()
+    return torch.from_numpy(arr), False
 
 
 def _first_bad(mask):
