@@ -158,4 +158,13 @@ class ArrayStore:
         return path
 
     def load(self, kind, key):
+        """The array, memory-mapped (it holds an open file until dropped)."""
         return open_stored(self.path(kind, key))
+
+    def reference(self, kind, key):
+        """A :class:`StoredArray` of the array, for a record (which opens it on access)."""
+        return StoredArray(self.path(kind, key))
+
+    def read(self, kind, key):
+        """The array, read into memory (small arrays: an image's class list)."""
+        return np.load(self.path(kind, key), allow_pickle=False)

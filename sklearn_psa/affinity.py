@@ -40,16 +40,19 @@ def _value_maps(record, alpha_low, alpha_high, crf):
     return lut[low], lut[high]
 
 
-def _label_task(record, alpha_low, alpha_high, crf, offsets):
+def _label_task(image, labels, cams, shape, alpha_low, alpha_high, crf, offsets):
     """One image's affinity labels: ``(low, high, cell counts, pair counts)``.
 
     ``low``/``high`` are :func:`_value_maps`; the counts are the confident
     foreground, background and ignored grid cells and the background-positive,
-    foreground-positive and negative pairs. Picklable: a task of
-    :func:`sklearn_psa._parallel.map_images`.
+    foreground-positive and negative pairs. A task of
+    :func:`sklearn_psa._parallel.map_images`: it takes the record's arrays, not
+    the record, so that a worker never needs the files of a ``store``.
     """
     from ._affinity_labels import affinity_pairs
+    from .records import Record
 
+    record = Record(image, labels, np.asarray(cams), shape=shape)
     low, high = _value_maps(record, alpha_low, alpha_high, crf)
     grid = _grid_labels(low[None], high[None])[0]
     cells = np.array([np.sum((grid > 0) & (grid != IGNORE_INDEX)), np.sum(grid == 0),
@@ -168,7 +171,7 @@ class AffinityTransformerMixin(TransformerMixin):
         if todo:
             for j, aff in self._iter_affinities(records[todo], done=len(records) - len(todo)):
                 store.save("affinity", keys[todo[j]], aff)
-        return [store.load("affinity", key) for key in keys]
+        return [store.reference("affinity", key) for key in keys]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -440,7 +443,8 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         samples, stats = [], np.zeros(3, np.int64)
         pairs = np.zeros(3, np.int64)
         stage = "AffinityNet labels" + (" (dense CRF)" if crf is not None else "")
-        tasks = ((r, self.alpha_low, self.alpha_high, crf, self.offsets_) for r in records.records)
+        tasks = ((r.image, r.labels, r.cams, r.shape, self.alpha_low, self.alpha_high, crf,
+                  self.offsets_) for r in records.records)
         labelled = map_images(_label_task, tasks, n_jobs=self.n_jobs, in_parent=on_cuda,
                               verbose=self.verbose, desc=stage, total=len(records))
         for r, (low, high, cells, pair_counts) in zip(records.records, labelled):

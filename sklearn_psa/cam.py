@@ -471,7 +471,8 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
 
             self._run(images.take(todo), None if labels is None else labels[todo],
                       cams=True, emit=emit, done=len(images) - len(todo))
-        return [(np.asarray(store.load("labels", key)), store.load("cams", key)) for key in keys]
+        # references, not open memory maps: a record maps its file when it is used
+        return [(store.read("labels", key), store.reference("cams", key)) for key in keys]
 
     def decision_function(self, X):
         """Class scores (logits) of the whole images at scale 1.

@@ -153,7 +153,7 @@ def _lazy_array(name):
 
     def set(self, value):
         path = stored_path(value)
-        self.__dict__[name] = StoredArray(path) if path else value
+        self.__dict__[name] = StoredArray(path) if path else value  # a StoredArray stays one
 
     return property(get, set, doc=f"The record's {name} (memory-mapped when from a store).")
 

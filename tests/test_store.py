@@ -259,3 +259,18 @@ def test_pipeline_memory_and_grid_search_work_with_stores(data, tmp_path):
 def test_records_made_by_hand_are_not_stored():
     record = Record(np.zeros((8, 8, 3), np.uint8), [0], np.zeros((1, 8, 8)))
     assert not record.stored and record.cams.dtype == np.float32
+
+
+def test_stored_records_go_to_worker_processes(data, fitted_cam, tmp_path):
+    X, Y, _ = data
+    cam = clone(fitted_cam).set_params(store=str(tmp_path))
+    cam.__dict__.update({k: v for k, v in vars(fitted_cam).items() if k.endswith("_")})
+    stored, plain = cam.compute_cams(X, Y), fitted_cam.compute_cams(X, Y)
+    one = _affinity(crf={"n_iter": 2}).fit(plain)
+    two = _affinity(crf={"n_iter": 2}, n_jobs=2, store=str(tmp_path)).fit(stored)  # loky
+    assert one.label_stats_ == two.label_stats_
+    walked = two.transform(stored)
+    assert all(r.stored for r in walked)
+    refiner = RandomWalkRefiner(alpha=4, device="cpu")
+    np.testing.assert_array_equal(refiner.set_params(n_jobs=2).predict(walked),
+                                  refiner.set_params(n_jobs=1).predict(one.transform(plain)))
