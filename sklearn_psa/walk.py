@@ -516,13 +516,31 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
             the records' images came as one ``(n, H, W, 3)`` array
             (``X.from_array``), else a list.
         """
+        X = check_records(X, require_affinity=False, name="X")
+        return format_masks(list(self.iter_predict(X)), X.images)
+
+    def iter_predict(self, X):
+        """Yield the mask of each record, in order, as it is done.
+
+        The same masks as :meth:`predict`, one at a time, so that a caller
+        writing them to disk (e.g. with :func:`sklearn_psa.io.save_mask`) holds
+        one mask at a time whatever the number of records.
+
+        Parameters
+        ----------
+        X : Records
+
+        Yields
+        ------
+        mask : ndarray of shape (H, W), uint8
+        """
         self._validate_params()
         X = self._check_records(X)
         if X.n_classes > 254:
             raise ValueError(
                 f"X has {X.n_classes} classes: uint8 masks hold at most 254 (255 is ignore)"
             )
-        return format_masks(list(self._refined(X, as_mask=True)), X.images)
+        yield from self._refined(X, as_mask=True)
 
     def score(self, X, y):
         """Mean IoU (background and classes, 255 ignored) of ``predict(X)`` against ``y``.

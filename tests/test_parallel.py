@@ -254,3 +254,15 @@ def test_dask_cluster_of_two_processes_gives_the_outputs_of_one_job(cam_records)
     assert spread.label_stats_ == affinity.label_stats_
     for a, b in zip(affinity.predict_affinity(records), spread.predict_affinity(records)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_iter_predict_yields_the_masks_of_predict_one_by_one(rng):
+    records = _walk_records(rng, 4, [(17, 23), (9, 30)])
+    refiner = RandomWalkRefiner(alpha=4, t=32, device="cpu", n_jobs=2)
+    masks = refiner.iter_predict(records)
+    first = next(masks)
+    assert first.shape == (17, 23) and first.dtype == np.uint8
+    with joblib.parallel_backend("threading"):
+        rest = list(masks)
+    for a, b in zip(RandomWalkRefiner(alpha=4, t=32, device="cpu").predict(records), [first] + rest):
+        np.testing.assert_array_equal(a, b)
