@@ -54,11 +54,18 @@ def _label_task(image, labels, cams, shape, alpha_low, alpha_high, crf, offsets)
 
     record = Record(image, labels, np.asarray(cams), shape=shape)
     low, high = _value_maps(record, alpha_low, alpha_high, crf)
+    return (low, high) + _label_counts(low, high, offsets)
+
+
+def _label_counts(low, high, offsets):
+    """``(cell counts, pair counts)`` of one image's value maps (see :func:`_label_task`)."""
+    from ._affinity_labels import affinity_pairs
+
     grid = _grid_labels(low[None], high[None])[0]
     cells = np.array([np.sum((grid > 0) & (grid != IGNORE_INDEX)), np.sum(grid == 0),
                       np.sum(grid == IGNORE_INDEX)], np.int64)
     pairs = np.array([int(p.sum()) for p in affinity_pairs(grid, offsets)], np.int64)
-    return low, high, cells, pairs
+    return cells, pairs
 
 
 def _inference(batches):
@@ -257,7 +264,9 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         hold it memory-mapped (read-only), so memory does not grow with the
         number of images. Affinities already there for the same image, fitted
         network and parameters are not computed again: an interrupted call
-        resumes. None keeps them in memory.
+        resumes. ``fit`` keeps its training label maps there too (read back
+        as training samples them), so a second fit on the same CAMs skips
+        the dense CRF. None keeps them in memory.
 
     Attributes
     ----------
@@ -364,6 +373,18 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
             options["device"] = str(device)
         return functools.partial(dense_crf, **options), on_cuda
 
+    def _stored_label_maps(self, records):
+        """The training label maps' place in ``store`` (None without one)."""
+        if self.store is None:
+            return None
+        from .crf import check_crf_options
+
+        options = check_crf_options(self.crf)
+        if options is not None:
+            options.pop("device", None)  # the same maps wherever the CRF runs
+        settings = (self.alpha_low, self.alpha_high, options)
+        return _LabelMapStore(self.store, records, settings)
+
     def _make_network(self, records, seed):
         from ._training import seeded
         from .nn import make_backbone
@@ -440,17 +461,27 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         self.offsets_ = np.asarray(neighbor_offsets(self.radius))
         crf, on_cuda = self._crf_function()
 
-        samples, stats = [], np.zeros(3, np.int64)
+        samples, stats = [None] * len(records), np.zeros(3, np.int64)
         pairs = np.zeros(3, np.int64)
+        stored = self._stored_label_maps(records)
+        todo = [i for i in range(len(records)) if stored is None or not stored.has[i]]
         stage = "AffinityNet labels" + (" (dense CRF)" if crf is not None else "")
         tasks = ((r.image, r.labels, r.cams, r.shape, self.alpha_low, self.alpha_high, crf,
-                  self.offsets_) for r in records.records)
+                  self.offsets_) for r in (records.records[i] for i in todo))
         labelled = map_images(_label_task, tasks, n_jobs=self.n_jobs, in_parent=on_cuda,
                               verbose=self.verbose, desc=stage, total=len(records))
-        for r, (low, high, cells, pair_counts) in zip(records.records, labelled):
-            samples.append(_LazySample(r, low, high))
+        for i, (low, high, cells, pair_counts) in zip(todo, labelled):
+            if stored is None:
+                samples[i] = _LazySample(records.records[i], {"low": low, "high": high})
+            else:  # on disk, read back when training samples it
+                samples[i] = _LazySample(records.records[i], stored.save(i, low, high))
             stats += cells
             pairs += pair_counts
+        for i in (i for i in range(len(records)) if samples[i] is None):  # found in the store
+            samples[i] = _LazySample(records.records[i], stored.reference(i))
+            counts = _label_counts(*samples[i].maps.values(), self.offsets_)
+            stats += counts[0]
+            pairs += counts[1]
         total = max(int(stats.sum()), 1)
         self.label_stats_ = {
             "foreground": stats[0] / total, "background": stats[1] / total, "ignored": stats[2] / total,
@@ -515,15 +546,51 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
 
 
 class _LazySample:
-    """A training sample whose image loads on access (paths stay paths until then)."""
+    """A training sample whose image loads on access (paths stay paths until then), and
+    whose label maps too when they are in a store (``maps`` a :class:`StoredArray`)."""
 
-    __slots__ = ("record", "maps", "targets")
+    __slots__ = ("record", "_maps", "targets")
 
-    def __init__(self, record, low, high):
+    def __init__(self, record, maps):
         self.record = record
-        self.maps = {"low": low, "high": high}
+        self._maps = maps
         self.targets = {}
 
     @property
     def image(self):
         return self.record.load_image()
+
+    @property
+    def maps(self):
+        from ._store import StoredArray
+
+        if isinstance(self._maps, StoredArray):
+            both = np.load(self._maps.path, allow_pickle=False)
+            return {"low": both[0], "high": both[1]}
+        return self._maps
+
+
+class _LabelMapStore:
+    """The affinity label maps of ``fit`` in a store: ``(2, H, W)`` uint8 per image, keyed
+    by the image, its CAMs and classes, and the label settings (so a second fit, e.g.
+    with other training parameters, or a resumed one, skips the dense CRF)."""
+
+    def __init__(self, folder, records, settings):
+        import joblib
+
+        from ._store import ArrayStore, image_key
+
+        self.store = ArrayStore(folder)
+        self.keys = []
+        for r in records.records:
+            cams = r.__dict__["cams"]  # a stored array is known by its file, else by its values
+            cams = getattr(cams, "path", None) or joblib.hash(np.ascontiguousarray(cams))
+            self.keys.append(joblib.hash((image_key(r.image), cams, r.labels.tolist(), settings)))
+        self.has = [self.store.has("affinity-labels", key) for key in self.keys]
+
+    def save(self, i, low, high):
+        self.store.save("affinity-labels", self.keys[i], np.stack([low, high]))
+        return self.reference(i)
+
+    def reference(self, i):
+        return self.store.reference("affinity-labels", self.keys[i])

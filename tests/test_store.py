@@ -274,3 +274,25 @@ def test_stored_records_go_to_worker_processes(data, fitted_cam, tmp_path):
     refiner = RandomWalkRefiner(alpha=4, device="cpu")
     np.testing.assert_array_equal(refiner.set_params(n_jobs=2).predict(walked),
                                   refiner.set_params(n_jobs=1).predict(one.transform(plain)))
+
+
+def test_affinity_fit_keeps_its_label_maps_in_the_store(data, fitted_cam, tmp_path, monkeypatch):
+    from sklearn_psa import affinity as affinity_module
+
+    X, Y, _ = data
+    cam = clone(fitted_cam).set_params(store=str(tmp_path))
+    cam.__dict__.update({k: v for k, v in vars(fitted_cam).items() if k.endswith("_")})
+    stored, plain = cam.compute_cams(X, Y), fitted_cam.compute_cams(X, Y)
+    reference = _affinity(crf={"n_iter": 2}).fit(plain)
+    calls, task = [], affinity_module._label_task
+    monkeypatch.setattr(affinity_module, "_label_task",
+                        lambda *args: (calls.append(1), task(*args))[1])
+    first = _affinity(crf={"n_iter": 2}, store=str(tmp_path)).fit(stored)
+    assert len(calls) == len(X) and len(_files(tmp_path, "affinity-labels")) == len(X)
+    again = _affinity(crf={"n_iter": 2}, store=str(tmp_path), max_epochs=2).fit(stored)
+    assert len(calls) == len(X)  # the labels (and their CRF) came from the store
+    other = _affinity(crf={"n_iter": 3}, store=str(tmp_path)).fit(stored)
+    assert len(calls) == 2 * len(X)  # other CRF settings: other labels
+    assert first.label_stats_ == again.label_stats_ == reference.label_stats_
+    for a, b in zip(reference.predict_affinity(plain), first.predict_affinity(stored)):
+        np.testing.assert_array_equal(a, b)  # same labels, same seed: the same network
