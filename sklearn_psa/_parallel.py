@@ -52,7 +52,8 @@ def _one_thread_call(func, args):
         return func(*args)
 
 
-def map_images(func, tasks, *, n_jobs=None, in_parent=False, verbose=0, desc=None, total=None):
+def map_images(func, tasks, *, n_jobs=None, in_parent=False, verbose=0, desc=None, total=None,
+               done=0):
     """Yield ``func(*args)`` for each ``args`` of ``tasks``, in order, as they are done.
 
     Parameters
@@ -72,7 +73,9 @@ def map_images(func, tasks, *, n_jobs=None, in_parent=False, verbose=0, desc=Non
     desc : str, optional
         The bar's label.
     total : int, optional
-        Number of tasks, for the bar.
+        Number of images, for the bar.
+    done : int, default=0
+        Images done earlier (found in a store), counted in the bar from the start.
 
     Yields
     ------
@@ -89,4 +92,4 @@ def map_images(func, tasks, *, n_jobs=None, in_parent=False, verbose=0, desc=Non
     else:
         parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator")
         results = parallel(joblib.delayed(_one_thread_call)(func, args) for args in tasks)
-    yield from progress(results, verbose=verbose, desc=desc, total=total)
+    yield from progress(results, verbose=verbose, desc=desc, total=total, initial=done)

@@ -469,7 +469,8 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         tasks = ((r.image, r.labels, r.cams, r.shape, self.alpha_low, self.alpha_high, crf,
                   self.offsets_) for r in (records.records[i] for i in todo))
         labelled = map_images(_label_task, tasks, n_jobs=self.n_jobs, in_parent=on_cuda,
-                              verbose=self.verbose, desc=stage, total=len(records))
+                              verbose=self.verbose, desc=stage, total=len(records),
+                              done=len(records) - len(todo))
         for i, (low, high, cells, pair_counts) in zip(todo, labelled):
             if stored is None:
                 samples[i] = _LazySample(records.records[i], {"low": low, "high": high})
