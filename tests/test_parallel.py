@@ -266,3 +266,10 @@ def test_iter_predict_yields_the_masks_of_predict_one_by_one(rng):
         rest = list(masks)
     for a, b in zip(RandomWalkRefiner(alpha=4, t=32, device="cpu").predict(records), [first] + rest):
         np.testing.assert_array_equal(a, b)
+
+
+def test_progress_counts_the_images_done_before(capsys):
+    out = list(map_images(abs, [(-1,), (-2,), (-3,)], verbose=2, desc="walk", total=5, done=2))
+    assert out == [1, 2, 3]
+    err = capsys.readouterr().err
+    assert "walk: 100%" in err and "5/5" in err and "2/5" in err  # started at 2 of 5
