@@ -5,8 +5,9 @@ With ``store=<folder>``, ``CAMClassifier``, ``AffinityEstimator`` and
 return :class:`~sklearn_psa.records.Records` whose arrays are memory-mapped
 (read-only) from those files, so memory does not grow with the dataset.
 
-Layout: ``<folder>/<kind>/<key>.npy`` (``kind`` is ``cams``, ``labels`` or
-``affinity``). A key is the hash of what the array depends on: the producing
+Layout: ``<folder>/<kind>/<key>.npy``: ``kind`` is ``cams`` (with ``labels``,
+the predicted classes, where the classes were not given), ``affinity`` or
+``affinity-labels`` (the training label maps of ``AffinityEstimator.fit``). A key is the hash of what the array depends on: the producing
 step's class, parameters (all but ``verbose``, ``device``, ``n_jobs`` and
 ``store``) and fitted weights, the image (its pixels, or a file's absolute
 path, size and modification time) and, for CAMs, the classes asked for. So a

@@ -466,13 +466,15 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         if todo:
             def emit(j, present, cams):
                 key = keys[todo[j]]
-                store.save("labels", key, present.astype(np.int64))
+                if labels is None:  # the predicted classes: kept beside the CAMs
+                    store.save("labels", key, present.astype(np.int64))
                 store.save("cams", key, cams)  # last: its presence means both are there
 
             self._run(images.take(todo), None if labels is None else labels[todo],
                       cams=True, emit=emit, done=len(images) - len(todo))
         # references, not open memory maps: a record maps its file when it is used
-        return [(store.read("labels", key), store.reference("cams", key)) for key in keys]
+        return [(store.read("labels", key) if a is None else a, store.reference("cams", key))
+                for key, a in zip(keys, asked)]
 
     def decision_function(self, X):
         """Class scores (logits) of the whole images at scale 1.

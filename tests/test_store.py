@@ -72,6 +72,7 @@ def test_cams_in_a_store_equal_those_in_memory(data, fitted_cam, tmp_path):
             np.testing.assert_array_equal(a.labels, b.labels)
             np.testing.assert_array_equal(a.cams, b.cams)
     assert len(_files(tmp_path, "cams")) == 2 * len(X)  # true classes, and predicted ones
+    assert len(_files(tmp_path, "labels")) == len(X)  # the predicted classes are kept
     assert not [f for f in os.listdir(tmp_path / "cams") if f.endswith(".tmp")]
 
 
