@@ -16,7 +16,7 @@ import numbers
 
 from sklearn.utils._param_validation import Interval
 
-__all__ = ["map_images", "check_n_jobs", "effective_n_jobs", "N_JOBS_CONSTRAINT"]
+__all__ = ["map_images", "check_n_jobs", "N_JOBS_CONSTRAINT"]
 
 #: ``_parameter_constraints`` entry of ``n_jobs``: None or a non-zero integer.
 N_JOBS_CONSTRAINT = [
@@ -35,13 +35,6 @@ def check_n_jobs(n_jobs, name="n_jobs"):
             f"{name} must be None or a non-zero integer (-1: all cores), got {n_jobs!r}"
         )
     return int(n_jobs)
-
-
-def effective_n_jobs(n_jobs):
-    """How many workers joblib would use for ``n_jobs`` here (the active backend counted)."""
-    import joblib
-
-    return joblib.effective_n_jobs(check_n_jobs(n_jobs))
 
 
 def _one_thread_call(func, args):
