@@ -23,9 +23,15 @@ processes hits the configurations alike; compare the ratios, not the seconds:
    2 (joblib's default backend, loky processes; each stage runs once with 2
    before timing, so that the workers have started and imported torch).
 
+3. **Lattices shared by an image's two CRF maps**: the affinity labels of
+   ``AffinityEstimator.fit`` (``max_epochs=0``) over ``--images`` images with
+   the CRF called through ``dense_crf`` for each map (before) and through
+   ``crf.ImageCRF``, which builds an image's lattices once (after).
+
 Usage::
 
     python benchmarks/bench_threads.py [--rounds 2] [--images 24] [--skip-large]
+                                       [--tables threads n_jobs lattices]
 """
 
 import argparse
@@ -159,19 +165,52 @@ def n_jobs_table(rounds, n_images):
         print(f"| {name} | {one:.1f} | {two:.1f} | {two / one:.2f} |")
 
 
+def lattice_table(rounds, n_images):
+    import functools
+
+    from sklearn_psa import AffinityEstimator
+    from sklearn_psa.crf import dense_crf
+
+    records = walk_records(n_images)
+    shared = AffinityEstimator._crf_function
+    settings = {
+        "dense_crf per map (before)": lambda self: (functools.partial(dense_crf, device="cpu"), False),
+        "ImageCRF, lattices built once per image (after)": shared,
+    }
+    best = {}
+    try:
+        for _ in range(rounds):
+            for name, crf_function in settings.items():
+                AffinityEstimator._crf_function = crf_function
+                fit = AffinityEstimator(backbone="tiny", max_epochs=0, device="cpu").fit
+                best[name] = min(best.get(name, np.inf), timed(lambda: fit(records)))
+    finally:
+        AffinityEstimator._crf_function = shared
+    before = best["dense_crf per map (before)"]
+    print(f"| affinity labels with the dense CRF ({n_images} images of 320 x 240) | time (s) | images/s | speed-up |")
+    print("|---|---:|---:|---:|")
+    for name, seconds in best.items():
+        print(f"| {name} | {seconds:.2f} | {n_images / seconds:.1f} | {before / seconds:.2f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--skip-large", action="store_true", help="leave out 1000 x 750 with 21 labels")
+    parser.add_argument("--tables", nargs="+", default=["threads", "n_jobs", "lattices"],
+                        choices=["threads", "n_jobs", "lattices"])
     args = parser.parse_args()
     import torch
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}\n")
-    thread_table(args.rounds, args.skip_large)
-    print()
-    n_jobs_table(args.rounds, args.images)
+    tables = {"threads": lambda: thread_table(args.rounds, args.skip_large),
+              "n_jobs": lambda: n_jobs_table(args.rounds, args.images),
+              "lattices": lambda: lattice_table(args.rounds, args.images)}
+    for name in args.tables:
+        tables[name]()
+        print()
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -355,13 +355,12 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         """``(crf(image, scores) -> probs, on_cuda)`` from the ``crf`` parameter.
 
         ``crf`` is None without a CRF; it is picklable (for the workers of
-        ``n_jobs``) and names its device, so that a worker never picks CUDA;
-        ``on_cuda`` says it runs on a GPU, hence in this process.
+        ``n_jobs``), names its device, so that a worker never picks CUDA, and
+        builds each image's lattices once for its two maps; ``on_cuda`` says
+        it runs on a GPU, hence in this process.
         """
-        import functools
-
         from ._device import resolve_device
-        from .crf import check_crf_options, dense_crf
+        from .crf import ImageCRF, check_crf_options
 
         options = check_crf_options(self.crf)
         if options is None:
@@ -371,7 +370,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
             device = resolve_device(options.get("device"))
             on_cuda = device.type == "cuda"
             options["device"] = str(device)
-        return functools.partial(dense_crf, **options), on_cuda
+        return ImageCRF(**options), on_cuda
 
     def _stored_label_maps(self, records):
         """The training label maps' place in ``store`` (None without one)."""

@@ -273,3 +273,26 @@ def test_progress_counts_the_images_done_before(capsys):
     assert out == [1, 2, 3]
     err = capsys.readouterr().err
     assert "walk: 100%" in err and "5/5" in err and "2/5" in err  # started at 2 of 5
+
+
+def test_image_crf_builds_each_image_once_with_the_same_result(monkeypatch, rng):
+    import pickle
+
+    from sklearn_psa._affinity_labels import confident_regions
+    from sklearn_psa.crf import ImageCRF
+
+    builds, build = [], DenseCRF._build
+    monkeypatch.setattr(DenseCRF, "_build", lambda self: (builds.append(1), build(self))[1])
+    crf = pickle.loads(pickle.dumps(ImageCRF(n_iter=3, device="cpu")))
+    for _ in range(2):
+        image = rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)
+        cams = rng.random((2, 20, 28), dtype=np.float32)
+        plain = confident_regions(cams, 4, 32, image=image,
+                                  crf=lambda im, p: dense_crf(im, p, n_iter=3, device="cpu"))
+        n = len(builds)
+        shared = confident_regions(cams, 4, 32, image=image, crf=crf)
+        assert len(builds) - n == 1  # two maps, one lattice
+        for a, b in zip(plain, shared):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ImageCRF(backend="nope")(image, np.full((2, 20, 28), 0.5, np.float32))
