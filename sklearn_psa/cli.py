@@ -220,6 +220,17 @@ def _positive_int(text):
     return value
 
 
+def _n_jobs(text):
+    """argparse type of ``--n-jobs``: a non-zero integer (-1: all cores)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a non-zero integer (-1: all cores), got {text!r}")
+    return value
+
+
 def _check_folder(path, option):
     """Fail before any work where ``path``, a folder to reuse or create, is (or is in) a file."""
     if path is None:
@@ -304,6 +315,10 @@ def _make_estimator(args):
                                                   verbose=params["verbose"]))
     else:
         model.set_params(affinity__backbone=args.backbone)
+    if args.store is not None:  # per-image CAMs, affinities and label maps on disk
+        model.set_params(cam__store=args.store, affinity__store=args.store)
+    if args.n_jobs is not None:
+        model.set_params(n_jobs=args.n_jobs)
     try:
         return model.set_params(**dict(args.set))
     except ValueError as exc:  # scikit-learn's message holds a multi-line estimator repr
@@ -315,6 +330,7 @@ def cmd_fit(args):
         raise CommandError(f"--model {args.model}: is a folder; expected a file path")
     _check_folder(args.memory, "--memory")
     _check_folder(args.pseudo_labels, "--pseudo-labels")
+    _check_folder(args.store, "--store")
     data = load_data(args.data, labels=args.labels, masks=args.masks, split=args.split,
                      need_masks=args.supervision == "pixel")
     model = _make_estimator(args)
@@ -344,6 +360,8 @@ def cmd_predict(args):
         model.set_params(device=args.device)
     if args.crf is not None:
         model.set_params(crf=args.crf)
+    if args.n_jobs is not None:  # the CRF's workers
+        model.set_params(n_jobs=args.n_jobs)
     data = load_data(args.data, labels=args.labels, split=args.split, need_labels=False)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -480,6 +498,13 @@ def build_parser():
                    help="cache folder for the CAM and affinity steps (reused by later fits)")
     p.add_argument("--pseudo-labels", default=None,
                    help="also write the synthesized training masks to this folder")
+    p.add_argument("--store", default=None,
+                   help="folder for the per-image CAMs, affinities and affinity labels: written "
+                        "as computed, memory-mapped when used, reused by a resumed or later fit "
+                        "(docs/scale.md)")
+    p.add_argument("--n-jobs", type=_n_jobs, default=None,
+                   help="processes for the affinity labels' dense CRF and the random walk "
+                        "(-1: all cores)")
     p.add_argument("--random-state", type=int, default=0)
     p.add_argument("--set", action="append", default=[], type=_parse_param,
                    metavar="NAME=VALUE",
@@ -504,6 +529,8 @@ def build_parser():
     p.add_argument("--no-crf", dest="crf", action="store_false", help="no dense CRF")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per predict call")
     p.add_argument("--overwrite", action="store_true", help="redo masks already written")
+    p.add_argument("--n-jobs", type=_n_jobs, default=None,
+                   help="processes for the dense CRF (--crf; -1: all cores)")
     common(p)
     p.set_defaults(func=cmd_predict)
 

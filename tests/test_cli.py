@@ -393,3 +393,24 @@ def test_demo_setting_follows_the_installed_weights(monkeypatch):
             assert params["backbone"] == "tiny"
         else:  # the segmentation network starts from the CAM backbone
             assert params["init"] == "cam" and params["cam__pretrained"] is True
+
+
+def test_fit_with_a_store_and_n_jobs(folder, tmp_path, capsys):
+    store = tmp_path / "store"
+    argv = ["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
+            "--model", str(tmp_path / "m.joblib"), "--max-epochs", "1", "--device", "cpu",
+            "--store", str(store), "--n-jobs", "2", "-q"] + TINY
+    assert main(argv) == 0
+    fitted = joblib.load(tmp_path / "m.joblib")
+    assert fitted.cam_.store == fitted.affinity_.store == str(store)
+    assert fitted.refiner_.n_jobs == 2
+    for kind in ("cams", "affinity", "affinity-labels"):
+        assert len(list((store / kind).glob("*.npy"))) == 6, kind
+    code = main(["predict", str(folder / "images"), "--model", str(tmp_path / "m.joblib"),
+                 "--output", str(tmp_path / "out"), "--crf", "--n-jobs", "2", "-q"])
+    assert code == 0 and len(list((tmp_path / "out").glob("*.png"))) == 6
+    (tmp_path / "file").write_text("x")
+    assert main(argv[:-len(TINY) - 1] + ["--store", str(tmp_path / "file")] + TINY) == 2
+    assert "--store" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(argv[:6] + ["--n-jobs", "0"])
