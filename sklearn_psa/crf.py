@@ -74,7 +74,15 @@ def _check_image(image):
         raise TypeError(f"{expected}, got {_describe(image)}")
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{expected}, got {_describe(image)}")
-    return np.ascontiguousarray(arr)
+    return _torch_ready(arr)
+
+
+def _torch_ready(arr):
+    """``arr`` itself, or a C-ordered writable copy where torch cannot share its memory
+    (negative strides, e.g. ``probs[::-1]``; read-only memory, e.g. a memory map)."""
+    if arr.flags.c_contiguous and arr.flags.writeable:
+        return arr
+    return np.array(arr, order="C")
 
 
 def _check_probs(probs, shape):
@@ -149,7 +157,7 @@ def _prepare_probs(probs, shape, device):
     import torch
 
     _check_probs(probs, shape)
-    given = torch.as_tensor(probs)
+    given = torch.as_tensor(_torch_ready(probs) if isinstance(probs, np.ndarray) else probs)
     probs_t = given.detach().to(device=device, dtype=torch.float32)
     # low-precision inputs (bfloat16: 8 bits of mantissa) sum to 1 only to their own precision
     eps = torch.finfo(given.dtype).eps if given.dtype.is_floating_point else 0.0
@@ -418,6 +426,19 @@ class ImageCRF:
     **options
         Keyword options of :func:`dense_crf` (``backend="pydensecrf2"`` calls
         it each time: nothing to reuse there).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_psa.crf import ImageCRF, dense_crf
+    >>> image = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    >>> probs = np.full((2, 30, 40), 0.5, dtype=np.float32)
+    >>> probs[0, :, :10] = 0.9
+    >>> probs[1, :, :10] = 0.1
+    >>> crf = ImageCRF(n_iter=5, device="cpu")
+    >>> first, second = crf(image, probs), crf(image, probs[::-1])  # one lattice for both
+    >>> bool(np.array_equal(second, dense_crf(image, probs[::-1], n_iter=5, device="cpu")))
+    True
     """
 
     def __init__(self, **options):

@@ -533,6 +533,20 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         Yields
         ------
         mask : ndarray of shape (H, W), uint8
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_psa import RandomWalkRefiner
+        >>> from sklearn_psa.records import Records
+        >>> cams = [np.linspace(0, 1, 16 * 24, dtype=np.float32).reshape(1, 16, 24)] * 3
+        >>> records = Records.from_arrays([np.zeros((16, 24, 3), np.uint8)] * 3,
+        ...                               labels=[[1]] * 3, cams=cams)
+        >>> for mask in RandomWalkRefiner(alpha=1, t=0).iter_predict(records):
+        ...     print(mask.shape, mask[[0, -1], [0, -1]])  # the corners
+        (16, 24) [0 1]
+        (16, 24) [0 1]
+        (16, 24) [0 1]
         """
         self._validate_params()
         X = self._check_records(X)

@@ -508,3 +508,22 @@ def test_check_crf_options_of_the_estimators():
         check_crf_options({"n_iters": 3}, name="affinity__crf")
     with pytest.raises(TypeError, match="crf must be True, False or a dict"):
         check_crf_options("yes")
+
+
+def test_reversed_and_read_only_arrays_are_accepted(rng):
+    # negative strides (probs[::-1]) crashed in torch.as_tensor; read-only arrays (memory maps)
+    # made torch warn about non-writable memory
+    import warnings
+
+    image = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    probs = rng.dirichlet(np.ones(3), size=(12, 16)).transpose(2, 0, 1).astype(np.float32)
+    expected = dense_crf(image, np.ascontiguousarray(probs[::-1]), n_iter=3, device="cpu")
+    frozen_image, frozen_probs = image.copy(), probs[::-1].copy()
+    frozen_image.flags.writeable = frozen_probs.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(dense_crf(image, probs[::-1], n_iter=3, device="cpu"), expected)
+        np.testing.assert_array_equal(dense_crf(frozen_image, frozen_probs, n_iter=3, device="cpu"),
+                                      expected)
+        np.testing.assert_array_equal(DenseCRF(image[:, ::-1][:, ::-1], device="cpu")(probs[::-1], 3),
+                                      expected)
