@@ -49,7 +49,6 @@ def prepare(workdir, n):
 
     from sklearn_psa import AffinityEstimator, CAMClassifier
     from sklearn_psa.datasets import make_shapes
-    from sklearn_psa.io import save_mask  # noqa: F401  (PNG writer used by the children)
 
     images = os.path.join(workdir, "images")
     os.makedirs(images, exist_ok=True)
