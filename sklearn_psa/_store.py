@@ -24,11 +24,13 @@ it memory-mapped again on unpickling.
 
 import errno
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ArrayStore", "StoredArray", "stored_path", "image_key", "model_key", "open_stored"]
+__all__ = ["ArrayStore", "StoredArray", "StoredArrays", "stored_path", "image_key", "model_key",
+           "open_stored", "stored_masks"]
 
 #: Parameters that do not change the arrays a step computes.
 _NOT_IN_KEY = frozenset({"verbose", "device", "n_jobs", "store"})
@@ -95,6 +97,55 @@ def model_key(estimator, fitted):
 
     params = {k: plain(v) for k, v in estimator.get_params(deep=False).items() if k not in _NOT_IN_KEY}
     return joblib.hash((type(estimator).__name__, params, [plain(v) for v in fitted]))
+
+
+class StoredArrays(Sequence):
+    """A list of store files whose items are their arrays, memory-mapped on access.
+
+    Indexing by an int maps that file; a slice gives ``StoredArrays``. Pickles
+    (and hashes) as the file names.
+    """
+
+    def __init__(self, paths):
+        self.paths = [str(p) for p in paths]
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return StoredArrays(self.paths[index])
+        return open_stored(self.paths[index])
+
+    def __repr__(self):
+        return f"StoredArrays(n={len(self)})"
+
+
+def _array_key(arr):
+    """What identifies a record's array: its store file (content-addressed), else its values."""
+    import joblib
+
+    return arr.path if isinstance(arr, StoredArray) else joblib.hash(arr)
+
+
+def stored_masks(folder, refiner, records):
+    """The masks of ``refiner.predict(records)``, written to ``folder`` as each is done.
+
+    A mask already there for the same CAMs, affinity and walk parameters is not
+    computed again. Returns :class:`StoredArrays` (``pseudo-labels/<key>.npy``).
+    """
+    import joblib
+
+    store = ArrayStore(folder)
+    params = {k: v for k, v in refiner.get_params(deep=False).items() if k not in _NOT_IN_KEY}
+    setting = (type(refiner).__name__, params)
+    keys = [joblib.hash((setting, r.labels.tolist(), r.shape, _array_key(r.__dict__["cams"]),
+                         _array_key(r.__dict__["affinity"]))) for r in records.records]
+    todo = [i for i, key in enumerate(keys) if not store.has("pseudo-labels", key)]
+    if todo:
+        for i, mask in zip(todo, refiner.iter_predict(records[todo])):
+            store.save("pseudo-labels", keys[i], mask)
+    return StoredArrays(store.path("pseudo-labels", key) for key in keys)
 
 
 class ArrayStore:

@@ -184,7 +184,10 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         ``cam_``, when ``init="cam"`` used it).
     pseudo_labels_ : list of ndarray of shape (H, W), uint8
         The masks synthesized for the training images (``supervision="image"``
-        only): 0 background, ``j + 1`` class column ``j``.
+        only): 0 background, ``j + 1`` class column ``j``. When the affinity
+        step has a ``store``, a sequence of masks kept in that folder and
+        memory-mapped when used (the segmentation network's training reads
+        them from there).
     pseudo_label_names_ : list of str
         File names (without ``.png``) :meth:`save_pseudo_labels` uses: the
         training images' file stems when they were paths with distinct
@@ -621,7 +624,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         else:
             records, self.cam_, self.affinity_ = self._fit_records(steps_X, labels)
             self.refiner_ = self._step("refiner").fit(records)
-            masks = list(self.refiner_.predict(records))
+            masks = self._pseudo_labels(records)
             del records
             self.pseudo_labels_ = masks
             self.pseudo_label_names_ = _image_names(images)
@@ -633,6 +636,16 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ inference
+
+    def _pseudo_labels(self, records):
+        """The refiner's masks of the training records: a list, or, when the affinity step has
+        a ``store``, written there one by one and read back (memory-mapped) as used."""
+        store = getattr(self.affinity_, "store", None)
+        if store is None:
+            return list(self.refiner_.predict(records))
+        from ._store import stored_masks
+
+        return stored_masks(store, self.refiner_, records)
 
     def _crf_options(self):
         from .crf import check_crf_options

@@ -297,3 +297,34 @@ def test_affinity_fit_keeps_its_label_maps_in_the_store(data, fitted_cam, tmp_pa
     assert first.label_stats_ == again.label_stats_ == reference.label_stats_
     for a, b in zip(reference.predict_affinity(plain), first.predict_affinity(stored)):
         np.testing.assert_array_equal(a, b)  # same labels, same seed: the same network
+
+
+def test_segmenter_keeps_its_pseudo_labels_in_the_affinity_store(data, tmp_path, monkeypatch):
+    from sklearn_psa import PSASegmenter
+    from sklearn_psa._store import StoredArrays
+
+    X, Y, _ = data
+
+    def segmenter(store):
+        seg = PSASegmenter(backbone="tiny", max_epochs=1, batch_size=4, device="cpu",
+                           random_state=0, refiner=RandomWalkRefiner(alpha=4, t=16, device="cpu"))
+        return seg.set_params(cam=_cam(store=store), affinity=_affinity(store=store))
+
+    plain = segmenter(None).fit(X, Y)
+    stored = segmenter(str(tmp_path)).fit(X, Y)
+    assert isinstance(stored.pseudo_labels_, StoredArrays)
+    assert len(_files(tmp_path, "pseudo-labels")) == len(X)
+    for a, b in zip(plain.pseudo_labels_, stored.pseudo_labels_):
+        assert isinstance(b, np.memmap)
+        np.testing.assert_array_equal(a, b)
+    # trained on the same masks (read back from the store): the same network
+    np.testing.assert_array_equal(plain.predict(X), stored.predict(X))
+    copy = pickle.loads(pickle.dumps(stored))
+    np.testing.assert_array_equal(copy.pseudo_labels_[0], plain.pseudo_labels_[0])
+    written = stored.save_pseudo_labels(tmp_path / "png")
+    assert len(written) == len(X)
+    walked, iter_predict = [], RandomWalkRefiner.iter_predict
+    monkeypatch.setattr(RandomWalkRefiner, "iter_predict", lambda self, recs: (
+        walked.append(len(recs)), iter_predict(self, recs))[1])
+    again = segmenter(str(tmp_path)).fit(X, Y)  # same seed, same steps: all in the store
+    assert walked == [] and again.pseudo_labels_.paths == stored.pseudo_labels_.paths
