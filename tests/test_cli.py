@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -70,6 +71,13 @@ def test_demo_writes_report_grid_and_model(demo_dir):
     assert "Weakly / fully supervised mIoU" in report
     with Image.open(demo_dir / "grid.png") as grid:
         assert grid.format == "PNG" and grid.width > 600
+    numbers = json.loads((demo_dir / "report.json").read_text())
+    assert set(numbers) >= {"cam_miou", "walk_miou", "segmenter_miou", "reference_miou", "seconds"}
+    for key in ("cam_miou", "walk_miou", "segmenter_miou", "reference_miou"):
+        # the same numbers as the Markdown summary (percentages with one decimal there)
+        assert 0 <= numbers[key] <= 1 and f"| {100 * numbers[key]:.1f} |" in report, key
+    assert numbers["walk_gain"] == pytest.approx(numbers["walk_miou"] - numbers["cam_miou"], abs=2e-4)
+    assert numbers["seconds"] > 0 and numbers["settings"]["setting"] == "quick"
     model = joblib.load(demo_dir / "model.joblib")
     assert isinstance(model, PSASegmenter) and len(model.pseudo_labels_) == 24
     X, _, _ = make_shapes(2, image_size=64, random_state=9)
@@ -335,8 +343,8 @@ def test_demo_without_matplotlib_writes_the_report_and_model(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as without the plot extra
     printed = io.StringIO()
     summary = run_demo(tmp_path / "demo", quick=True, device="cpu", out=printed)
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["model.joblib", "report.md"]
-    assert set(summary["files"]) == {"report", "model"}
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["model.joblib", "report.json", "report.md"]
+    assert set(summary["files"]) == {"report", "report_json", "model"}
     assert "matplotlib is not installed" in printed.getvalue()
 
 

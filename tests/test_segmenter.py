@@ -489,7 +489,7 @@ def test_a_class_missing_from_the_training_folds_is_scored_as_missed(fitted, sha
     from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import Pipeline
 
-    X8, _, masks8 = make_shapes(8, image_size=32, random_state=0)
+    X8, _, masks8 = make_shapes(8, image_size=32, random_state=4)
     assert not any((m == 4).any() for m in masks8[:4]) and any((m == 4).any() for m in masks8[4:])
     pipe = Pipeline([
         ("cam", CAMClassifier(backbone="tiny", scales=(1.0,), max_epochs=1, crop_size=32,
