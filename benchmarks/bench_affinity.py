@@ -64,6 +64,8 @@ ABLATIONS = {
     "radius_3_x2": {"radius": 3, "max_epochs": "x2"},
     "lr_0.03": {"learning_rate": 0.03},
     "head_lr_1": {"head_lr_mult": 1.0},
+    "head_lr_1_alpha_1": {"head_lr_mult": 1.0, "alpha_low": 1},
+    "head_lr_1_x4": {"head_lr_mult": 1.0, "max_epochs": "x4"},
     "efficientnet_lite0": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
                            "learning_rate": 0.01},
     "crf": {"crf": True},
@@ -82,6 +84,11 @@ ABLATIONS = {
     "scale2_crf_x4": {"input_scale": 2.0, "crf": True, "max_epochs": "x4"},
     "scale2_x4": {"input_scale": 2.0, "max_epochs": "x4"},
     "rf155": {"backbone_options": {"depth": 4, "dilation": 2}},
+    # a receptive field smaller than the objects: local appearance, not the distance to a part
+    "rf27": {"backbone_options": {"depth": 0}},
+    "rf43": {"backbone_options": {"depth": 1}},
+    "rf27_alpha_1": {"backbone_options": {"depth": 0}, "alpha_low": 1},
+    "rf27_x2": {"backbone_options": {"depth": 0}, "max_epochs": "x2"},
     "lite0_stages5_scale2": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": {"stages": 5},
                              "input_scale": 2.0, "learning_rate": "auto"},
 }

@@ -92,11 +92,11 @@ def cam_statistics(records, masks, parts):
     return float(np.mean(cover)), float(np.mean(peak))
 
 
-def run_setting(args, strength, distractors, image_size, radius, lines):
+def run_setting(args, strength, distractors, image_size, radii, lines):
+    """Train the CAM classifier once, then one row per affinity radius."""
     from bench_affinity import _best_walk
 
-    from sklearn_psa import (AffinityEstimator, CAMClassifier, FeatureAffinity, PSASegmenter,
-                             RandomWalkRefiner, neighbor_offsets)
+    from sklearn_psa import AffinityEstimator, CAMClassifier, FeatureAffinity, RandomWalkRefiner, neighbor_offsets
     from sklearn_psa._affinity_labels import oracle_affinity
     from sklearn_psa._validation import check_random_state_seed, labels_from_masks
     from sklearn_psa.datasets._shapes import _generate
@@ -106,43 +106,45 @@ def run_setting(args, strength, distractors, image_size, radius, lines):
     seed = check_random_state_seed(args.seed)
     X, masks, instances, parts = _generate(args.n, args.n_classes, image_size, 3, seed, return_parts=True, **gen)
     Y = labels_from_masks(masks, args.n_classes)
-    row = {"setting": f"s={strength:g}, {distractors}, {image_size} px, radius {radius}"}
-    row["body acc"], row["part acc"] = body_evidence(X, masks, instances, parts, args.n_classes)
+    common = {}
+    common["body acc"], common["part acc"] = body_evidence(X, masks, instances, parts, args.n_classes)
 
     cam = CAMClassifier(backbone="tiny", max_epochs=args.cam_epochs, device=args.device, random_state=args.seed,
                         crop_size=min(112, image_size) if image_size <= 128 else 224)
     records = cam.fit_transform(X, Y)
-    row["CAM loss"] = cam.loss_curve_[-1] if hasattr(cam, "loss_curve_") else float("nan")
-    row["CAM cover"], row["peak on part"] = cam_statistics(records, masks, parts)
+    common["CAM loss"] = cam.loss_curve_[-1]
+    common["CAM cover"], common["peak on part"] = cam_statistics(records, masks, parts)
     alphas, betas = tuple(args.alphas), tuple(args.betas)
     cam_scores = {a: RandomWalkRefiner(alpha=a, t=0, device=args.device).score(records, masks) for a in alphas}
-    row["CAM"] = max(cam_scores.values())
-    offsets = neighbor_offsets(radius)
-    if "oracle" in args.rows:
-        oracle = records.with_affinity([oracle_affinity(m, offsets) for m in masks], radius)
-        row["oracle"], row["oracle ab"] = _best_walk(oracle, masks, alphas, betas, args.device)
-    if "feature" in args.rows:
-        try:
-            fa = FeatureAffinity(radius=radius, device=args.device).fit(records)
-            row["feature"], row["feature ab"] = _best_walk(fa.transform(records), masks, alphas, betas, args.device)
-        except ImportError as exc:
-            print(f"FeatureAffinity not run: {exc}", flush=True)
-    if "learned" in args.rows:
-        aff = AffinityEstimator(backbone="tiny", radius=radius, max_epochs=args.aff_epochs, device=args.device,
-                                random_state=args.seed)
-        walked = aff.fit(records).transform(records)
-        row["learned"], ab = _best_walk(walked, masks, alphas, betas, args.device)
-        row["learned ab"] = ab
-        if args.segmenter:
-            Xt, Yt, mt = _make_test(args, image_size, gen)
-            common = dict(backbone="tiny", init="scratch", max_epochs=args.seg_epochs, device=args.device, random_state=args.seed)
-            row["segmenter"] = _fit_segmenter(X, walked, ab, Xt, mt, common)
-            full = PSASegmenter(supervision="pixel", **common).fit(X, masks)
-            row["full"] = full.score(Xt, mt)
-    row["seconds"] = time.perf_counter() - t0
-    lines.append(row)
-    print(_format(row), flush=True)
-    return row
+    common["CAM"] = max(cam_scores.values())
+    for k, radius in enumerate(radii):
+        row = {"setting": f"s={strength:g}, {distractors}, {image_size} px, radius {radius}", **common}
+        offsets = neighbor_offsets(radius)
+        if "oracle" in args.rows:
+            oracle = records.with_affinity([oracle_affinity(m, offsets) for m in masks], radius)
+            row["oracle"], row["oracle ab"] = _best_walk(oracle, masks, alphas, betas, args.device)
+        if "feature" in args.rows:
+            try:
+                fa = FeatureAffinity(radius=radius, device=args.device).fit(records)
+                row["feature"], row["feature ab"] = _best_walk(fa.transform(records), masks, alphas, betas,
+                                                               args.device)
+            except ImportError as exc:
+                print(f"FeatureAffinity not run: {exc}", flush=True)
+        if "learned" in args.rows:
+            aff = AffinityEstimator(backbone="tiny", radius=radius, max_epochs=args.aff_epochs, device=args.device,
+                                    random_state=args.seed)
+            walked = aff.fit(records).transform(records)
+            row["learned"], ab = _best_walk(walked, masks, alphas, betas, args.device)
+            row["learned ab"] = ab
+            if args.segmenter and k == 0:
+                Xt, _, mt = _make_test(args, image_size, gen)
+                net = dict(backbone="tiny", init="scratch", max_epochs=args.seg_epochs, device=args.device,
+                           random_state=args.seed)
+                row["segmenter"] = _fit_segmenter(X, walked, ab, Xt, mt, net)
+                row["full"] = _fit_segmenter(X, None, None, Xt, mt, net, true_masks=masks)
+        row["seconds"] = time.perf_counter() - t0
+        lines.append(row)
+        print(_format(row), flush=True)
 
 
 def _make_test(args, image_size, gen):
@@ -152,12 +154,14 @@ def _make_test(args, image_size, gen):
                        **gen)
 
 
-def _fit_segmenter(X, walked, ab, Xt, mt, common):
-    """Test mIoU of a segmentation network trained on the walk's masks (of the fitted steps)."""
+def _fit_segmenter(X, walked, ab, Xt, mt, common, true_masks=None):
+    """Test mIoU of a segmentation network trained on the walk's masks (at its best alpha and
+    beta on the training images), or on ``true_masks`` (the fully supervised reference, trained
+    the same way and as long)."""
     from sklearn_psa import PSASegmenter, RandomWalkRefiner
 
-    pseudo = RandomWalkRefiner(alpha=ab[0], beta=ab[1]).predict(walked)
-    net = PSASegmenter(supervision="pixel", **common).fit(X, pseudo)
+    masks = true_masks if true_masks is not None else RandomWalkRefiner(alpha=ab[0], beta=ab[1]).predict(walked)
+    net = PSASegmenter(supervision="pixel", **common).fit(X, masks)
     return net.score(Xt, mt)
 
 
@@ -215,8 +219,8 @@ def main(argv=None):
         settings.append((0.0, "bodies"))
     print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS), flush=True)
     lines = []
-    for (s, d), size, radius in itertools.product(settings, args.image_size, args.radius):
-        run_setting(args, s, d, size, radius, lines)
+    for (s, d), size in itertools.product(settings, args.image_size):
+        run_setting(args, s, d, size, args.radius, lines)
 
 
 if __name__ == "__main__":
