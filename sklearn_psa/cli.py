@@ -295,15 +295,13 @@ def _make_estimator(args):
     )
     if args.max_epochs is not None:
         params["max_epochs"] = args.max_epochs
-    model = PSASegmenter(**params).set_params(cam__backbone=args.backbone)
+    model = PSASegmenter(**params)  # its backbone is the CAM and affinity steps' too
     if args.affinity == "features":
         from .feature_affinity import FeatureAffinity
 
         # its own pretrained backbone; the command's device and progress, as the other steps
         model.set_params(affinity=FeatureAffinity(device=params["device"],
                                                   verbose=params["verbose"]))
-    else:
-        model.set_params(affinity__backbone=args.backbone)
     try:
         return model.set_params(**dict(args.set))
     except ValueError as exc:  # scikit-learn's message holds a multi-line estimator repr

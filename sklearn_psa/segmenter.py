@@ -29,7 +29,10 @@ __all__ = ["PSASegmenter"]
 
 _STEPS = ("cam", "affinity", "refiner")
 #: Parameters a default-made step takes from the segmenter (those it has).
-_SHARED_PARAMS = ("device", "random_state", "verbose")
+_SHARED_PARAMS = ("device", "random_state", "verbose", "backbone")
+#: Of those, the ones passed on only to steps of the default kind (CAMClassifier,
+#: AffinityEstimator): a FeatureAffinity in the affinity step keeps its own backbone.
+_SAME_KIND_PARAMS = ("backbone",)
 
 
 def _same_setting(key, a, b):
@@ -38,7 +41,7 @@ def _same_setting(key, a, b):
         return str(a) == str(b)
     if a is b:
         return True
-    plain = (type(None), bool, int, np.integer)
+    plain = (type(None), bool, int, np.integer, str)
     return isinstance(a, plain) and isinstance(b, plain) and a == b
 
 
@@ -75,11 +78,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
     Parameters
     ----------
     cam : CAMClassifier or None, default=None
-        Step 1; None makes ``CAMClassifier(device=device,
+        Step 1; None makes ``CAMClassifier(backbone=backbone, device=device,
         random_state=random_state, verbose=verbose)``.
     affinity : AffinityEstimator, FeatureAffinity or None, default=None
-        Step 2; None makes ``AffinityEstimator(device=device,
-        random_state=random_state, verbose=verbose)``. Any transformer that
+        Step 2; None makes ``AffinityEstimator(backbone=backbone,
+        device=device, random_state=random_state, verbose=verbose)``. Any transformer that
         adds affinities to records fits here, such as
         :class:`~sklearn_psa.FeatureAffinity` (no training).
     refiner : RandomWalkRefiner or None, default=None
@@ -99,8 +102,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         fitted on the same images and labels is loaded from the cache), so
         that both supervisions train the same network from the same start.
     backbone : str or torch.nn.Module, default="auto"
-        Backbone of the segmentation network when ``init="scratch"`` or
-        ``pretrained`` is set: a name from
+        Backbone of every network: the default-made CAM and affinity steps
+        take it (``get_params()["cam__backbone"]`` shows it), unless a step
+        sets its own (``cam__backbone="resnet50"``, or a step passed with its
+        own backbone); the segmentation network starts from the fitted CAM
+        classifier's backbone (``init="cam"``), else builds this one. A name from
         :func:`sklearn_psa.nn.available_backbones` or a module (see
         :func:`sklearn_psa.nn.make_backbone`).
         ``"auto"`` means ``"efficientnet_lite0"`` with its ImageNet weights where
@@ -298,17 +304,19 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
     # ------------------------------------------------------------------ steps and parameters
 
     def _default_step(self, name):
-        """A new default-made step ``name``, sharing this estimator's device and seed."""
+        """A new default-made step ``name``, sharing this estimator's backbone (the
+        networks'), device, seed and verbosity."""
         device = str(self.device)
         if name == "cam":
             from .cam import CAMClassifier
 
-            return CAMClassifier(device=device, random_state=self.random_state, verbose=self.verbose)
+            return CAMClassifier(backbone=self.backbone, device=device,
+                                 random_state=self.random_state, verbose=self.verbose)
         if name == "affinity":
             from .affinity import AffinityEstimator
 
-            return AffinityEstimator(device=device, random_state=self.random_state,
-                                     verbose=self.verbose)
+            return AffinityEstimator(backbone=self.backbone, device=device,
+                                     random_state=self.random_state, verbose=self.verbose)
         from .walk import RandomWalkRefiner
 
         return RandomWalkRefiner(device=device, verbose=self.verbose)
@@ -349,8 +357,9 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
 
         Plain parameters are set first; a nested parameter of a step left at
         None first puts the default-made step in its place. A step's
-        ``device``, ``random_state`` and ``verbose`` that equal this
-        estimator's follow it when it changes, so a step made by a nested
+        ``device``, ``random_state``, ``verbose`` and (for a CAMClassifier or
+        AffinityEstimator) ``backbone`` that equal this estimator's follow it
+        when it changes, so a step made by a nested
         parameter keeps sharing them (``set_params(cam__max_epochs=5)`` then
         ``set_params(random_state=1)`` seeds the CAM step too); a step given
         other values keeps its own.
@@ -399,6 +408,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                     continue
                 current = step.get_params(deep=False)
                 if key not in current:
+                    continue
+                if key in _SAME_KIND_PARAMS and type(step) is not type(self._default_step(name)):
                     continue
                 if _same_setting(key, current[key], old):
                     step.set_params(**{key: str(new) if key == "device" else new})

@@ -12,9 +12,9 @@ from sklearn_psa.datasets import make_shapes
 from sklearn_psa.io import load_mask
 from sklearn_psa.metrics import mean_iou, segmentation_report
 
-# Tiny settings: 64x64 images, one or two epochs per network, no CRF.
+# Tiny settings: 64x64 images, one or two epochs per network, no CRF. The steps take the
+# segmenter's backbone="tiny".
 TINY_STEPS = {
-    "cam__backbone": "tiny", "affinity__backbone": "tiny",
     "cam__max_epochs": 2, "cam__scales": (1.0,), "cam__crop_size": None,
     "affinity__max_epochs": 1, "affinity__crf": False, "affinity__crop_size": 64,
     "affinity__head_widths": (16, 16, 16),
@@ -106,6 +106,27 @@ def test_steps_made_by_nested_params_keep_following_device_seed_and_verbose():
     assert isinstance(seg.cam.random_state, np.random.RandomState)
 
 
+def test_the_segmenter_backbone_is_every_step_s_unless_a_step_sets_its_own():
+    from sklearn_psa import FeatureAffinity
+
+    params = PSASegmenter(backbone="tiny").get_params()
+    assert params["cam__backbone"] == params["affinity__backbone"] == "tiny"
+    # steps made by nested parameters follow later changes
+    seg = PSASegmenter().set_params(cam__max_epochs=1, affinity__radius=3)
+    seg.set_params(backbone="tiny")
+    assert seg.cam.backbone == seg.affinity.backbone == "tiny"
+    assert clone(seg).get_params()["cam__backbone"] == "tiny"
+    # a step's own backbone stays
+    seg = PSASegmenter(backbone="tiny").set_params(cam__backbone="resnet50")
+    seg.set_params(backbone="efficientnet_lite0")
+    assert seg.cam.backbone == "resnet50"
+    assert seg.get_params()["affinity__backbone"] == "efficientnet_lite0"
+    # FeatureAffinity compares its own pretrained features: never the networks' backbone
+    features = FeatureAffinity(backbone="efficientnet_lite0")
+    seg = PSASegmenter(affinity=features, backbone="efficientnet_lite0").set_params(backbone="tiny")
+    assert features.backbone == "efficientnet_lite0"
+
+
 def test_clone_keeps_params_and_copies_steps():
     seg = PSASegmenter(refiner=RandomWalkRefiner(beta=4), max_epochs=3, random_state=1)
     twin = clone(seg)
@@ -128,6 +149,14 @@ def test_param_checks_of_scikit_learn():
 
 
 # ---------------------------------------------------------------- fit (image-level labels)
+
+
+def test_backbone_tiny_builds_every_network_tiny(fitted):
+    from sklearn_psa.nn.tiny import TinyBackbone
+
+    assert "cam__backbone" not in TINY_STEPS  # only the segmenter said backbone="tiny"
+    for net in (fitted.cam_.network_, fitted.affinity_.network_, fitted.network_):
+        assert isinstance(net.backbone, TinyBackbone)
 
 
 def test_pseudo_labels_follow_the_image_labels(fitted, shapes):
