@@ -306,6 +306,58 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y",
     ]
 
 
+def check_score_masks(y, n_samples, *, shapes=None, scorer="score"):
+    """Validate the true masks of a ``score`` (mean IoU); refuse image-level labels.
+
+    Image-level labels (an ``(n_samples, n_classes)`` indicator, dense, sparse
+    or a list of rows) raise :class:`~sklearn_psa.exceptions.MasksRequiredError`,
+    which scikit-learn's model selection does not turn into NaN scores; its
+    message says how to fit a search on masks. Anything else is checked by
+    :func:`check_masks`.
+
+    Parameters
+    ----------
+    y : object
+        The ``y`` given to ``score``.
+    n_samples : int
+        Number of images scored.
+    shapes : list of (H, W), optional
+        The images' shapes.
+    scorer : str, default="score"
+        The method's name for the message (``"RandomWalkRefiner.score"``).
+
+    Returns
+    -------
+    masks : list of (H, W) uint8 arrays
+    """
+    import scipy.sparse as sp
+
+    from .exceptions import MasksRequiredError
+
+    shape = None
+    if sp.issparse(y):
+        shape = y.shape
+    elif y is not None and not _is_path(y) and not _looks_like_masks(y):
+        try:
+            arr = np.asarray(y)
+        except (TypeError, ValueError):  # ragged: not an indicator; check_masks says what
+            arr = None
+        if arr is not None and arr.ndim == 2 and arr.dtype != object:
+            shape = arr.shape
+    single_mask = (n_samples == 1 and shapes is not None and shape is not None
+                   and tuple(shapes[0]) == tuple(shape))
+    if shape is not None and shape[0] == n_samples and not single_mask:
+        raise MasksRequiredError(
+            f"{scorer}: y has shape {tuple(shape)}, image-level labels (an (n_samples, "
+            "n_classes) indicator), but the mean IoU needs the true pixel masks, one (H, W) "
+            "mask per image. To tune or cross-validate, fit the search on masks: "
+            "GridSearchCV(pipe, grid).fit(X, masks) trains every step on the image-level "
+            "labels derived from the masks and scores on the masks; or give the search a "
+            "scoring= of your own that takes image-level labels"
+        )
+    return check_masks(y, n_samples, shapes=shapes, name="y")
+
+
 def labels_from_masks(masks, n_classes=None):
     """Image-level indicator ``(n, n_classes)`` from masks: column j is set where value j+1 occurs.
 

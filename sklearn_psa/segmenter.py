@@ -23,7 +23,13 @@ from ._torch_estimator import (
     module_type,
 )
 from ._device import autocast
-from ._validation import IGNORE_INDEX, check_images, check_masks, check_targets, format_masks
+from ._validation import (
+    IGNORE_INDEX,
+    check_images,
+    check_score_masks,
+    check_targets,
+    format_masks,
+)
 
 __all__ = ["PSASegmenter"]
 
@@ -718,6 +724,14 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         -------
         score : float
             Mean IoU in [0, 1].
+
+        Raises
+        ------
+        sklearn_psa.exceptions.MasksRequiredError
+            When ``y`` holds image-level labels. It is no ``Exception``, so
+            that ``GridSearchCV(...).fit(X, Y)`` stops with it instead of
+            scoring NaN: fit the search on the masks,
+            ``GridSearchCV(...).fit(X, masks)``.
         """
         from .metrics import mean_iou
 
@@ -727,7 +741,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         images = check_images(X)
         # a true class beyond the fitted ones (absent from a cross-validation training
         # fold) is a miss, not an error
-        masks = check_masks(y, len(images), shapes=images.shapes)
+        masks = check_score_masks(y, len(images), shapes=images.shapes,
+                                  scorer=f"{type(self).__name__}.score")
         return mean_iou(masks, self.predict(images))
 
     # ------------------------------------------------------------------ output

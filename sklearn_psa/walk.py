@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 from ._affinity_labels import STRIDE, score_stack
-from ._validation import check_masks, check_records, format_masks
+from ._validation import check_records, check_score_masks, format_masks
 
 __all__ = ["neighbor_offsets", "random_walk", "RandomWalkRefiner"]
 
@@ -511,12 +511,21 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         -------
         score : float
             Mean IoU in [0, 1].
+
+        Raises
+        ------
+        sklearn_psa.exceptions.MasksRequiredError
+            When ``y`` holds image-level labels. It is no ``Exception``, so
+            that ``GridSearchCV(...).fit(X, Y)`` stops with it instead of
+            scoring NaN: fit the search on the masks,
+            ``GridSearchCV(...).fit(X, masks)``.
         """
         from .metrics import mean_iou
 
         X = check_records(X, require_affinity=False, name="X")
         # a true class beyond X's (absent from a cross-validation training fold) is a miss
-        masks = check_masks(y, len(X), shapes=[r.shape for r in X.records], name="y")
+        masks = check_score_masks(y, len(X), shapes=[r.shape for r in X.records],
+                                  scorer=f"{type(self).__name__}.score")
         return mean_iou(masks, self.predict(X))
 
     def __sklearn_tags__(self):

@@ -9,7 +9,7 @@ import importlib
 
 import pytest
 
-MODULES = ["records", "walk", "cam", "affinity", "feature_affinity", "segmenter"]
+MODULES = ["records", "walk", "cam", "affinity", "feature_affinity", "segmenter", "exceptions"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -9,6 +9,7 @@ from sklearn.base import clone
 
 from sklearn_psa import AffinityEstimator, CAMClassifier, PSASegmenter, RandomWalkRefiner
 from sklearn_psa.datasets import make_shapes
+from sklearn_psa.exceptions import MasksRequiredError
 from sklearn_psa.io import load_mask
 from sklearn_psa.metrics import mean_iou, segmentation_report
 
@@ -211,7 +212,8 @@ def test_bad_input_names_the_item(fitted, shapes):
         fitted.predict([X[0], X[1].astype(np.float32)])
     with pytest.raises(ValueError, match="rows but X has"):
         PSASegmenter().fit(X[:4], Y[:3])
-    with pytest.raises(ValueError, match="image-level indicator: expected pixel-level masks"):
+    with pytest.raises(MasksRequiredError, match=r"PSASegmenter.score: y has shape \(24, 4\), "
+                       r"image-level labels.*GridSearchCV\(pipe, grid\).fit\(X, masks\)"):
         fitted.score(X, Y)
     # a typo in the CRF options fails at fit, before any training
     with pytest.raises(ValueError, match=r"crf: unknown dense_crf options \['n_iters'\]"):
@@ -528,4 +530,32 @@ def test_a_class_missing_from_the_training_folds_is_scored_as_missed(fitted, sha
         ("rw", RandomWalkRefiner(t=16, device="cpu")),
     ], memory=str(tmp_path))
     search = GridSearchCV(pipe, {"rw__beta": [8, 16]}, cv=2, error_score="raise").fit(X8, masks8)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+def test_a_search_on_image_level_labels_stops_naming_the_fix(shapes, tmp_path):
+    """GridSearchCV turns an Exception raised by score into NaN scores (error_score=nan):
+    the search on (X, Y), the README's pipe.fit(X, Y) shape, must stop instead."""
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    from sklearn.pipeline import Pipeline
+
+    from sklearn_psa.metrics import mean_iou_scorer
+
+    X8, Y8, masks8 = make_shapes(8, image_size=32, random_state=0)
+    pipe = Pipeline([
+        ("cam", CAMClassifier(backbone="tiny", scales=(1.0,), max_epochs=1, crop_size=32,
+                              device="cpu", random_state=0)),
+        ("affinity", AffinityEstimator(backbone="tiny", crf=False, crop_size=32, max_epochs=1,
+                                       device="cpu", random_state=0)),
+        ("rw", RandomWalkRefiner(t=4, device="cpu")),
+    ], memory=str(tmp_path))
+    fix = r"image-level labels.*GridSearchCV\(pipe, grid\)\.fit\(X, masks\)"
+    with pytest.raises(MasksRequiredError, match="RandomWalkRefiner.score: .*" + fix):
+        GridSearchCV(pipe, {"rw__beta": [4, 8]}, cv=2).fit(X8, Y8)
+    with pytest.raises(MasksRequiredError, match="mean_iou_scorer: .*" + fix):
+        cross_val_score(pipe, X8, Y8, cv=2, scoring=mean_iou_scorer)
+    with pytest.raises(MasksRequiredError):  # a list of label rows too
+        pipe.fit(X8[:4], Y8[:4]).score(X8[4:], Y8[4:].tolist())
+    # the working form (README): the same search on the masks
+    search = GridSearchCV(pipe, {"rw__beta": [4, 8]}, cv=2).fit(X8, masks8)
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
