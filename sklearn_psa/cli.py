@@ -66,18 +66,19 @@ def _read_label_csv(csv_path, folder):
     if not rows:
         raise CommandError(f"{csv_path}: empty; expected a header 'filename,<class 1>,...'")
     header = [cell.strip() for cell in rows[0]]
-    class_names = header[1:]
-    if not class_names:
-        raise CommandError(
-            f"{csv_path}: the header {header} names no class; expected 'filename,<class 1>,...'"
-        )
-    if len(set(class_names)) != len(class_names):
-        raise CommandError(f"{csv_path}: repeated class names in the header {class_names}")
-    if len(rows) == 1:
+    class_names = _csv_class_names(header, csv_path, folder)
+    first = 1
+    if class_names is None:  # no header: the first row is an image's
+        first = 0
+        class_names = [f"class {j + 1}" for j in range(len(header) - 1)]
+        print(f"{csv_path}: no header (its first row lists an image); the {len(class_names)} "
+              f"classes are named 'class 1'..'class {len(class_names)}' (a first row "
+              "'filename,<class 1>,...' names them)", file=sys.stderr)
+    if len(rows) == first:
         raise CommandError(f"{csv_path}: has a header but no image rows")
-    paths, labels = [], np.zeros((len(rows) - 1, len(class_names)), dtype=np.uint8)
-    for i, row in enumerate(rows[1:]):
-        line = i + 2
+    paths, labels = [], np.zeros((len(rows) - first, len(class_names)), dtype=np.uint8)
+    for i, row in enumerate(rows[first:]):
+        line = i + first + 1
         if len(row) != len(header):
             raise CommandError(
                 f"{csv_path}, line {line}: {len(row)} fields, expected {len(header)} "
@@ -96,6 +97,29 @@ def _read_label_csv(csv_path, folder):
             labels[i, j] = int(cell)
         paths.append(str(path))
     return _image_ids(paths), paths, labels, class_names
+
+
+def _csv_class_names(header, csv_path, folder=None):
+    """The class names of a labels CSV's first row ``header``, or None where that row is no
+    header but an image's labels (its first cell names an image file)."""
+    class_names = header[1:]
+    if not class_names:
+        raise CommandError(
+            f"{csv_path}: the header {header} names no class; expected 'filename,<class 1>,...'"
+        )
+    name = header[0]
+    path = Path(name) if os.path.isabs(name) or folder is None else Path(folder) / name
+    if path.suffix.lower() in IMAGE_EXTENSIONS or path.is_file():
+        return None
+    if all(c in ("0", "1") for c in class_names):
+        raise CommandError(
+            f"{csv_path}: the header's class names are all 0 or 1 ({', '.join(class_names)}); "
+            f"expected a header 'filename,<class 1>,...' (or, without a header, a first row "
+            f"naming an image file, not {name!r})"
+        )
+    if len(set(class_names)) != len(class_names):
+        raise CommandError(f"{csv_path}: repeated class names in the header {class_names}")
+    return class_names
 
 
 def _image_ids(paths):
@@ -405,11 +429,14 @@ def cmd_evaluate(args):
 
 
 def _read_label_csv_header(csv_path):
+    """The class names of a labels CSV's header (None for a file without a header)."""
+    if not Path(csv_path).is_file():
+        raise CommandError(f"{csv_path}: no such labels file")
     with open(csv_path, newline="", encoding="utf-8") as f:
         header = next(csv.reader(f), None)
     if not header or len(header) < 2:
         raise CommandError(f"{csv_path}: expected a header 'filename,<class 1>,...'")
-    return [c.strip() for c in header[1:]]
+    return _csv_class_names([c.strip() for c in header], csv_path)
 
 
 # --------------------------------------------------------------------------------------

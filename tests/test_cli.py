@@ -258,6 +258,30 @@ def test_bad_label_csv_is_a_clear_error(folder, tmp_path, capsys, csv, message):
     assert message in err and err.startswith("sklearn-psa fit: error:")
 
 
+def test_a_labels_csv_without_header_keeps_its_first_image(folder, tmp_path, capsys):
+    from sklearn_psa.cli import CommandError, _read_label_csv_header, load_data
+
+    rows = (folder / "labels.csv").read_text().splitlines()
+    headerless = tmp_path / "noheader.csv"
+    headerless.write_text("\n".join(rows[1:]) + "\n")
+    named = load_data(folder / "images", labels=folder / "labels.csv")
+    data = load_data(folder / "images", labels=headerless)
+    assert data["ids"] == named["ids"] and len(data["ids"]) == 6
+    np.testing.assert_array_equal(data["labels"], named["labels"])
+    assert data["class_names"] == ["class 1", "class 2", "class 3", "class 4"]
+    assert "no header" in capsys.readouterr().err
+    assert _read_label_csv_header(headerless) is None  # evaluate: no names to take
+    # a bad cell of a headerless file is on line 1, as the file says
+    bad = tmp_path / "bad.csv"
+    bad.write_text("img0.png,0,2\n")
+    with pytest.raises(CommandError, match="line 1, column 'class 2': '2' is not 0 or 1"):
+        load_data(folder / "images", labels=bad)
+    # a first row of 0/1 class names that names no image file: refused, not guessed
+    bad.write_text("filename,0,1\nimg0.png,0,1\n")
+    with pytest.raises(CommandError, match="class names are all 0 or 1"):
+        load_data(folder / "images", labels=bad)
+
+
 def test_usage_errors(folder, tmp_path, capsys):
     assert main(["fit", str(folder / "images"), "--model", str(tmp_path / "m")]) == 2
     assert "--labels CSV" in capsys.readouterr().err
