@@ -120,6 +120,11 @@ def check_images(X, *, name="X"):
     if X is None:
         raise TypeError(f"{name} is None: expected a sequence of images")
     if _is_path(X):
+        if os.path.isdir(X):
+            raise TypeError(
+                f"{name} is a folder ({os.fspath(X)!r}): expected a sequence of images; "
+                f"sklearn_psa.io.list_images({os.fspath(X)!r}) lists its image files"
+            )
         raise TypeError(
             f"{name} is a single path ({os.fspath(X)!r}): expected a sequence of images; "
             "wrap it in a list"
@@ -156,6 +161,11 @@ def check_images(X, *, name="X"):
     for i, item in enumerate(items):
         if _is_path(item):
             path = os.fspath(item)
+            if os.path.isdir(path):
+                raise IsADirectoryError(
+                    f"{name}[{i}] is a folder ({path!r}), expected an image file; for the images "
+                    f"in it, give sklearn_psa.io.list_images({path!r})"
+                )
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{name}[{i}]: no such image file: {path}")
             try:

@@ -28,9 +28,9 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["main"]
+from .io import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+__all__ = ["main"]
 
 
 class CommandError(Exception):
@@ -139,11 +139,9 @@ def _image_ids(paths):
 
 
 def _list_images(folder):
-    folder = Path(folder)
-    paths = sorted(
-        str(p) for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+    from .io import list_images
+
+    paths = list_images(folder)
     if not paths:
         raise CommandError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return paths
