@@ -427,6 +427,68 @@ def check_targets(y, n_samples=None, *, n_classes=None, shapes=None, name="y"):
     return Targets(check_image_labels(y, n_samples, n_classes=n_classes, name=name))
 
 
+#: Names the reports add themselves (segmentation_report's rows), so no class may take them.
+_RESERVED_CLASS_NAMES = ("background", "mean")
+
+
+def check_classes(classes, *, name="classes"):
+    """Validate a ``classes`` parameter: None, or the names of the class columns in order.
+
+    Returns
+    -------
+    names : list of str or None
+    """
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__len__"):
+        raise TypeError(
+            f"{name} must be a sequence of class names, one per class column (column j is "
+            f"mask value j + 1), got {classes!r}"
+        )
+    names = [str(c) for c in classes]
+    if not names:
+        raise ValueError(f"{name} is empty: expected one name per class column")
+    for j, n in enumerate(names):
+        if not n.strip():
+            raise ValueError(f"{name}[{j}] is empty: expected a class name")
+        if n.lower() in _RESERVED_CLASS_NAMES:
+            raise ValueError(
+                f"{name}[{j}] is {n!r}, a name the reports use for their own rows "
+                f"({', '.join(_RESERVED_CLASS_NAMES)}): name the classes 1..K only"
+            )
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"{name}: the name {n!r} is repeated; each class needs its own")
+        seen.add(n)
+    return names
+
+
+def default_class_names(n_classes):
+    """``["class 1", ..., "class K"]``: class column ``j`` is named after its mask value ``j + 1``."""
+    return [f"class {j + 1}" for j in range(n_classes)]
+
+
+def class_names_of(classes, n_classes, y=None):
+    """The names of ``n_classes`` class columns, as an object array (``class_names_``).
+
+    From ``classes`` (checked by :func:`check_classes`) when given, else from
+    the columns of ``y`` when it is a pandas DataFrame of image-level labels,
+    else :func:`default_class_names`.
+    """
+    names = check_classes(classes)
+    if names is None and hasattr(y, "columns") and len(y.columns) == n_classes:
+        names = check_classes(list(y.columns), name="y's columns")
+    if names is None:
+        names = default_class_names(n_classes)
+    if len(names) != n_classes:
+        raise ValueError(
+            f"classes has {len(names)} names but y has {n_classes} classes: give one name per "
+            "class column (column j is mask value j + 1)"
+        )
+    return np.asarray(names, dtype=object)
+
+
 def format_masks(masks, images):
     """Return masks as an ``(n, H, W)`` uint8 array when ``images`` came as one array, else a list."""
     if getattr(images, "from_array", False):

@@ -17,7 +17,7 @@ from ._torch_estimator import (
     module_type,
 )
 from ._device import autocast
-from ._validation import check_images, check_targets
+from ._validation import check_classes, check_images, check_targets, class_names_of
 
 __all__ = ["CAMClassifier"]
 
@@ -99,11 +99,21 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         fitted weights it starts from: the finished checkpoint of the fit
         that gave those weights is replaced by it, and an interrupted
         warm-started fit resumes from it.
+    classes : sequence of str or None, default=None
+        Names of the class columns, in order (column ``j`` is mask value
+        ``j + 1``; for a VOC set, ``load_voc(...).class_names``). Their
+        number fixes the number of classes, also when ``y`` holds masks.
+        None: the columns of ``y`` when it is a pandas DataFrame, else
+        ``"class 1"``, ``"class 2"``, ... Only names: training ignores them.
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
         Class columns ``0 .. n_classes - 1`` (column ``j`` is mask value ``j + 1``).
+    class_names_ : ndarray of shape (n_classes,), object
+        Name of each class column (see ``classes``), for reports and plots:
+        ``segmentation_report(..., class_names=cam.class_names_)``,
+        ``plot_cams(record, class_names=cam.class_names_)``.
     n_classes_ : int
     network_ : sklearn_psa.nn.heads.Network
         The trained network (backbone + :class:`~sklearn_psa.nn.heads.CAMHead`).
@@ -168,6 +178,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         "backbone_options": [dict, None],
         "warm_start": ["boolean"],
         "checkpoint": [str, os.PathLike, None],
+        "classes": [None, "array-like"],
     }
 
     def __init__(
@@ -188,6 +199,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         backbone_options=None,
         warm_start=False,
         checkpoint=None,
+        classes=None,
     ):
         self.backbone = backbone
         self.pretrained = pretrained
@@ -205,6 +217,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         self.backbone_options = backbone_options
         self.warm_start = warm_start
         self.checkpoint = checkpoint
+        self.classes = classes
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -243,7 +256,8 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         from ._training import weights_hash
 
         params = {k: v for k, v in self.get_params().items()
-                  if k not in ("verbose", "device", "checkpoint", "warm_start", "threshold", "scales", "flip")}
+                  if k not in ("verbose", "device", "checkpoint", "warm_start", "threshold", "scales", "flip",
+                               "classes")}
         params["backbone"], params["pretrained"], params["backbone_options"] = self._resolved_backbone()
         params["backbone"] = params["backbone"] if isinstance(params["backbone"], str) else repr(params["backbone"])
         if start is not None:
@@ -257,7 +271,15 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
 
         return F.multilabel_soft_margin_loss(net(batch["image"]).float(), batch["labels"])
 
-    def _fit(self, images, labels):
+    def _check_fit_input(self, X, y):
+        """``(images, labels, class names)`` of ``fit``'s ``X`` and ``y``."""
+        images = check_images(X)
+        classes = check_classes(self.classes)
+        targets = check_targets(y, len(images), shapes=images.shapes,
+                                n_classes=None if classes is None else len(classes))
+        return images, targets.labels, class_names_of(classes, targets.labels.shape[1], y)
+
+    def _fit(self, images, labels, class_names):
         from ._training import Augmentation, ImageSamples, TrainConfig, train
 
         self._checked_scales()
@@ -306,6 +328,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         previous = list(getattr(self, "loss_curve_", [])) if reuse else []
         self.network_ = net
         self.classes_ = np.arange(n_classes)
+        self.class_names_ = class_names
         self.n_classes_ = n_classes
         self.loss_curve_ = previous + list(result.history)
         self.epoch_seconds_ = list(result.epoch_seconds)
@@ -327,9 +350,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         -------
         self : CAMClassifier
         """
-        images = check_images(X)
-        targets = check_targets(y, len(images), shapes=images.shapes)
-        return self._fit(images, targets.labels)
+        return self._fit(*self._check_fit_input(X, y))
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit_transform(self, X, y, **fit_params):
@@ -347,10 +368,9 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         -------
         records : sklearn_psa.records.Records
         """
-        images = check_images(X)
-        targets = check_targets(y, len(images), shapes=images.shapes)
-        self._fit(images, targets.labels)
-        return self._records(images, targets.labels)
+        images, labels, class_names = self._check_fit_input(X, y)
+        self._fit(images, labels, class_names)
+        return self._records(images, labels)
 
     # ------------------------------------------------------------------ inference
 

@@ -303,11 +303,13 @@ def _check_feature_affinity(affinity):
         raise CommandError(f"--affinity features: {exc}") from exc
 
 
-def _make_estimator(args):
-    """The unfitted PSASegmenter of ``sklearn-psa fit``'s options."""
+def _make_estimator(args, classes=None):
+    """The unfitted PSASegmenter of ``sklearn-psa fit``'s options (``classes``: the data's
+    class names)."""
     from .segmenter import PSASegmenter
 
     params = dict(
+        classes=classes,
         backbone=args.backbone,
         supervision=args.supervision,
         device=args.device or "auto",
@@ -337,7 +339,7 @@ def cmd_fit(args):
     _check_folder(args.pseudo_labels, "--pseudo-labels")
     data = load_data(args.data, labels=args.labels, masks=args.masks, split=args.split,
                      need_masks=args.supervision == "pixel")
-    model = _make_estimator(args)
+    model = _make_estimator(args, classes=data["class_names"])
     if args.affinity == "features" and args.supervision == "image":
         _check_feature_affinity(model.affinity)
     y = data["masks"] if args.supervision == "pixel" else data["labels"]
@@ -405,6 +407,13 @@ def cmd_evaluate(args):
         true_dir = Path(args.truth)
     if not true_dir.is_dir():
         raise CommandError(f"{true_dir}: no such folder of true masks")
+    if args.model is not None:
+        model = _load_model(args.model)
+        names = getattr(model, "class_names_", None)
+        if names is None:  # not fitted: its classes parameter, where set
+            names = model.get_params(deep=False).get("classes")
+        if names is not None:
+            class_names = [str(n) for n in names]
     if args.labels is not None:
         class_names = _read_label_csv_header(args.labels)
     if args.class_names is not None:
@@ -537,6 +546,7 @@ def build_parser():
     )
     p.add_argument("predictions", help="folder of predicted masks <image id>.png")
     p.add_argument("truth", help="folder of true masks, or a VOC devkit folder")
+    p.add_argument("--model", help="a model written by 'sklearn-psa fit': its class names")
     p.add_argument("--labels", help="CSV whose header names the classes")
     p.add_argument("--class-names", help="comma-separated class names (1..K)")
     p.add_argument("--output", help="also write the report to this file")

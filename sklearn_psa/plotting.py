@@ -91,7 +91,9 @@ def plot_cams(record, *, class_names=None, background_alpha=None, axes=None, cma
         One record (e.g. ``records[0]``) of the Records from
         :meth:`CAMClassifier.transform` or ``fit_transform``.
     class_names : sequence of str, optional
-        Names of all class columns (default ``"class j"``).
+        Names of all class columns, such as a fitted estimator's
+        ``class_names_`` (default: ``"class k"`` for column ``k - 1``, named
+        after its mask value ``k`` as in the reports).
     background_alpha : float, optional
         Also draw the background CAM with this exponent (non-negative).
     axes : array of matplotlib Axes, optional
@@ -141,7 +143,7 @@ def plot_cams(record, *, class_names=None, background_alpha=None, axes=None, cma
         ax = axes[1 + k]
         ax.imshow(image)
         ax.imshow(record.cams[k], cmap=cmap, alpha=overlay, vmin=0, vmax=1)
-        ax.set_title(class_names[c] if class_names is not None else f"class {int(c)}")
+        ax.set_title(class_names[c] if class_names is not None else f"class {int(c) + 1}")
     if background_alpha is not None:
         top = record.cams.max(0) if len(labels) else np.zeros(record.shape, np.float32)
         ax = axes[-1]

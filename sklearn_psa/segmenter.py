@@ -25,9 +25,12 @@ from ._torch_estimator import (
 from ._device import autocast
 from ._validation import (
     IGNORE_INDEX,
+    check_classes,
     check_images,
     check_score_masks,
     check_targets,
+    class_names_of,
+    default_class_names,
     format_masks,
 )
 
@@ -175,11 +178,23 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         train again on resume (or load from ``memory``), so resuming needs
         them to give the same masks: set ``random_state`` (a warning says so
         otherwise); on a GPU, ``memory`` keeps the fitted steps themselves.
+    classes : sequence of str or None, default=None
+        Names of the class columns, in order (column ``j`` is mask value
+        ``j + 1``; for a VOC set, ``load_voc(...).class_names``). Their
+        number fixes the number of classes, also when ``y`` holds masks.
+        None: the columns of ``y`` when it is a pandas DataFrame, else
+        ``"class 1"``, ``"class 2"``, ... A CAM step whose own ``classes``
+        is None takes the same names.
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
         Class columns ``0 .. n_classes - 1`` (column ``j`` is mask value ``j + 1``).
+    class_names_ : ndarray of shape (n_classes,), object
+        Name of each class column (see ``classes``): what ``sklearn-psa
+        evaluate --model``, ``segmentation_report(...,
+        class_names=seg.class_names_)`` and ``plot_cams(...,
+        class_names=seg.class_names_)`` print.
     n_classes_ : int
     network_ : sklearn_psa.nn.heads.Network
         The segmentation network (backbone + ASPP head), ``n_classes + 1`` outputs.
@@ -254,6 +269,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "checkpoint": [str, os.PathLike, None],
+        "classes": [None, "array-like"],
     }
 
     def __init__(
@@ -282,6 +298,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         random_state=None,
         verbose=0,
         checkpoint=None,
+        classes=None,
     ):
         self.cam = cam
         self.affinity = affinity
@@ -306,6 +323,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.checkpoint = checkpoint
+        self.classes = classes
 
     # ------------------------------------------------------------------ steps and parameters
 
@@ -429,7 +447,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
 
-    def _fit_records(self, X, labels, steps=("cam", "affinity")):
+    def _fit_records(self, X, labels, steps=("cam", "affinity"), classes=None):
         """Fit the CAM (and affinity) steps; return (records, fitted steps...).
 
         The records hold the training images' CAMs (of their true classes) and
@@ -438,14 +456,19 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         (the CAM step's entry is the same whether or not the affinity step
         follows it). ``X`` is passed as the caller gave it (an array or a
         list), so that the entries are those a ``Pipeline(memory=...)`` of the
-        same steps fitted on ``(X, labels)`` writes and reads.
+        same steps fitted on ``(X, labels)`` writes and reads. ``classes``
+        (names other than the defaults) go to a CAM step whose own are None.
         """
         from sklearn.pipeline import Pipeline
 
+        fitted = [(name, self._step(name)) for name in steps]
+        for name, step in fitted:
+            if (classes is not None and name == "cam" and hasattr(step, "get_params")
+                    and "classes" in step.get_params(deep=False) and step.classes is None):
+                step.set_params(classes=list(classes))
         # A Pipeline ending in "passthrough": fit_transform fits (or loads from
         # ``memory``) the steps and returns their records.
-        pipe = Pipeline([(name, self._step(name)) for name in steps]
-                        + [("records", "passthrough")], memory=self.memory)
+        pipe = Pipeline(fitted + [("records", "passthrough")], memory=self.memory)
         records = pipe.fit_transform(X, labels)
         return (records,) + tuple(pipe.named_steps[name] for name in steps)
 
@@ -605,13 +628,20 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         self : PSASegmenter
         """
         images = check_images(X)
-        targets = check_targets(y, len(images), shapes=images.shapes)
+        classes = check_classes(self.classes)
+        targets = check_targets(y, len(images), shapes=images.shapes,
+                                n_classes=None if classes is None else len(classes))
+        labels = targets.labels
+        n_classes = labels.shape[1]
+        class_names = class_names_of(classes, n_classes, y)
+        # names of the user's (classes, DataFrame columns) reach the CAM step; default
+        # ones do not, so that its cache entry is a Pipeline's of the same steps
+        step_classes = (None if list(class_names) == default_class_names(n_classes)
+                        else list(class_names))
         if self.supervision == "pixel":
             self._check_before_training(("cam",) if self._from_cam() else ())
         else:
             self._check_before_training(_STEPS)
-        labels = targets.labels
-        n_classes = labels.shape[1]
         steps_X = X if isinstance(X, (np.ndarray, list, tuple)) else images
         for name in ("cam_", "affinity_", "refiner_", "pseudo_labels_", "pseudo_label_names_"):
             self.__dict__.pop(name, None)
@@ -623,9 +653,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                 )
             masks = targets.masks
             if self._from_cam():
-                _, self.cam_ = self._fit_records(steps_X, labels, steps=("cam",))
+                _, self.cam_ = self._fit_records(steps_X, labels, steps=("cam",),
+                                                 classes=step_classes)
         else:
-            records, self.cam_, self.affinity_ = self._fit_records(steps_X, labels)
+            records, self.cam_, self.affinity_ = self._fit_records(steps_X, labels,
+                                                                   classes=step_classes)
             self.refiner_ = self._step("refiner").fit(records)
             masks = list(self.refiner_.predict(records))
             del records
@@ -633,6 +665,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             self.pseudo_label_names_ = _image_names(images)
         self.network_, result = self._train_network(images, masks, n_classes)
         self.classes_ = np.arange(n_classes)
+        self.class_names_ = class_names
         self.n_classes_ = n_classes
         self.loss_curve_ = list(result.history)
         self.epoch_seconds_ = list(result.epoch_seconds)

@@ -176,7 +176,7 @@ def test_evaluate_needs_a_truth_for_each_prediction(folder, tmp_path, capsys):
     assert "1 of 1 true masks are missing" in capsys.readouterr().err
 
 
-def test_fit_image_and_pixel_supervision(folder, tmp_path):
+def test_fit_image_and_pixel_supervision(folder, tmp_path, capsys):
     model, pseudo = tmp_path / "m.joblib", tmp_path / "pseudo"
     pseudo.mkdir()
     save_mask(pseudo / "img0.png", np.full((8, 8), 3, np.uint8))  # left by an earlier fit
@@ -186,6 +186,11 @@ def test_fit_image_and_pixel_supervision(folder, tmp_path):
     assert code == 0
     fitted = joblib.load(model)
     assert fitted.cam_.max_epochs == 1 and fitted.n_classes_ == 4
+    assert list(fitted.class_names_) == CLASSES  # the CSV header's
+    capsys.readouterr()
+    assert main(["evaluate", str(pseudo), str(folder / "masks"), "--model", str(model)]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"\n{name} " in printed for name in CLASSES)
     assert sorted(p.stem for p in pseudo.glob("*.png")) == [f"img{i}" for i in range(6)]
     for i in range(6):  # this model's masks, the stale one replaced
         np.testing.assert_array_equal(load_mask(pseudo / f"img{i}.png"), fitted.pseudo_labels_[i])

@@ -121,6 +121,16 @@ def test_plot_cams_checks_the_record_and_its_options(plt):
         plotting.plot_cams(r, axes=[])
 
 
+def test_plot_cams_numbers_classes_by_their_mask_value(plt):
+    """Class column 1 is mask value 2: "class 2", as in the reports (it said "class 1")."""
+    from sklearn_psa.records import Record
+
+    r = Record(np.zeros((8, 8, 3), np.uint8), [0, 2], np.zeros((2, 8, 8)))
+    assert [ax.get_title() for ax in plotting.plot_cams(r)] == ["image", "class 1", "class 3"]
+    names = np.array(["cat", "dog", "cow"], dtype=object)  # a fitted class_names_
+    assert [ax.get_title() for ax in plotting.plot_cams(r, class_names=names)][1:] == ["cat", "cow"]
+
+
 def test_plot_synthesized_checks_masks_against_records(plt):
     _, recs, masks = _shapes_records()
     with pytest.raises(ValueError, match="masks has 2 masks but records has 3 records"):

@@ -452,6 +452,24 @@ def test_pseudo_label_names_from_image_files(shapes, tmp_path):
     assert _image_names(clash) == ["000000", "000001", "000002"]
 
 
+def test_class_names_are_kept_and_fix_the_number_of_classes(fitted, shapes):
+    X, Y, masks = shapes
+    assert list(fitted.class_names_) == ["class 1", "class 2", "class 3", "class 4"]
+    assert list(fitted.cam_.class_names_) == list(fitted.class_names_)
+    # names given: the segmenter and its CAM step keep them; with masks whose images lack
+    # the last class, the names still say there are four classes
+    names = ["disc", "square", "triangle", "cross"]
+    few = [np.where(m == 4, 0, m).astype(np.uint8) for m in masks[:6]]
+    seg = tiny_segmenter(classes=names).set_params(max_epochs=0, cam__max_epochs=1,
+                                                    affinity__max_epochs=0)
+    seg.fit(X[:6], few)
+    assert list(seg.class_names_) == names and list(seg.cam_.class_names_) == names
+    assert seg.n_classes_ == seg.cam_.n_classes_ == 4
+    assert seg.classes is names and seg.cam.classes is None  # parameters untouched
+    with pytest.raises(ValueError, match="expected 3"):
+        tiny_segmenter(classes=names[:3]).fit(X[:6], Y[:6])
+
+
 def test_pickle_round_trip(fitted, shapes):
     X, _, _ = shapes
     restored = pickle.loads(pickle.dumps(fitted))

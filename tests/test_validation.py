@@ -582,3 +582,28 @@ def test_check_score_masks_refuses_image_level_labels_in_every_form():
         check_score_masks(np.zeros((3, 2), np.uint8), 1, shapes=[(3, 2)])
     with pytest.raises(ValueError, match="masks but X has 2 images"):
         check_score_masks(masks, 2)
+
+
+def test_class_names_come_from_classes_a_dataframe_or_the_mask_values():
+    from sklearn_psa._validation import check_classes, class_names_of
+
+    assert list(class_names_of(None, 3)) == ["class 1", "class 2", "class 3"]
+    assert list(class_names_of(("cat", "dog"), 2)) == ["cat", "dog"]
+
+
+    class Frame:  # what is read of a pandas DataFrame of labels (pandas is not a dependency)
+        columns = ["cat", "dog"]
+
+    Y = Frame()
+    assert list(class_names_of(None, 2, Y)) == ["cat", "dog"]
+    assert list(class_names_of(["a", "b"], 2, Y)) == ["a", "b"]  # the parameter wins
+    with pytest.raises(ValueError, match="classes has 2 names but y has 3 classes"):
+        class_names_of(["a", "b"], 3)
+    with pytest.raises(TypeError, match="sequence of class names"):
+        check_classes("cat")
+    with pytest.raises(ValueError, match="'dog' is repeated"):
+        check_classes(["dog", "cat", "dog"])
+    with pytest.raises(ValueError, match=r"classes\[1\] is 'background', a name the reports use"):
+        check_classes(["cat", "background"])
+    with pytest.raises(ValueError, match="empty"):
+        check_classes([])
