@@ -317,8 +317,6 @@ def _make_estimator(args, classes=None):
         verbose=0 if args.quiet else 1,
         memory=args.memory,
     )
-    if args.max_epochs is not None:
-        params["max_epochs"] = args.max_epochs
     model = PSASegmenter(**params)  # its backbone is the CAM and affinity steps' too
     if args.affinity == "features":
         from .feature_affinity import FeatureAffinity
@@ -326,10 +324,39 @@ def _make_estimator(args, classes=None):
         # its own pretrained backbone; the command's device and progress, as the other steps
         model.set_params(affinity=FeatureAffinity(device=params["device"],
                                                   verbose=params["verbose"]))
+    _set_epochs(model, args)
     try:
         return model.set_params(**dict(args.set))
     except ValueError as exc:  # scikit-learn's message holds a multi-line estimator repr
         raise CommandError(f"--set: {' '.join(str(exc).split())}") from exc
+
+
+def _set_epochs(model, args):
+    """Each network's epochs: its per-step option, else its default times ``--epoch-scale``
+    (at least 1). ``--set`` comes after and wins."""
+    features = args.affinity == "features"
+    if features and args.affinity_epochs is not None:
+        raise CommandError("--affinity-epochs: --affinity features trains no network")
+    for key, given in (("cam__max_epochs", args.cam_epochs),
+                       ("affinity__max_epochs", args.affinity_epochs),
+                       ("max_epochs", args.max_epochs)):
+        if key == "affinity__max_epochs" and features:
+            continue
+        if given is None and args.epoch_scale is not None:
+            given = max(1, round(model.get_params()[key] * args.epoch_scale))
+        if given is not None:
+            model.set_params(**{key: given})
+
+
+def _positive_float(text):
+    """argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
 
 
 def cmd_fit(args):
@@ -506,8 +533,16 @@ def build_parser():
                         "paper); features: FeatureAffinity, the distance between EfficientNet-"
                         "Lite0's ImageNet features, no training (needs the pretrained extra; "
                         "tune the walk with --set refiner__beta=...)")
-    p.add_argument("--max-epochs", type=_positive_int, default=None,
-                   help="epochs of the segmentation network")
+    p.add_argument("--epoch-scale", type=_positive_float, default=None, metavar="FACTOR",
+                   help="multiply the default epochs of all three networks (CAM classifier, "
+                        "AffinityNet, segmentation network) by FACTOR, at least 1 each: 0.1 "
+                        "for a quick look, 2 for longer training")
+    p.add_argument("--cam-epochs", type=_positive_int, default=None,
+                   help="epochs of the CAM classifier (overrides --epoch-scale)")
+    p.add_argument("--affinity-epochs", type=_positive_int, default=None,
+                   help="epochs of AffinityNet (overrides --epoch-scale)")
+    p.add_argument("--max-epochs", "--seg-epochs", type=_positive_int, default=None,
+                   help="epochs of the segmentation network (overrides --epoch-scale)")
     p.add_argument("--memory", default=None,
                    help="cache folder for the CAM and affinity steps (reused by later fits)")
     p.add_argument("--pseudo-labels", default=None,

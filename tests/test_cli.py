@@ -14,7 +14,7 @@ from PIL import Image
 from sklearn_psa import PSASegmenter
 from sklearn_psa._demo import format_report, run_demo
 from sklearn_psa._device import resolve_device
-from sklearn_psa.cli import _make_estimator, build_parser, main
+from sklearn_psa.cli import CommandError, _make_estimator, build_parser, main
 from sklearn_psa.datasets import make_shapes
 from sklearn_psa.io import load_mask, save_mask
 from sklearn_psa.metrics import segmentation_report
@@ -386,6 +386,44 @@ def test_feature_affinity_gets_the_command_device_and_verbosity():
     affinity = _make_estimator(build_parser().parse_args(fit)).affinity
     assert affinity.device == "cpu" and affinity.verbose == 1
     assert _make_estimator(build_parser().parse_args(fit + ["-q"])).affinity.verbose == 0
+
+
+def test_one_option_scales_every_network_s_epochs_and_each_has_its_own():
+    from sklearn_psa import AffinityEstimator, CAMClassifier
+
+    def epochs(*options):
+        args = build_parser().parse_args(["fit", "data", "--model", "m", *options])
+        params = _make_estimator(args).get_params()
+        return params["cam__max_epochs"], params["affinity__max_epochs"], params["max_epochs"]
+
+    defaults = (CAMClassifier().max_epochs, AffinityEstimator().max_epochs,
+                PSASegmenter().max_epochs)
+    assert epochs() == defaults
+    assert epochs("--epoch-scale", "0.5") == tuple(max(1, round(n * 0.5)) for n in defaults)
+    assert epochs("--epoch-scale", "0.001") == (1, 1, 1)
+    assert epochs("--epoch-scale", "2", "--cam-epochs", "3", "--seg-epochs", "4") == (
+        3, defaults[1] * 2, 4)
+    assert epochs("--affinity-epochs", "5", "--max-epochs", "6") == (defaults[0], 5, 6)
+    assert epochs("--epoch-scale", "2", "--set", "cam__max_epochs=7")[0] == 7  # --set wins
+    with pytest.raises(SystemExit):
+        epochs("--epoch-scale", "0")
+    with pytest.raises(CommandError, match="trains no network"):
+        epochs("--affinity", "features", "--affinity-epochs", "2")
+
+
+def test_fit_says_what_it_chose_before_training(folder, tmp_path, capsys):
+    assert main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
+                 "--model", str(tmp_path / "m.joblib"), "--device", "cpu", "--seg-epochs", "1"]
+                + TINY) == 0
+    err = capsys.readouterr().err
+    plan = ["PSASegmenter: 4 stages on 6 images (image-level labels)",
+            "1/4 CAM classifier: tiny backbone from scratch, 1 epoch, on cpu",
+            "2/4 AffinityNet: tiny backbone from scratch, 1 epoch, on cpu",
+            "4/4 segmentation network on the synthesized masks: the fitted CAM classifier's "
+            "backbone, 1 epoch, on cpu", "[1/4] CAM classifier"]
+    at = [err.find(line) for line in plan]
+    assert -1 not in at and at == sorted(at), err
+    assert at[-1] < err.find("CAMClassifier: ")  # before the first network trains
 
 
 def test_python_dash_m():
