@@ -20,6 +20,7 @@ _LAZY = {
     "PSASegmenter": "segmenter",
     "random_walk": "walk",
     "neighbor_offsets": "walk",
+    "transition_matrix": "walk",
     "dense_crf": "crf",
     "DenseCRF": "crf",
     "Record": "records",
