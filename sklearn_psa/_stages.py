@@ -110,4 +110,5 @@ class StageLog:
 
     def done(self):
         if self.verbose:
-            self._print(f"done: {len(self.stages)} stages in {self._elapsed()}")
+            n = len(self.stages)
+            self._print(f"done: {n} stage{'' if n == 1 else 's'} in {self._elapsed()}")

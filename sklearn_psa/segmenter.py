@@ -502,7 +502,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         stages.append((_STAGE_NAMES["network"],
                        f"segmentation network on {on}: {network}, {epochs(self.max_epochs)}, "
                        f"on {self._fit_device()}"))
-        title = (f"PSASegmenter: {len(stages)} stages on {n_images} images "
+        title = (f"PSASegmenter: {len(stages)} stage{'' if len(stages) == 1 else 's'} on "
+                 f"{n_images} images "
                  f"({self.supervision}-level labels)")
         if self.memory is not None and steps:
             title += "; memory: fitted steps load from the cache"

@@ -489,6 +489,12 @@ def test_verbose_fit_says_its_plan_and_each_stage(shapes, capsys):
     tiny_segmenter(supervision="pixel").set_params(max_epochs=0, cam__max_epochs=1).fit(
         X[:6], masks[:6])
     assert capsys.readouterr().err == ""  # verbose=0: silent
+    tiny_segmenter(supervision="pixel", init="scratch", verbose=1).set_params(
+        max_epochs=0).fit(X[:6], masks[:6])
+    err = capsys.readouterr().err
+    assert err.startswith("PSASegmenter: 1 stage on 6 images (pixel-level labels)\n"
+                          "  1/1 segmentation network on the true masks: tiny backbone from "
+                          "scratch, 0 epochs, on cpu\n[1/1] segmentation network"), err
 
 
 def test_the_plan_names_what_auto_resolved_to(monkeypatch):
