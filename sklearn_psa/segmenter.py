@@ -174,7 +174,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         Seeds the segmentation network (initial weights, data order,
         augmentation) and the default-made steps.
     verbose : int, default=0
-        Progress bars when > 0.
+        0: silent. 1: ``fit`` first prints its plan to stderr (each stage
+        with the backbone ``"auto"`` resolved to, its weights, epochs and
+        device), then a line as each stage starts, with the time so far,
+        above the steps' progress bars (erased when done). 2: the bars stay.
+        Default-made steps take it.
     checkpoint : str, path or None, default=None
         Checkpoint file of the segmentation network's training (written after
         every epoch; an interrupted fit resumes from it). The steps before it
