@@ -9,14 +9,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._torch_estimator import (
-    TorchEstimatorMixin,
-    device_type,
-    images_to_tensor,
-    iter_image_batches,
-    module_type,
-)
-from ._device import autocast
+from ._cam_maps import checked_scales, multiscale_cams, sigmoid
+from ._torch_estimator import TorchEstimatorMixin, device_type, module_type
 from ._validation import check_classes, check_images, check_targets, class_names_of
 
 __all__ = ["CAMClassifier"]
@@ -229,13 +223,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
     # ------------------------------------------------------------------ fitting
 
     def _checked_scales(self):
-        try:
-            scales = tuple(float(s) for s in np.asarray(self.scales, dtype=float).ravel())
-        except (TypeError, ValueError):
-            scales = ()
-        if not scales or not all(np.isfinite(s) and s > 0 for s in scales):
-            raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {self.scales!r}")
-        return scales
+        return checked_scales(self.scales)
 
     def _build_network(self, n_classes, seed):
         from .nn import make_backbone
@@ -379,56 +367,11 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
 
         ``labels`` None means the predicted classes.
         """
-        import torch
-        from torch.nn import functional as F
-
-        from ._training import progress
-
-        net = self._network()
-        device = next(net.parameters()).device
-        scales = self._checked_scales() if cams else (1.0,)
-        n = len(images)
-        logits = np.zeros((n, self.n_classes_), np.float32)
-        out = [None] * n
-        bar = progress(verbose=self.verbose, desc="CAMClassifier " + ("CAMs" if cams else "scores"), total=n)
-        with torch.inference_mode(), autocast(device), bar:
-            for idx in iter_image_batches(images.shapes, self.batch_size):
-                x = images_to_tensor([images[i] for i in idx], device)
-                N, _, H, W = x.shape
-                total = None
-                have_logits = False
-                for s in scales:
-                    xs = x
-                    if s != 1.0:
-                        size = (max(1, round(H * s)), max(1, round(W * s)))
-                        xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-                    if cams and self.flip:
-                        xs = torch.cat([xs, xs.flip(-1)])
-                    feats = net.features(xs)
-                    if s == 1.0 and not have_logits:
-                        logits[idx] = net.head(tuple(f[:N] for f in feats)).float().cpu().numpy()
-                        have_logits = True
-                    if not cams:
-                        continue
-                    maps = net.head.cams(feats).float()
-                    maps = F.interpolate(maps, size=(H, W), mode="bilinear", align_corners=False)
-                    if self.flip:
-                        maps = maps[:N] + maps[N:].flip(-1)
-                    total = maps if total is None else total + maps
-                bar.update(len(idx))
-                if not cams:
-                    continue
-                if not have_logits:  # scales without 1.0: logits from a plain pass
-                    logits[idx] = net(x).float().cpu().numpy()
-                total = total / (total.amax(dim=(2, 3), keepdim=True) + 1e-5)
-                total = total.cpu().numpy()
-                for j, i in enumerate(idx):
-                    if labels is None:
-                        present = np.flatnonzero(_sigmoid(logits[i]) >= self.threshold)
-                    else:
-                        present = np.flatnonzero(labels[i])
-                    out[i] = (present, np.ascontiguousarray(total[j, present], dtype=np.float32))
-        return logits, out
+        return multiscale_cams(
+            self._network(), images, n_classes=self.n_classes_,
+            scales=self._checked_scales() if cams else (1.0,), flip=self.flip,
+            threshold=self.threshold, batch_size=self.batch_size, verbose=self.verbose,
+            desc="CAMClassifier " + ("CAMs" if cams else "scores"), labels=labels, cams=cams)
 
     def _records(self, images, labels=None):
         from .records import Record, Records
@@ -472,7 +415,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         -------
         proba : ndarray of shape (n, n_classes)
         """
-        return _sigmoid(self.decision_function(X))
+        return sigmoid(self.decision_function(X))
 
     def predict(self, X):
         """Image-level labels: 1 where ``predict_proba >= threshold``.
@@ -533,7 +476,3 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         images = check_images(X)
         labels = check_targets(y, len(images), n_classes=self.n_classes_).labels
         return accuracy_score(labels, self.predict(images), sample_weight=sample_weight)
-
-
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
