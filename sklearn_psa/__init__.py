@@ -14,6 +14,7 @@ __version__ = "0.1.0.dev0"
 
 _LAZY = {
     "CAMClassifier": "cam",
+    "ClassifierCAM": "classifier_cam",
     "AffinityEstimator": "affinity",
     "FeatureAffinity": "feature_affinity",
     "RandomWalkRefiner": "walk",

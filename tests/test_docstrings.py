@@ -9,7 +9,8 @@ import importlib
 
 import pytest
 
-MODULES = ["records", "walk", "cam", "affinity", "feature_affinity", "segmenter", "exceptions"]
+MODULES = ["records", "walk", "cam", "classifier_cam", "affinity", "feature_affinity", "segmenter",
+           "exceptions"]
 
 
 @pytest.mark.parametrize("name", MODULES)
