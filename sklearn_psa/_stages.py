@@ -55,6 +55,9 @@ def describe_step(name, step):
         walk = ", ".join(f"{k} {params[k]}" for k in ("alpha", "beta", "t") if k in params)
         return f"{kind}: random walk ({walk}) on {_device(step)}"
     title = {"CAMClassifier": "CAM classifier", "AffinityEstimator": "AffinityNet"}.get(kind, kind)
+    if "max_epochs" not in params and "feature_layer" in params:  # ClassifierCAM
+        return (f"{title}: the given classifier's {params['feature_layer']!r} and "
+                f"{params.get('linear_layer')!r} layers, nothing trained, on {_device(step)}")
     if "max_epochs" not in params:  # nothing trained (FeatureAffinity)
         backbone = describe_network(params.get("backbone"), params.get("pretrained"),
                                     params.get("backbone_options"))

@@ -591,12 +591,19 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         self._crf_options()
         self._checked_scale_range()
         checks = [(f"{name}__", self._step(name)) for name in steps]
+        cam = dict(checks).get("cam__")
+        if self._from_cam() and cam is not None and "backbone" not in cam.get_params(deep=False):
+            raise ValueError(
+                f"init='cam' starts the segmentation network from the CAM step's backbone, and "
+                f"the cam step, {type(cam).__name__}, has no backbone of ours: use "
+                "init='scratch' (the network then builds `backbone`)"
+            )
         if not self._from_cam():
             checks.append(("", self))
         for prefix, est in checks:
             if est is not self and hasattr(est, "_validate_params"):
                 est._validate_params()
-            if hasattr(est, "_resolved_backbone"):
+            if hasattr(est, "_resolved_backbone") and "backbone" in est.get_params(deep=False):
                 est._resolved_backbone()  # "auto" with weights or options given
             weights = est.get_params(deep=False).get("pretrained") if hasattr(est, "get_params") else None
             if isinstance(weights, (str, os.PathLike)) and not os.path.isfile(weights):

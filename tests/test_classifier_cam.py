@@ -138,3 +138,19 @@ def test_param_checks_of_scikit_learn():
 
     for check in (check_get_params_invariance, check_no_attributes_set_in_init, check_set_params):
         check("ClassifierCAM", cam_of(Classifier()))
+
+
+def test_as_the_cam_step_of_a_segmenter(data, capsys):
+    from sklearn_psa import PSASegmenter
+
+    X, Y, _ = data
+    seg = PSASegmenter(cam=cam_of(Classifier()), backbone="tiny", max_epochs=1, device="cpu",
+                       random_state=0, verbose=1)
+    seg.set_params(affinity__max_epochs=1, affinity__crf=False, affinity__crop_size=32)
+    with pytest.raises(ValueError, match="init='cam' starts the segmentation network from the "
+                                         "CAM step's backbone, and the cam step, ClassifierCAM"):
+        seg.fit(X, Y)
+    seg.set_params(init="scratch").fit(X, Y)
+    assert seg.predict(X[:2]).shape == (2, 32, 32)
+    assert ("1/4 ClassifierCAM: the given classifier's 'body' and 'fc' layers, nothing trained"
+            in capsys.readouterr().err)
