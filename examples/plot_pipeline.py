@@ -29,9 +29,9 @@ at to ``--output`` (default ``gallery/plot_pipeline``): ``cams.png`` (CAMs), ``f
 # %%
 # Data: objects whose class shows only in a small part
 # ----------------------------------------------------
-# :func:`~sklearn_psa.datasets.make_shapes` draws striped bodies that look alike for every
-# class, each carrying a small class-specific part, on cluttered backgrounds. The training
-# labels ``Y`` say only which classes each image holds.
+# :func:`~sklearn_psa.datasets.make_shapes` draws textured bodies, each carrying a small
+# class-specific part (the body's look says a little about the class too), on cluttered
+# backgrounds. The training labels ``Y`` say only which classes each image holds.
 import argparse
 import tempfile
 from pathlib import Path
