@@ -32,8 +32,8 @@ import numpy as np
 __all__ = ["ArrayStore", "StoredArray", "StoredArrays", "stored_path", "image_key", "model_key",
            "open_stored", "stored_masks"]
 
-#: Parameters that do not change the arrays a step computes.
-_NOT_IN_KEY = frozenset({"verbose", "device", "n_jobs", "store"})
+#: Parameters that do not change the arrays a step computes (``classes`` only names columns).
+_NOT_IN_KEY = frozenset({"verbose", "device", "n_jobs", "store", "classes"})
 
 
 class StoredArray:

@@ -296,3 +296,19 @@ def test_image_crf_builds_each_image_once_with_the_same_result(monkeypatch, rng)
             np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="backend must be one of"):
         ImageCRF(backend="nope")(image, np.full((2, 20, 28), 0.5, np.float32))
+
+
+def test_segmenter_n_jobs_is_shared_like_its_other_parameters():
+    from sklearn_psa import FeatureAffinity, PSASegmenter
+
+    seg = PSASegmenter(n_jobs=2, backbone="tiny")
+    params = seg.get_params()
+    assert params["affinity__n_jobs"] == 2 and params["refiner__n_jobs"] == 2
+    assert "cam__n_jobs" not in params  # CAMClassifier has none
+    seg.set_params(refiner__beta=4)  # the step is made now
+    seg.set_params(n_jobs=3)  # and follows the segmenter
+    assert seg.refiner.n_jobs == 3 and seg.get_params()["affinity__n_jobs"] == 3
+    seg.set_params(refiner__n_jobs=1, n_jobs=4)  # a step given its own keeps it
+    assert seg.refiner.n_jobs == 1
+    seg = PSASegmenter(affinity=FeatureAffinity(device="cpu"), n_jobs=2)
+    assert "affinity__n_jobs" not in seg.get_params()

@@ -66,6 +66,21 @@ def test_plot_synthesized_draws_every_column():
     assert [ax.get_title() for ax in fig.axes[:5]] == [
         "image", "ground truth", "CAMs", "affinities", "synthesized"]
     plt.close(fig)
+    # with the affinity labels: a column after the CAMs, coloured as the labels on the grid
+    fig = plotting.plot_synthesized(recs, masks, true_masks=masks, label_alphas=(4, 32))
+    assert [ax.get_title() for ax in fig.axes[:6]] == [
+        "image", "ground truth", "CAMs", "affinity labels", "affinities", "synthesized"]
+    from sklearn_psa._affinity_labels import affinity_label_map
+    from sklearn_psa.io import voc_palette
+
+    shown = fig.axes[6 + 3].get_images()[0].get_array()  # second image's labels panel
+    grid = affinity_label_map(recs[1].cams, recs[1].labels, alpha_low=4, alpha_high=32)
+    np.testing.assert_array_equal(shown[0, 0], voc_palette()[grid[0, 0]])
+    np.testing.assert_array_equal(shown[0, -1], voc_palette()[grid[0, -1]])
+    assert grid[0, -1] == 2 and grid[0, 0] == 0
+    plt.close(fig)
+    with pytest.raises(TypeError, match="label_alphas"):
+        plotting.plot_synthesized(recs, masks, label_alphas=4)
     with pytest.raises(ValueError, match="no affinity"):
         plotting.plot_affinity(Records.from_arrays(images[:1], [[0, 0]], [np.zeros((0, 24, 40))])[0])
 
@@ -119,6 +134,16 @@ def test_plot_cams_checks_the_record_and_its_options(plt):
         plotting.plot_cams(r, overlay=3)
     with pytest.raises(ValueError, match="axes: need 2 axes"):
         plotting.plot_cams(r, axes=[])
+
+
+def test_plot_cams_numbers_classes_by_their_mask_value(plt):
+    """Class column 1 is mask value 2: "class 2", as in the reports (it said "class 1")."""
+    from sklearn_psa.records import Record
+
+    r = Record(np.zeros((8, 8, 3), np.uint8), [0, 2], np.zeros((2, 8, 8)))
+    assert [ax.get_title() for ax in plotting.plot_cams(r)] == ["image", "class 1", "class 3"]
+    names = np.array(["cat", "dog", "cow"], dtype=object)  # a fitted class_names_
+    assert [ax.get_title() for ax in plotting.plot_cams(r, class_names=names)][1:] == ["cat", "cow"]
 
 
 def test_plot_synthesized_checks_masks_against_records(plt):
@@ -176,3 +201,19 @@ def test_affinity_map_checks_its_arrays():
         affinity_map(np.zeros((4, 4)), [[0, 1]])
     with pytest.raises(TypeError, match="affinity: expected .* of numbers, got dict"):
         affinity_map({"a": 1}, [[0, 1]])
+
+
+def test_plot_mask_names_the_classes_it_shows(plt):
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:2] = 3
+    mask[4:] = 1
+    mask[7, 7] = 255
+    ax = plotting.plot_mask(np.zeros((8, 8, 3), np.uint8), mask,
+                            class_names=np.array(["cat", "dog", "cow"], dtype=object))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cat", "cow"]
+    assert plotting.plot_mask(np.zeros((8, 8, 3), np.uint8), mask).get_legend() is None
+    with pytest.raises(ValueError, match="mask value 3 is beyond the 2 classes"):
+        plotting.plot_mask(np.zeros((8, 8, 3), np.uint8), mask, class_names=["cat", "dog"])
+    with pytest.raises(ValueError, match="class_names has 3 names but n_classes is 4"):
+        plotting.plot_mask(np.zeros((8, 8, 3), np.uint8), mask, class_names=["a", "b", "c"],
+                           n_classes=4)

@@ -122,8 +122,7 @@ def test_other_models_images_or_classes_do_not_share_arrays(data, fitted_cam, tm
     cam.compute_cams(X[:2], Y[:2])
     calls = _count_cam_images(monkeypatch)
     cam.set_params(flip=False).compute_cams(X[:2], Y[:2])  # another parameter
-    Z = Y[:2].copy()
-    Z[:, 3] = 1
+    Z = 1 - Y[:2]  # each image other classes (whatever make_shapes draws)
     cam.set_params(flip=True).compute_cams(X[:2], Z)  # other classes asked for
     cam.compute_cams(X[2:4], Y[2:4])  # other images
     refit = _cam(store=str(tmp_path), random_state=1).fit(X, Y)  # other weights
@@ -328,3 +327,50 @@ def test_segmenter_keeps_its_pseudo_labels_in_the_affinity_store(data, tmp_path,
         walked.append(len(recs)), iter_predict(self, recs))[1])
     again = segmenter(str(tmp_path)).fit(X, Y)  # same seed, same steps: all in the store
     assert walked == [] and again.pseudo_labels_.paths == stored.pseudo_labels_.paths
+
+
+def test_class_names_do_not_change_the_store_keys(data, fitted_cam, tmp_path):
+    # names only: CAMs stored under one set of names are found under another
+    X, Y, _ = data
+    stored = clone(fitted_cam).set_params(store=str(tmp_path))
+    stored.__dict__.update({k: v for k, v in vars(fitted_cam).items() if k.endswith("_")})
+    stored.compute_cams(X, Y)
+    files = _files(tmp_path, "cams")
+    stored.set_params(classes=["a", "b", "c", "d"]).compute_cams(X, Y)
+    assert _files(tmp_path, "cams") == files
+
+
+def test_classifier_cam_store(data, tmp_path):
+    from torch import nn
+
+    from sklearn_psa import ClassifierCAM
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.body(x).mean(dim=(2, 3)))
+
+    X, Y, _ = data
+    params = dict(feature_layer="body", linear_layer="fc", scales=(1.0, 0.5), device="cpu")
+    import torch
+
+    torch.manual_seed(0)
+    module = Net()
+    want = ClassifierCAM(module, **params).fit_transform(X, Y)
+    cam = ClassifierCAM(module, store=str(tmp_path), **params)
+    got = cam.fit_transform(X, Y)
+    assert len(_files(tmp_path, "cams")) == len(X)
+    for a, b in zip(want, got):
+        assert b.stored and isinstance(b.cams, np.memmap)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.cams, b.cams)
+    again = cam.transform(X)  # the predicted classes: other keys, labels kept beside
+    np.testing.assert_array_equal(
+        np.concatenate([r.labels for r in again]),
+        np.concatenate([r.labels for r in ClassifierCAM(module, **params).fit(X).transform(X)]))
+    assert len(_files(tmp_path, "labels")) == len(X)
+    assert pickle.loads(pickle.dumps(got))[0].stored
