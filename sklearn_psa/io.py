@@ -7,13 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ._model_file import is_model_file, load_model, save_model
+
 __all__ = [
     "atomic_write",
     "dump_model",
     "image_size",
+    "is_model_file",
     "load_image",
     "load_mask",
+    "load_model",
     "save_mask",
+    "save_model",
     "to_rgb",
     "voc_palette",
 ]
@@ -213,7 +218,13 @@ def save_mask(path, mask):
 
 
 def dump_model(model, path):
-    """Pickle ``model`` (e.g. a fitted estimator) to ``path`` with joblib, atomically."""
+    """Pickle ``model`` (e.g. a fitted estimator) to ``path`` with joblib, atomically.
+
+    .. warning:: Loading a pickle (``joblib.load``) runs whatever code the file
+       names: load one only from a source you trust. :func:`save_model` writes
+       a file that holds no code (what ``sklearn-psa fit`` writes and
+       ``predict`` reads); use it to share models.
+    """
     import joblib
 
     with atomic_write(path) as f:
