@@ -230,23 +230,75 @@ def _check_folder(path, option):
         raise CommandError(f"{option} {path}: expected a folder, but {found} is a file")
 
 
-def _load_model(path):
-    import joblib
+def _load_model(path, *, trust_pickle=False):
+    """The fitted PSASegmenter or Pipeline in ``path``: a file of ``sklearn_psa.io.save_model``
+    (holds no code), or with ``trust_pickle`` a joblib pickle."""
+    from .io import is_model_file, load_model
 
     path = Path(path)
     if not path.is_file():
         raise CommandError(f"{path}: no such model file (write one with 'sklearn-psa fit')")
-    try:
-        model = joblib.load(path)
-    except Exception as exc:  # a CSV, an image, a truncated file: whatever unpickling raises
-        raise CommandError(
-            f"{path}: not a model written by 'sklearn-psa fit' (joblib could not read it: "
-            f"{type(exc).__name__}: {exc})"
-        ) from exc
+    if is_model_file(path):
+        try:
+            model = load_model(path)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+    elif not trust_pickle:
+        from ._model_file import _looks_like_pickle
+
+        if _looks_like_pickle(path):
+            raise CommandError(
+                f"{path}: a pickle (joblib) file, which can run any code when loaded: refused. "
+                "If you trust its source, pass --trust-pickle, or convert it once with "
+                "sklearn_psa.io.save_model(joblib.load(path), 'model.psa')"
+            )
+        raise CommandError(f"{path}: not a model written by 'sklearn-psa fit' "
+                           "(or sklearn_psa.io.save_model)")
+    else:
+        import joblib
+
+        try:
+            model = joblib.load(path)
+        except Exception as exc:  # a CSV, an image, a truncated file: whatever unpickling raises
+            raise CommandError(
+                f"{path}: not a model written by 'sklearn-psa fit' (joblib could not read it: "
+                f"{type(exc).__name__}: {exc})"
+            ) from exc
+    from sklearn.pipeline import Pipeline
+    from sklearn.utils.validation import check_is_fitted
+
     from .segmenter import PSASegmenter
 
-    if not isinstance(model, PSASegmenter):
-        raise CommandError(f"{path}: holds a {type(model).__name__}, not a fitted PSASegmenter")
+    if not isinstance(model, (PSASegmenter, Pipeline)) or not hasattr(model, "predict"):
+        raise CommandError(
+            f"{path}: holds a {type(model).__name__}, not a fitted PSASegmenter or Pipeline"
+        )
+    try:
+        check_is_fitted(model)
+    except Exception as exc:
+        raise CommandError(f"{path}: holds an unfitted {type(model).__name__}") from exc
+    return model
+
+
+def _set_predict_options(model, device, crf):
+    """Apply ``--device`` and ``--crf`` to a PSASegmenter or to each step of a Pipeline."""
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(model, Pipeline):
+        params = model.get_params()
+        if crf is not None:
+            raise CommandError(
+                "--crf / --no-crf: the model is a Pipeline, whose masks come from the random "
+                "walk; the dense CRF at prediction belongs to PSASegmenter"
+            )
+        if device is not None:
+            names = [k for k in params if k.endswith("__device") and k.count("__") == 1]
+            model.set_params(**{k: device for k in names})
+        return model
+    if device is not None:
+        model.set_params(device=device)
+    if crf is not None:
+        model.set_params(crf=crf)
     return model
 
 
@@ -324,9 +376,9 @@ def cmd_fit(args):
     print(f"fitting on {len(data['images'])} images from {args.data} "
           f"({args.supervision}-level supervision)", file=sys.stderr)
     model.fit(data["images"], y)
-    from .io import dump_model
+    from .io import save_model
 
-    dump_model(model, args.model)
+    save_model(model, args.model)
     print(f"model written to {args.model}")
     if args.pseudo_labels and args.supervision == "image":
         # this model's masks replace any left there by an earlier fit
@@ -339,11 +391,8 @@ def cmd_predict(args):
     from .io import save_mask
 
     _check_folder(args.output, "--output")
-    model = _load_model(args.model)
-    if args.device is not None:
-        model.set_params(device=args.device)
-    if args.crf is not None:
-        model.set_params(crf=args.crf)
+    model = _set_predict_options(_load_model(args.model, trust_pickle=args.trust_pickle),
+                                 args.device, args.crf)
     data = load_data(args.data, labels=args.labels, split=args.split, need_labels=False)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -457,10 +506,11 @@ def build_parser():
 
     p = sub.add_parser(
         "fit", help="fit a PSASegmenter on a VOC devkit or a folder of images",
-        description="Fit a PSASegmenter and write it to --model (joblib).",
+        description="Fit a PSASegmenter and write it to --model (a model file that holds "
+                    "no code: parameters as JSON, arrays as .npy; see sklearn_psa.io.save_model).",
     )
     p.add_argument("data", help="VOC devkit folder, or a folder of images (with --labels)")
-    p.add_argument("--model", required=True, help="where to write the fitted model (.joblib)")
+    p.add_argument("--model", required=True, help="where to write the fitted model (by convention .psa)")
     p.add_argument("--labels", help="CSV of image labels: 'filename,<class 1>,...' then 0/1 rows")
     p.add_argument("--masks", help="folder of true masks <image id>.png (--supervision pixel)")
     p.add_argument("--split", default="train", help="VOC split (default train)")
@@ -495,7 +545,12 @@ def build_parser():
                     "interrupted run resumes.",
     )
     p.add_argument("data", help="VOC devkit folder, or a folder of images")
-    p.add_argument("--model", required=True, help="a model written by 'sklearn-psa fit'")
+    p.add_argument("--model", required=True,
+                   help="a model written by 'sklearn-psa fit' or sklearn_psa.io.save_model "
+                        "(a fitted PSASegmenter or Pipeline)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="also accept a joblib pickle as --model; loading a pickle runs any "
+                        "code it holds, so only for files from a source you trust")
     p.add_argument("--output", required=True, help="folder for the predicted masks")
     p.add_argument("--labels", help="CSV naming the images to predict (default: all images)")
     p.add_argument("--split", default="val", help="VOC split (default val)")

@@ -16,7 +16,7 @@ from sklearn_psa._demo import format_report, run_demo
 from sklearn_psa._device import resolve_device
 from sklearn_psa.cli import _make_estimator, build_parser, main
 from sklearn_psa.datasets import make_shapes
-from sklearn_psa.io import load_mask, save_mask
+from sklearn_psa.io import load_mask, load_model, save_mask, save_model
 from sklearn_psa.metrics import segmentation_report
 
 CLASSES = ["disc", "square", "triangle", "cross"]
@@ -39,6 +39,13 @@ def demo_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_dir(demo_run):
     return demo_run[0]
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_dir, tmp_path_factory):
+    """The quick demo's model (a joblib pickle), converted to the safe model format."""
+    path = tmp_path_factory.mktemp("model") / "demo.psa"
+    return save_model(joblib.load(demo_dir / "model.joblib"), path)
 
 
 @pytest.fixture(scope="session")
@@ -100,9 +107,9 @@ def test_report_ratio_needs_a_reference_that_scores_a_class():
     assert ratio == pytest.approx(0.375 / 1.0) and "supervised mIoU: **38%**" in text
 
 
-def test_predict_writes_masks_and_resumes(demo_dir, folder, tmp_path, capsys):
+def test_predict_writes_masks_and_resumes(demo_model, folder, tmp_path, capsys):
     out = tmp_path / "pred"
-    args = ["predict", str(folder / "images"), "--model", str(demo_dir / "model.joblib"),
+    args = ["predict", str(folder / "images"), "--model", demo_model,
             "--output", str(out), "--device", "cpu", "-q"]
     assert main(args) == 0
     files = sorted(out.glob("*.png"))
@@ -156,11 +163,11 @@ def _tiny_voc(root, ids):
     return voc
 
 
-def test_voc_devkit_predict_and_evaluate(demo_dir, tmp_path, capsys):
+def test_voc_devkit_predict_and_evaluate(demo_model, tmp_path, capsys):
     ids = ["2007_000032", "2007_000039", "2007_000063"]
     _tiny_voc(tmp_path, ids)
     out = tmp_path / "pred"
-    assert main(["predict", str(tmp_path), "--model", str(demo_dir / "model.joblib"),
+    assert main(["predict", str(tmp_path), "--model", demo_model,
                  "--output", str(out), "--split", "val", "--device", "cpu", "-q"]) == 0
     assert sorted(p.stem for p in out.glob("*.png")) == ids
     assert all(load_mask(p).shape == (40, 48) for p in out.glob("*.png"))
@@ -184,7 +191,7 @@ def test_fit_image_and_pixel_supervision(folder, tmp_path):
                  "--model", str(model), "--max-epochs", "1", "--device", "cpu",
                  "--pseudo-labels", str(pseudo), "-q"] + TINY)
     assert code == 0
-    fitted = joblib.load(model)
+    fitted = load_model(model)
     assert fitted.cam_.max_epochs == 1 and fitted.n_classes_ == 4
     assert sorted(p.stem for p in pseudo.glob("*.png")) == [f"img{i}" for i in range(6)]
     for i in range(6):  # this model's masks, the stale one replaced
@@ -194,7 +201,7 @@ def test_fit_image_and_pixel_supervision(folder, tmp_path):
                  "--model", str(tmp_path / "full.joblib"), "--max-epochs", "1", "--device", "cpu",
                  "-q"] + TINY)
     assert code == 0
-    full = joblib.load(tmp_path / "full.joblib")
+    full = load_model(tmp_path / "full.joblib")
     assert full.supervision == "pixel"
     assert full.cam_.backbone == full.affinity.backbone == full.backbone == "tiny"
 
@@ -208,7 +215,7 @@ def test_fit_with_feature_affinity(folder, tmp_path):
                  "--model", str(model), "--max-epochs", "1", "--device", "cpu", "-q",
                  "--affinity", "features", "--set", "affinity__input_scale=1.0"] + TINY_CAM)
     assert code == 0
-    fitted = joblib.load(model)
+    fitted = load_model(model)
     assert isinstance(fitted.affinity_, FeatureAffinity)
     assert fitted.affinity_.input_scale == 1.0 and fitted.affinity_.distance_scale_ > 0
     assert fitted.affinity_.device == "cpu"
@@ -277,7 +284,7 @@ def test_usage_errors(folder, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["demo", "predict", "fit --memory", "fit --pseudo-labels",
                                      "fit --model"])
-def test_output_path_of_the_wrong_kind_fails_before_any_work(demo_dir, folder, tmp_path, capsys,
+def test_output_path_of_the_wrong_kind_fails_before_any_work(demo_model, folder, tmp_path, capsys,
                                                               command):
     afile = tmp_path / "afile"
     afile.touch()
@@ -286,7 +293,7 @@ def test_output_path_of_the_wrong_kind_fails_before_any_work(demo_dir, folder, t
            str(model), "--device", "cpu", "-q"] + TINY
     argv = {
         "demo": ["demo", "--quick", "--output", str(afile)],
-        "predict": ["predict", str(folder / "images"), "--model", str(demo_dir / "model.joblib"),
+        "predict": ["predict", str(folder / "images"), "--model", demo_model,
                     "--output", str(afile / "sub"), "-q"],
         "fit --memory": fit + ["--memory", str(afile)],
         "fit --pseudo-labels": fit + ["--pseudo-labels", str(afile)],
@@ -306,8 +313,59 @@ def test_predict_with_a_file_that_is_not_a_model(folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a model written by 'sklearn-psa fit'" in err and err.count("\n") == 1
     joblib.dump({"a": 1}, tmp_path / "dict.joblib")
-    assert main(args + [str(tmp_path / "dict.joblib")]) == 2
+    assert main(args + [str(tmp_path / "dict.joblib"), "--trust-pickle"]) == 2
     assert "holds a dict, not a fitted PSASegmenter" in capsys.readouterr().err
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted model file does."""
+
+    def __init__(self, flag):
+        self.flag = flag
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.flag}",)
+
+
+def test_predict_refuses_pickles_unless_trusted(demo_dir, folder, tmp_path, capsys):
+    flag = tmp_path / "ran"
+    joblib.dump(_RunsCode(flag), tmp_path / "evil.joblib")
+    args = ["predict", str(folder / "images"), "--output", str(tmp_path / "p"), "-q",
+            "--device", "cpu", "--model"]
+    assert main(args + [str(tmp_path / "evil.joblib")]) == 2
+    err = capsys.readouterr().err
+    assert "pickle" in err and "--trust-pickle" in err and err.count("\n") == 1
+    assert not flag.exists() and not (tmp_path / "p").exists()
+    # the demo's joblib model, trusted explicitly
+    assert main(args + [str(demo_dir / "model.joblib"), "--trust-pickle"]) == 0
+    assert len(list((tmp_path / "p").glob("*.png"))) == 6
+
+
+def test_predict_with_a_pipeline_saved_in_a_notebook(folder, tmp_path, capsys):
+    from sklearn.pipeline import Pipeline
+
+    from sklearn_psa import AffinityEstimator, CAMClassifier, RandomWalkRefiner
+    from sklearn_psa.io import load_image
+
+    images = sorted((folder / "images").iterdir())
+    X = [load_image(p) for p in images]
+    M = [load_mask(folder / "masks" / f"{p.stem}.png") for p in images]
+    pipe = Pipeline([
+        ("cam", CAMClassifier(backbone="tiny", max_epochs=1, scales=(1.0,), batch_size=4,
+                              random_state=0)),
+        ("affinity", AffinityEstimator(backbone="tiny", max_epochs=1, crf=False, crop_size=32,
+                                       batch_size=4, random_state=0)),
+        ("rw", RandomWalkRefiner(t=16)),
+    ]).fit(X, M)
+    path = save_model(pipe, tmp_path / "pipe.psa")
+    out = tmp_path / "pred"
+    assert main(["predict", str(folder / "images"), "--model", path, "--output", str(out),
+                 "--device", "cpu", "-q"]) == 0
+    for x, p in zip(pipe.predict(X), images):
+        np.testing.assert_array_equal(load_mask(out / f"{p.stem}.png"), x)
+    assert main(["predict", str(folder / "images"), "--model", path, "--output", str(out),
+                 "--crf", "-q"]) == 2
+    assert "Pipeline" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [

@@ -1,0 +1,194 @@
+"""sklearn_psa.io.save_model / load_model: models as JSON and arrays, no code."""
+
+import json
+import os
+import pickle
+import zipfile
+
+import joblib
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sklearn.base import clone
+from sklearn.pipeline import Pipeline
+
+from sklearn_psa import AffinityEstimator, CAMClassifier, PSASegmenter, RandomWalkRefiner
+from sklearn_psa._model_file import MANIFEST, _Reader, _Writer
+from sklearn_psa.datasets import make_shapes
+from sklearn_psa.io import is_model_file, load_model, save_model
+
+TINY_STEPS = dict(cam__backbone="tiny", cam__max_epochs=1, cam__scales=(1.0,),
+                  cam__batch_size=4, affinity__backbone="tiny", affinity__max_epochs=1,
+                  affinity__crf=False, affinity__crop_size=32, affinity__batch_size=4,
+                  refiner__t=16)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_shapes(6, image_size=32, random_state=3)
+
+
+@pytest.fixture(scope="module")
+def segmenter(data):
+    X, Y, _ = data
+    seg = PSASegmenter(backbone="tiny", max_epochs=1, batch_size=4, random_state=0)
+    return seg.set_params(**TINY_STEPS).fit(X, Y)
+
+
+def _same_attributes(a, b):
+    assert type(a) is type(b)
+    assert sorted(vars(a)) == sorted(k for k in vars(b)), (sorted(vars(a)), sorted(vars(b)))
+    assert a.get_params(deep=False).keys() == b.get_params(deep=False).keys()
+
+
+def test_segmenter_round_trip_predicts_the_same(segmenter, data, tmp_path):
+    X = data[0]
+    path = save_model(segmenter, tmp_path / "seg.psa")
+    assert is_model_file(path) and os.listdir(tmp_path) == ["seg.psa"]  # no .tmp left
+    loaded = load_model(path)
+    _same_attributes(segmenter, loaded)
+    for name in ("cam_", "affinity_", "refiner_"):
+        _same_attributes(getattr(segmenter, name), getattr(loaded, name))
+    assert repr(loaded) == repr(segmenter)
+    for a, b in zip(segmenter.predict_proba(X), loaded.predict_proba(X)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_array_equal(segmenter.predict(X), loaded.predict(X))
+    # every step still works: CAMs, affinities, pseudo-labels
+    np.testing.assert_allclose(segmenter.cam_.decision_function(X),
+                               loaded.cam_.decision_function(X), atol=1e-5)
+    recs = loaded.affinity_.transform(loaded.cam_.transform(X))
+    ref = segmenter.affinity_.transform(segmenter.cam_.transform(X))
+    np.testing.assert_allclose(recs[0].affinity, ref[0].affinity, atol=1e-5)
+    for a, b in zip(segmenter.pseudo_labels_, loaded.pseudo_labels_):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.affinity_.train_result_ == segmenter.affinity_.train_result_
+    assert loaded.affinity_.label_stats_ == segmenter.affinity_.label_stats_
+    # the loaded estimator clones, refits and saves again
+    assert clone(loaded).get_params(deep=False).keys() == segmenter.get_params(deep=False).keys()
+    save_model(loaded, tmp_path / "again.psa")
+
+
+def test_the_file_holds_json_and_npy_only(segmenter, tmp_path):
+    path = save_model(segmenter, tmp_path / "seg.psa")
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        manifest = json.loads(zf.read(MANIFEST))
+        assert all(n == MANIFEST or (n.startswith("arrays/") and n.endswith(".npy"))
+                   for n in names)
+        for n in names[1:]:
+            assert zf.read(n)[:6] == b"\x93NUMPY"
+    assert manifest["format"] == "sklearn-psa-model" and manifest["model"]["class"] == "PSASegmenter"
+    assert manifest["model"]["state"]["backbone"] == "tiny"
+
+
+def test_pipeline_and_unfitted_estimators(data, tmp_path):
+    X, Y, M = data
+    pipe = Pipeline([("cam", CAMClassifier(backbone="tiny", max_epochs=1, scales=(1.0,),
+                                           random_state=0)),
+                     ("affinity", AffinityEstimator(backbone="tiny", max_epochs=1, crf=False,
+                                                    crop_size=32, random_state=0)),
+                     ("rw", RandomWalkRefiner(t=16))]).fit(X, Y)
+    loaded = load_model(save_model(pipe, tmp_path / "pipe.psa"))
+    assert isinstance(loaded, Pipeline) and [n for n, _ in loaded.steps] == ["cam", "affinity", "rw"]
+    np.testing.assert_array_equal(pipe.predict(X), loaded.predict(X))
+    assert loaded.score(X, M) == pytest.approx(pipe.score(X, M))
+    unfitted = PSASegmenter(refiner=RandomWalkRefiner(beta=16), crf={"n_iter": 3},
+                            scale_range=(0.8, 1.2))
+    back = load_model(save_model(unfitted, tmp_path / "u.psa"))
+    assert repr(back) == repr(unfitted) and back.scale_range == (0.8, 1.2)
+    assert back.get_params()["refiner__beta"] == 16
+
+
+def test_a_user_module_backbone_is_refused_with_the_attribute_named(data, tmp_path):
+    from torch import nn
+
+    module = nn.Sequential(nn.Conv2d(3, 8, 3, stride=8, padding=1))
+    cam = CAMClassifier(backbone=module, max_epochs=1, scales=(1.0,), random_state=0)
+    with pytest.raises(TypeError, match=r"model\.backbone: .*Sequential.*dump_model"):
+        save_model(cam, tmp_path / "cam.psa")
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("payload", ["pickle", "joblib", "json-class", "json-module",
+                                     "object-array", "torch-pickle", "bad-ref"])
+def test_crafted_files_are_refused_without_running_code(tmp_path, payload):
+    flag = tmp_path / "ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {flag}",)
+
+    path = tmp_path / "model.psa"
+
+    def zipped(model, arrays=()):
+        manifest = {"format": "sklearn-psa-model", "version": 1, "n_arrays": len(arrays),
+                    "model": model}
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr(MANIFEST, json.dumps(manifest))
+            for i, data in enumerate(arrays):
+                zf.writestr(f"arrays/{i}.npy", data)
+
+    if payload == "pickle":
+        path.write_bytes(pickle.dumps(RunsCode()))
+    elif payload == "joblib":
+        joblib.dump(RunsCode(), path)
+    elif payload == "json-class":
+        zipped({"__type__": "estimator", "class": "os.system", "state": {}})
+    elif payload == "json-module":
+        zipped({"__type__": "estimator", "class": "CAMClassifier", "state": {
+            "network_": {"__type__": "module", "recipe": {"class": "subprocess.Popen"},
+                         "state": {}}}})
+    elif payload == "object-array":
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, np.array([RunsCode()], dtype=object), allow_pickle=True)
+        zipped({"__type__": "estimator", "class": "CAMClassifier",
+                "state": {"classes_": {"__type__": "ndarray", "ref": 0}}}, [buffer.getvalue()])
+    elif payload == "torch-pickle":
+        import torch
+
+        torch.save({"x": RunsCode()}, path)
+    elif payload == "bad-ref":
+        zipped({"__type__": "estimator", "class": "CAMClassifier",
+                "state": {"classes_": {"__type__": "ndarray", "ref": 7}}})
+    with pytest.raises(ValueError, match=str(path)):
+        load_model(path)
+    assert not flag.exists()
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers(-2**60, 2**60) | st.text(max_size=5)
+    | st.floats(allow_nan=True) | st.sampled_from([np.int64(3), np.float32(0.5), np.bool_(True)]),
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=3) | st.integers(0, 3), inner, max_size=3),
+    max_leaves=12))
+def test_parameter_values_round_trip_through_json(value):
+    writer = _Writer()
+    tree = json.loads(json.dumps(writer.encode(value, "v"), allow_nan=False))
+    back = _Reader(writer.arrays).decode(tree, "v")
+
+    def same(a, b):
+        assert type(a) is type(b), (a, b)
+        if isinstance(a, (list, tuple)):
+            assert len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        elif isinstance(a, dict):
+            assert list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+        elif isinstance(a, float) and np.isnan(a):
+            assert np.isnan(b)
+        else:
+            assert a == b
+        return True
+
+    same(value, back)
+
+
+def test_arrays_of_any_dtype_round_trip(tmp_path):
+    est = RandomWalkRefiner()
+    est.extra_ = {"u16": np.arange(6, dtype=np.uint16).reshape(2, 3),
+                  "big": np.array([1.5, -2], dtype=">f8"), "empty": np.zeros((0, 3), bool)}
+    back = load_model(save_model(est, tmp_path / "rw.psa")).extra_
+    for k, v in est.extra_.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape
+        np.testing.assert_array_equal(back[k], v)
