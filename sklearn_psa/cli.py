@@ -61,8 +61,11 @@ def _read_label_csv(csv_path, folder):
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise CommandError(f"{csv_path}: no such labels file")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{csv_path}: {_one_line(exc)}; save the CSV as UTF-8") from exc
     if not rows:
         raise CommandError(f"{csv_path}: empty; expected a header 'filename,<class 1>,...'")
     header = [cell.strip() for cell in rows[0]]
@@ -230,6 +233,70 @@ def _check_folder(path, option):
         raise CommandError(f"{option} {path}: expected a folder, but {found} is a file")
 
 
+def _resolved(path):
+    return Path(os.path.realpath(path))
+
+
+def _input_files(data, *extra):
+    """The resolved paths of every file a run reads: images, masks, CSVs, models."""
+    paths = list(data["images"]) + list(data.get("masks") or []) + [p for p in extra if p]
+    return {_resolved(p) for p in paths}
+
+
+def _writable(folder, what):
+    """Fail unless files can be created in ``folder``; ``what`` names the option and path."""
+    from .io import check_writable
+
+    try:
+        check_writable(folder)
+    except OSError as exc:
+        raise CommandError(
+            f"{what}: cannot write in {folder} ({exc.strerror or exc}: {exc.filename})"
+        ) from exc
+
+
+def _check_mask_folder(folder, option, inputs, ids):
+    """Before any work: ``folder`` holds no input of this run, can be written, and every
+    ``<id>.png`` already there is a mask sklearn-psa wrote as an output (only those are
+    skipped as done or replaced); removes what killed saves left there."""
+    from .io import output_mark, remove_stale_temporaries
+
+    if folder is None:
+        return
+    where = _resolved(folder)
+    held = sorted(str(p) for p in inputs if p.parent == where or p == where)
+    if held:
+        raise CommandError(
+            f"{option} {folder}: holds {len(held)} input file(s) of this run (first: {held[0]}), "
+            "which the masks written there could replace; choose another folder"
+        )
+    _writable(folder, f"{option} {folder}")
+    foreign = [p for p in (Path(folder) / f"{i}.png" for i in ids)
+               if p.exists() and output_mark(p) is None]
+    if foreign:
+        raise CommandError(
+            f"{option} {folder}: {len(foreign)} file(s) there are not masks that sklearn-psa "
+            f"wrote (first: {foreign[0]}); they are never replaced or taken for finished "
+            "masks: choose an empty folder or move them"
+        )
+    remove_stale_temporaries(folder)
+
+
+def _check_model_output(path, inputs):
+    """Before training: ``--model`` is not an input, replaces only a model file, can be written."""
+    from .io import is_model_file
+
+    path = Path(path)
+    if _resolved(path) in inputs:
+        raise CommandError(f"--model {path}: is an input of this run; choose another path")
+    if path.exists() and not is_model_file(path):
+        raise CommandError(
+            f"--model {path}: exists and is not a model written by sklearn-psa; it is never "
+            "replaced: choose another path or remove it"
+        )
+    _writable(path.parent, f"--model {path}")
+
+
 def _load_model(path, *, trust_pickle=False):
     """The fitted PSASegmenter or Pipeline in ``path``: a file of ``sklearn_psa.io.save_model``
     (holds no code), or with ``trust_pickle`` a joblib pickle."""
@@ -369,6 +436,12 @@ def cmd_fit(args):
     _check_folder(args.pseudo_labels, "--pseudo-labels")
     data = load_data(args.data, labels=args.labels, masks=args.masks, split=args.split,
                      need_masks=args.supervision == "pixel")
+    inputs = _input_files(data, args.labels)
+    _check_model_output(args.model, inputs)
+    if args.supervision == "image":
+        _check_mask_folder(args.pseudo_labels, "--pseudo-labels", inputs, data["ids"])
+    if args.memory is not None:
+        _writable(args.memory, f"--memory {args.memory}")
     model = _make_estimator(args)
     if args.affinity == "features" and args.supervision == "image":
         _check_feature_affinity(model.affinity)
@@ -394,6 +467,8 @@ def cmd_predict(args):
     model = _set_predict_options(_load_model(args.model, trust_pickle=args.trust_pickle),
                                  args.device, args.crf)
     data = load_data(args.data, labels=args.labels, split=args.split, need_labels=False)
+    _check_mask_folder(args.output, "--output", _input_files(data, args.labels, args.model),
+                       data["ids"])
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     todo = [(i, p) for i, p in zip(data["ids"], data["images"])
@@ -409,7 +484,7 @@ def cmd_predict(args):
         chunk = todo[start:start + args.batch_size]
         preds = model.predict([p for _, p in chunk])
         for (image_id, _), mask in zip(chunk, preds):
-            save_mask(out / f"{image_id}.png", mask)
+            save_mask(out / f"{image_id}.png", mask, output_of="predict")
         bar.update(len(chunk))
     bar.close()
     print(f"{len(todo)} masks written to {out}")
@@ -443,6 +518,14 @@ def cmd_evaluate(args):
         raise CommandError(f"{pred_dir}: no predicted masks (*.png)")
     true = _mask_paths(true_dir, ids, what="true mask")
     pred = [str(pred_dir / f"{i}.png") for i in ids]
+    if args.output:
+        inputs = {_resolved(p) for p in true + pred + [args.labels] if p}
+        if _resolved(args.output) in inputs:
+            raise CommandError(f"--output {args.output}: is an input of this run (a mask or "
+                               "the labels CSV); choose another file")
+        if Path(args.output).is_dir():
+            raise CommandError(f"--output {args.output}: is a folder; expected a file path")
+        _writable(Path(args.output).parent, f"--output {args.output}")
     try:
         report = segmentation_report(true, pred, class_names=class_names)
     except ValueError as exc:
@@ -456,8 +539,11 @@ def cmd_evaluate(args):
 
 
 def _read_label_csv_header(csv_path):
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        header = next(csv.reader(f), None)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), None)
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{csv_path}: {_one_line(exc)}; save the CSV as UTF-8") from exc
     if not header or len(header) < 2:
         raise CommandError(f"{csv_path}: expected a header 'filename,<class 1>,...'")
     return [c.strip() for c in header[1:]]
@@ -576,6 +662,19 @@ def build_parser():
     return parser
 
 
+def _one_line(exc):
+    """The error as one line; an ``OSError`` names its path first."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+        if exc.filename2 is not None:
+            text += f" (to {exc.filename2})"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
 def main(argv=None):
     """Run the ``sklearn-psa`` command; return its exit status.
 
@@ -593,11 +692,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CommandError, FileNotFoundError, ValueError, TypeError) as exc:
+    except (CommandError, OSError, ValueError, TypeError) as exc:
         if os.environ.get("SKLEARN_PSA_TRACEBACK"):
             raise
-        print(f"sklearn-psa {args.command}: error: {exc}", file=sys.stderr)
-        if not isinstance(exc, CommandError):
+        print(f"sklearn-psa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        if not isinstance(exc, (CommandError, OSError)):
             print("(set SKLEARN_PSA_TRACEBACK=1 to see where it came from)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,15 +11,18 @@ from ._model_file import is_model_file, load_model, save_model
 
 __all__ = [
     "atomic_write",
+    "check_writable",
     "dump_model",
     "image_size",
     "is_model_file",
     "load_image",
     "load_mask",
     "load_model",
+    "remove_stale_temporaries",
     "save_mask",
     "save_model",
     "to_rgb",
+    "output_mark",
     "voc_palette",
 ]
 
@@ -161,12 +164,91 @@ def _file_mode():
 _FILE_MODE = _file_mode()
 
 
+#: Seconds without a write after which a temporary file of :func:`atomic_write` counts as
+#: left behind by a save that was killed (a save in progress keeps writing to it).
+STALE_SECONDS = 60.0
+
+
+def _temporary_names(name):
+    """A pattern matching the temporary files :func:`atomic_write` makes for ``name``
+    (``.<name>.<8 random characters>.tmp``); any name when ``name`` is None."""
+    import re
+
+    target = ".+" if name is None else re.escape(name)
+    return re.compile(rf"^\.{target}\.[A-Za-z0-9_]{{8}}\.tmp$")
+
+
+def remove_stale_temporaries(folder, name=None, *, older_than=STALE_SECONDS):
+    """Remove the temporary files that killed saves of :func:`atomic_write` left in ``folder``.
+
+    Parameters
+    ----------
+    folder : str or path
+    name : str, optional
+        Only those of this file name (default: of any file).
+    older_than : float, default=STALE_SECONDS
+        Seconds since the last write: younger files may belong to a save in
+        progress and are kept.
+
+    Returns
+    -------
+    removed : list of str
+    """
+    import time
+
+    folder, pattern, now, removed = Path(folder), _temporary_names(name), time.time(), []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not pattern.match(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > older_than:
+                os.unlink(entry.path)
+                removed.append(entry.path)
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove: the save itself reports real problems
+    return removed
+
+
+def check_writable(folder):
+    """Raise ``OSError`` (naming the folder) unless files can be created in ``folder``.
+
+    Creates the folder's missing parents to try, writes and removes a probe
+    file, then removes the folders it created, so that nothing is left.
+    """
+    folder = Path(folder)
+    created = []
+    try:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        for p in reversed(missing):
+            p.mkdir()
+            created.append(p)
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "not a folder", os.fspath(folder))
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sklearn-psa-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = os.fspath(folder)
+        raise
+    finally:
+        for p in reversed(created):
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """Open a temporary file next to ``path`` and move it into place on success.
 
     A reader never sees a half-written ``path``: either the old file (or none)
-    or the complete new one. On an exception the temporary file is removed.
+    or the complete new one. On an exception the temporary file is removed;
+    those of a save that was killed are removed by the next save of ``path``
+    (when unchanged for :data:`STALE_SECONDS`).
 
     Examples
     --------
@@ -179,6 +261,7 @@ def atomic_write(path, mode="wb"):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp makes the file private (0600): give it the mode open() would
@@ -194,13 +277,47 @@ def atomic_write(path, mode="wb"):
         raise
 
 
-def save_mask(path, mask):
+#: The PNG text chunk that marks a mask as an output of sklearn-psa (its value says which).
+OUTPUT_MARK = "sklearn-psa-output"
+
+
+def output_mark(path):
+    """What wrote mask ``path`` as an output (``"predict"``, ``"pseudo-labels"``), or None.
+
+    Reads the PNG header only. Masks that :func:`save_mask` wrote with
+    ``output_of`` carry the mark; a user's images and true masks do not, and the
+    command line never replaces a file without it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            mark = img.info.get(OUTPUT_MARK) if img.format == "PNG" else None
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return str(mark) if mark else None
+
+
+def save_mask(path, mask, *, output_of=None):
     """Write an (H, W) mask of values 0..255 as a VOC-palette PNG, atomically.
 
     The file's pixel values are the mask's values (``load_mask`` reads them
-    back exactly); the palette only colours them for viewers.
+    back exactly); the palette only colours them for viewers. The PNG says
+    ``Software: sklearn-psa <version>``.
+
+    Parameters
+    ----------
+    path : str or path
+    mask : array-like of shape (H, W)
+        Integer values 0..255.
+    output_of : str, optional
+        Marks the file as an output of this tool (``"predict"``,
+        ``"pseudo-labels"``; see :func:`output_mark`), which a later run may replace.
     """
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from . import __version__
 
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -213,8 +330,12 @@ def save_mask(path, mask):
         raise ValueError(f"{os.fspath(path)}: mask values must lie in 0..255")
     img = Image.fromarray(mask.astype(np.uint8), mode="P")
     img.putpalette(voc_palette().ravel().tolist())
+    info = PngInfo()
+    info.add_text("Software", f"sklearn-psa {__version__}")
+    if output_of is not None:
+        info.add_text(OUTPUT_MARK, str(output_of))
     with atomic_write(path) as f:
-        img.save(f, format="PNG")
+        img.save(f, format="PNG", pnginfo=info)
 
 
 def dump_model(model, path):

@@ -771,7 +771,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             path = folder / f"{name}.png"
             if not overwrite and path.exists():
                 continue
-            save_mask(path, mask)
+            save_mask(path, mask, output_of="pseudo-labels")
             written.append(str(path))
         return written
 

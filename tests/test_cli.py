@@ -186,7 +186,8 @@ def test_evaluate_needs_a_truth_for_each_prediction(folder, tmp_path, capsys):
 def test_fit_image_and_pixel_supervision(folder, tmp_path):
     model, pseudo = tmp_path / "m.joblib", tmp_path / "pseudo"
     pseudo.mkdir()
-    save_mask(pseudo / "img0.png", np.full((8, 8), 3, np.uint8))  # left by an earlier fit
+    # left by an earlier fit
+    save_mask(pseudo / "img0.png", np.full((8, 8), 3, np.uint8), output_of="pseudo-labels")
     code = main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
                  "--model", str(model), "--max-epochs", "1", "--device", "cpu",
                  "--pseudo-labels", str(pseudo), "-q"] + TINY)
@@ -451,3 +452,105 @@ def test_demo_setting_follows_the_installed_weights(monkeypatch):
             assert params["backbone"] == "tiny"
         else:  # the segmentation network starts from the CAM backbone
             assert params["init"] == "cam" and params["cam__pretrained"] is True
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_predict_never_writes_into_the_images_folder(demo_model, folder, tmp_path, capsys,
+                                                     overwrite):
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in (folder / "images").iterdir():
+        (images / p.name).write_bytes(p.read_bytes())
+    before = _snapshot(images)
+    argv = ["predict", str(images), "--model", demo_model, "--output", str(images), "-q",
+            "--device", "cpu"] + (["--overwrite"] if overwrite else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds 6 input file(s)" in err and err.count("\n") == 1
+    assert _snapshot(images) == before
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_predict_neither_replaces_nor_skips_files_it_did_not_write(demo_model, folder, tmp_path,
+                                                                   capsys, overwrite):
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.fromarray(np.full((4, 4), 7, np.uint8)).save(out / "img3.png")  # the user's file
+    save_mask(out / "img4.png", np.zeros((4, 4), np.uint8))  # a mask, but no prediction
+    before = _snapshot(out)
+    argv = ["predict", str(folder / "images"), "--model", demo_model, "--output", str(out), "-q",
+            "--device", "cpu"] + (["--overwrite"] if overwrite else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "2 file(s) there are not masks that sklearn-psa wrote" in err and "img3.png" in err
+    assert _snapshot(out) == before
+
+
+def test_fit_never_writes_pseudo_labels_over_its_inputs(folder, tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "masks").mkdir(parents=True)
+    for p in (folder / "images").iterdir():
+        (data / p.name).write_bytes(p.read_bytes())
+    for p in (folder / "masks").iterdir():
+        Image.fromarray(load_mask(p)).save(data / "masks" / p.name)  # the user's true masks
+    (data / "labels.csv").write_bytes((folder / "labels.csv").read_bytes())
+    before = {"": _snapshot(data), "masks": _snapshot(data / "masks")}
+    fit = ["fit", str(data), "--labels", str(data / "labels.csv"), "--model",
+           str(tmp_path / "m.psa"), "--device", "cpu", "-q"] + TINY
+    for pseudo, message in [(data, "holds 7 input file(s)"),
+                            (data / "masks", "6 file(s) there are not masks that sklearn-psa")]:
+        assert main(fit + ["--pseudo-labels", str(pseudo)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    # the masks are inputs of a pixel-supervised fit
+    assert main(fit + ["--masks", str(data / "masks"), "--supervision", "pixel", "--model",
+                       str(data / "masks" / "img0.png")]) == 2
+    assert "is an input of this run" in capsys.readouterr().err
+    # --model replaces a model file only
+    assert main(fit + ["--model", str(data / "labels.csv")]) == 2
+    assert "is an input of this run" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(fit + ["--model", str(tmp_path / "notes.txt")]) == 2
+    assert "is not a model written by sklearn-psa" in capsys.readouterr().err
+    assert {"": _snapshot(data), "masks": _snapshot(data / "masks")} == before
+    assert not (tmp_path / "m.psa").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("option", ["--model", "--pseudo-labels", "--memory"])
+def test_unwritable_outputs_fail_before_training(folder, tmp_path, capsys, monkeypatch, option):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the outputs")
+
+    monkeypatch.setattr("sklearn_psa._training.train", no_training)
+    # /proc takes no new files, even for root (chmod does not stop root)
+    target = {"--model": "/proc/sklearn-psa-test/m.psa"}.get(option, "/proc/sklearn-psa-test")
+    argv = ["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"), "--model",
+            str(tmp_path / "m.psa"), "--device", "cpu", "-q", option, target] + TINY
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sklearn-psa fit: error: {option} {target}: cannot write in /proc")
+    assert err.count("\n") == 1 and "/proc" in err
+
+
+def test_os_errors_are_one_line_naming_the_path(folder, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "labels.csv"
+    bad.write_bytes("filename,caf\xe9\nimg0.png,1\n".encode("latin-1"))
+    assert main(["fit", str(folder / "images"), "--labels", str(bad), "--model",
+                 str(tmp_path / "m.psa")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and "UTF-8" in err
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/somewhere/x.png")
+
+    monkeypatch.setattr("sklearn_psa.cli.load_data", denied)
+    assert main(["predict", str(folder / "images"), "--model", str(tmp_path / "none"),
+                 "--output", str(tmp_path / "o")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    assert main(["fit", str(folder / "images"), "--model", str(tmp_path / "m.psa")]) == 2
+    assert capsys.readouterr().err == (
+        "sklearn-psa fit: error: /somewhere/x.png: Permission denied\n")

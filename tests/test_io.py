@@ -295,3 +295,52 @@ def test_dump_model_round_trips_and_leaves_no_temporary_file(tmp_path):
     dump_model({"weights": np.arange(5)}, path)
     assert np.array_equal(joblib.load(path)["weights"], np.arange(5))
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.joblib"]
+
+
+def test_a_killed_save_leaves_temporaries_that_the_next_save_removes(tmp_path):
+    import time
+
+    from sklearn_psa.io import atomic_write, remove_stale_temporaries
+
+    path = tmp_path / "model.psa"
+    old = tmp_path / ".model.psa.abcd1234.tmp"  # what a save killed by SIGKILL leaves
+    young = tmp_path / ".model.psa.efgh5678.tmp"  # a save in progress elsewhere
+    other = tmp_path / ".other.png.abcd1234.tmp"
+    user = tmp_path / ".model.psa.notes.tmp"  # not a name atomic_write makes
+    for p in (old, young, other, user):
+        p.write_bytes(b"x")
+    long_ago = time.time() - 3600
+    for p in (old, other, user):
+        os.utime(p, (long_ago, long_ago))
+    with atomic_write(path) as f:
+        f.write(b"done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name, young.name, other.name, user.name])
+    assert remove_stale_temporaries(tmp_path) == [str(other)]
+    assert young.exists() and user.exists()
+
+
+def test_check_writable_probes_and_leaves_nothing(tmp_path):
+    from sklearn_psa.io import check_writable
+
+    check_writable(tmp_path / "a" / "b")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError) as info:
+        check_writable(tmp_path / "file" / "sub")
+    assert str(tmp_path / "file") in str(info.value.filename)
+    with pytest.raises(OSError) as info:
+        check_writable("/proc/sklearn-psa-probe")
+    assert info.value.filename.startswith("/proc")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_output_masks_are_marked(tmp_path):
+    from sklearn_psa.io import output_mark
+
+    save_mask(tmp_path / "a.png", np.ones((3, 3), np.uint8), output_of="predict")
+    save_mask(tmp_path / "b.png", np.ones((3, 3), np.uint8))
+    Image.fromarray(np.ones((3, 3), np.uint8)).save(tmp_path / "c.png")
+    (tmp_path / "d.png").write_bytes(b"not a png")
+    assert [output_mark(tmp_path / f"{n}.png") for n in "abcd"] == ["predict", None, None, None]
+    np.testing.assert_array_equal(load_mask(tmp_path / "a.png"), np.ones((3, 3)))
