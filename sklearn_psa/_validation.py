@@ -78,7 +78,10 @@ def _check_image_item(item, where):
                 f"{where}: {_IMAGE_EXPECTED}, got a PIL image of mode 'F' (float pixels); "
                 "convert it to 8-bit first"
             )
-        return to_rgb(item)
+        try:
+            return to_rgb(item)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
     if not isinstance(item, np.ndarray):
         original = item
         try:
@@ -393,6 +396,10 @@ def check_scalar_in(value, name, low=None, high=None, integer=False):
     return value
 
 
+#: How far above 1 a CAM may be (float rounding of the normalisation).
+CAM_TOLERANCE = 1e-5
+
+
 def check_records(records, *, require_cams=True, require_affinity=False, name="X"):
     """Validate :class:`~sklearn_psa.records.Records` coming from an earlier step."""
     from .records import Records
@@ -421,6 +428,12 @@ def check_records(records, *, require_cams=True, require_affinity=False, name="X
                 )
             if not np.all(np.isfinite(r.cams)):
                 raise ValueError(f"{where}: cams contain NaN or infinite values")
+            if r.cams.size and (r.cams.min() < 0 or r.cams.max() > 1 + CAM_TOLERANCE):
+                raise ValueError(
+                    f"{where}: cams must lie in [0, 1] (each class's map divided by its "
+                    f"maximum, as CAMClassifier makes them), got values in "
+                    f"[{float(r.cams.min()):.4g}, {float(r.cams.max()):.4g}]"
+                )
         if require_affinity or r.affinity is not None:
             if r.affinity is None:
                 raise ValueError(

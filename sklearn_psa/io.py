@@ -65,14 +65,32 @@ def _open(path):
         raise ValueError(f"{path}: not a readable image file ({exc})") from exc
 
 
+def _check_mode(mode):
+    """Refuse PIL modes whose pixel scale is unknown (they would turn black or saturate)."""
+    if mode == "F":
+        raise ValueError(
+            "float pixels (mode 'F', such as a 32-bit float TIFF), whose scale is unknown "
+            "(0..1 or 0..255): expected 8-bit or 16-bit RGB or grayscale; convert the image "
+            "to 8 bits first"
+        )
+    if mode == "I" or mode.startswith("I;32"):
+        raise ValueError(
+            f"32-bit integer pixels (mode {mode!r}), whose range is unknown: expected 8-bit or "
+            "16-bit RGB or grayscale; convert the image to 8 bits first"
+        )
+
+
 def to_rgb(image):
     """Convert a PIL image or an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 array to RGB.
 
-    Returns an (H, W, 3) uint8 array. Alpha is dropped.
+    Returns an (H, W, 3) uint8 array. Alpha is dropped; 16-bit grayscale keeps
+    its 8 most significant bits. Float (mode "F") and 32-bit integer (mode
+    "I") pixels are a ``ValueError``: their scale is unknown.
     """
     from PIL import Image
 
     if isinstance(image, Image.Image):
+        _check_mode(image.mode)
         if image.mode.startswith("I;16"):
             # 16-bit grayscale: keep the 8 most significant bits (Pillow's convert clips)
             gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
@@ -109,7 +127,10 @@ def load_image(path):
     try:
         upright = _orientation(img) == 1
         img.load()
-        return to_rgb(img if upright else ImageOps.exif_transpose(img))
+        try:
+            return to_rgb(img if upright else ImageOps.exif_transpose(img))
+        except ValueError as exc:
+            raise ValueError(f"{os.fspath(path)}: {exc}") from exc
     except OSError as exc:
         raise ValueError(f"{os.fspath(path)}: corrupt or truncated image file ({exc})") from exc
     finally:
@@ -124,6 +145,10 @@ def image_size(path):
     """
     img = _open(path)
     try:
+        try:
+            _check_mode(img.mode)
+        except ValueError as exc:
+            raise ValueError(f"{os.fspath(path)}: {exc}") from exc
         width, height = img.size
         return (width, height) if _orientation(img) in (5, 6, 7, 8) else (height, width)
     finally:

@@ -515,6 +515,13 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         for prefix, est in checks:
             if est is not self and hasattr(est, "_validate_params"):
                 est._validate_params()
+            try:
+                if hasattr(est, "_check_settings"):
+                    est._check_settings()  # how a step's parameters relate (alpha_low, crf)
+                if hasattr(est, "_checked_scales"):
+                    est._checked_scales()
+            except ValueError as exc:
+                raise ValueError(f"{prefix}{exc}" if prefix else str(exc)) from exc
             if hasattr(est, "_resolved_backbone"):
                 est._resolved_backbone()  # "auto" with weights or options given
             weights = est.get_params(deep=False).get("pretrained") if hasattr(est, "get_params") else None
