@@ -461,7 +461,7 @@ def cmd_fit(args):
 
 
 def cmd_predict(args):
-    from .io import save_mask
+    from .io import image_size, save_mask
 
     _check_folder(args.output, "--output")
     model = _set_predict_options(_load_model(args.model, trust_pickle=args.trust_pickle),
@@ -480,14 +480,53 @@ def cmd_predict(args):
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=args.quiet, file=sys.stderr)
-    for start in range(0, len(todo), args.batch_size):
-        chunk = todo[start:start + args.batch_size]
-        preds = model.predict([p for _, p in chunk])
+    failed, written = [], 0
+
+    def fail(path, exc):
+        """Report one image that cannot be predicted; stop the run with --on-error stop."""
+        message = _one_line(exc)
+        if not message.startswith(str(path)):
+            message = f"{path}: {message}"
+        if args.on_error == "stop":
+            raise CommandError(f"{message} (--on-error skip goes on with the other images)")
+        failed.append(path)
+        bar.clear()
+        print(f"sklearn-psa predict: skipped {message}", file=sys.stderr)
+
+    readable = []
+    for image_id, path in todo:  # from the headers: size, pixel format, readable at all
+        try:
+            image_size(path)
+        except (ValueError, OSError) as exc:
+            fail(path, exc)
+            bar.update(1)
+        else:
+            readable.append((image_id, path))
+    for start in range(0, len(readable), args.batch_size):
+        chunk = readable[start:start + args.batch_size]
+        try:
+            preds = list(model.predict([p for _, p in chunk]))
+        except (ValueError, OSError):
+            if len(chunk) == 1 and args.on_error == "stop":
+                raise
+            preds = []  # find the image that failed: one at a time
+            for _, path in chunk:
+                try:
+                    preds.append(model.predict([path])[0])
+                except (ValueError, OSError) as exc:
+                    fail(path, exc)
+                    preds.append(None)
         for (image_id, _), mask in zip(chunk, preds):
-            save_mask(out / f"{image_id}.png", mask, output_of="predict")
+            if mask is not None:
+                save_mask(out / f"{image_id}.png", mask, output_of="predict")
+                written += 1
         bar.update(len(chunk))
     bar.close()
-    print(f"{len(todo)} masks written to {out}")
+    print(f"{written} masks written to {out}")
+    if failed:
+        print(f"sklearn-psa predict: {len(failed)} of {len(todo)} images failed (listed above; "
+              f"first: {failed[0]})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -570,6 +609,9 @@ def build_parser():
         p.add_argument("--device", default=None,
                        help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--max-pixels", type=_positive_int, default=None,
+                       help="largest image (width x height) read; larger files are refused "
+                            "by name (default 40000000: sklearn_psa.io.MAX_PIXELS)")
 
     p = sub.add_parser(
         "demo", help="run the whole method on synthetic shapes and write a report",
@@ -645,6 +687,10 @@ def build_parser():
     p.add_argument("--no-crf", dest="crf", action="store_false", help="no dense CRF")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per predict call")
     p.add_argument("--overwrite", action="store_true", help="redo masks already written")
+    p.add_argument("--on-error", choices=("skip", "stop"), default="skip",
+                   help="an image that cannot be read or predicted (corrupt, too large, float "
+                        "pixels): skip (default) reports it by name, goes on and exits with "
+                        "status 1; stop ends the run at it (status 2)")
     common(p)
     p.set_defaults(func=cmd_predict)
 
@@ -686,10 +732,17 @@ def main(argv=None):
     Returns
     -------
     status : int
-        0 on success, 2 on a usage or input error (printed to stderr).
+        0 on success, 1 when ``predict`` skipped images it could not read or
+        predict (``--on-error skip``; each is named on stderr), 2 on a usage or
+        input error (printed to stderr).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    from . import io
+
+    limit = io.MAX_PIXELS
+    if getattr(args, "max_pixels", None) is not None:
+        io.MAX_PIXELS = args.max_pixels
     try:
         return args.func(args)
     except (CommandError, OSError, ValueError, TypeError) as exc:
@@ -702,3 +755,5 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"sklearn-psa {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        io.MAX_PIXELS = limit

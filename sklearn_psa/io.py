@@ -18,6 +18,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "load_model",
+    "MAX_PIXELS",
     "remove_stale_temporaries",
     "save_mask",
     "save_model",
@@ -53,16 +54,47 @@ def voc_palette(n=256):
     return palette
 
 
-def _open(path):
+#: The most pixels an image or mask file may have (``width * height``): larger ones are
+#: refused, naming the file, before their pixels are decoded. A 1-bit PNG of a few kB can
+#: declare 12000 x 12000 pixels, whose RGB array and maps take gigabytes. Set it (or pass
+#: ``max_pixels``; ``sklearn-psa --max-pixels``) to allow larger images; None: no limit.
+MAX_PIXELS = 40_000_000
+
+
+def _pixel_limit(max_pixels):
+    return MAX_PIXELS if max_pixels is None else max_pixels
+
+
+def _open(path, max_pixels=None):
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     path = os.fspath(path)
+    limit = _pixel_limit(max_pixels)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such image file")
     try:
-        return Image.open(path)
+        with warnings.catch_warnings():
+            # the limit below replaces Pillow's decompression-bomb check
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"{path}: {exc}; images are limited to {limit} pixels "
+            "(sklearn_psa.io.MAX_PIXELS, --max-pixels)"
+        ) from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{path}: not a readable image file ({exc})") from exc
+    width, height = img.size
+    if limit is not None and width * height > limit:
+        img.close()
+        raise ValueError(
+            f"{path}: {width} x {height} = {width * height} pixels, more than the limit of "
+            f"{limit} (sklearn_psa.io.MAX_PIXELS; max_pixels=, --max-pixels on the command "
+            "line): resize the image, or raise the limit if the memory allows"
+        )
+    return img
 
 
 def _check_mode(mode):
@@ -115,15 +147,17 @@ def _orientation(img):
     return img.getexif().get(0x0112, 1)
 
 
-def load_image(path):
+def load_image(path, *, max_pixels=None):
     """Load an image file as an (H, W, 3) uint8 RGB array (grayscale, palette and RGBA convert).
 
     An EXIF orientation (photos from phones and cameras) is applied, so the
     array is upright as image viewers show it; :func:`image_size` agrees.
+    An image of more than ``max_pixels`` pixels (default :data:`MAX_PIXELS`,
+    40 million) is a ``ValueError`` naming the file, raised before decoding.
     """
     from PIL import ImageOps
 
-    img = _open(path)
+    img = _open(path, max_pixels)
     try:
         upright = _orientation(img) == 1
         img.load()
@@ -137,13 +171,15 @@ def load_image(path):
         img.close()
 
 
-def image_size(path):
+def image_size(path, *, max_pixels=None):
     """Return ``(height, width)`` of an image file, reading only its header.
 
     The size is that of :func:`load_image`'s array: EXIF orientations 5 to 8
-    (a quarter turn) swap the stored width and height.
+    (a quarter turn) swap the stored width and height. Files that
+    :func:`load_image` refuses from their header (more than ``max_pixels``
+    pixels, float or 32-bit integer pixels) are refused here too.
     """
-    img = _open(path)
+    img = _open(path, max_pixels)
     try:
         try:
             _check_mode(img.mode)

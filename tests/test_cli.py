@@ -554,3 +554,54 @@ def test_os_errors_are_one_line_naming_the_path(folder, tmp_path, capsys, monkey
     assert main(["fit", str(folder / "images"), "--model", str(tmp_path / "m.psa")]) == 2
     assert capsys.readouterr().err == (
         "sklearn-psa fit: error: /somewhere/x.png: Permission denied\n")
+
+
+def _folder_with_bad_files(folder, root):
+    images = root / "images"
+    images.mkdir()
+    for p in (folder / "images").iterdir():
+        (images / p.name).write_bytes(p.read_bytes())
+    Image.new("1", (12000, 12000)).save(images / "bomb.png")  # 17 kB, 144 million pixels
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(images / "float.tif")
+    whole = (folder / "images" / "img3.jpg").read_bytes()
+    (images / "cut.jpg").write_bytes(whole[: len(whole) // 2])  # header fine, data truncated
+    return images
+
+
+def test_predict_skips_bad_files_by_name_and_says_so_in_its_status(demo_model, folder, tmp_path,
+                                                                     capsys):
+    images = _folder_with_bad_files(folder, tmp_path)
+    out = tmp_path / "out"
+    argv = ["predict", str(images), "--model", demo_model, "--output", str(out), "-q",
+            "--device", "cpu"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    skipped = sorted(line for line in err if line.startswith("sklearn-psa predict: skipped "))
+    assert len(skipped) == 3
+    assert "bomb.png: 12000 x 12000 = 144000000 pixels, more than the limit" in skipped[0]
+    assert "cut.jpg: " in skipped[1] and "float.tif: float pixels" in skipped[2]
+    assert "3 of 9 images failed" in err[-1]
+    assert "6 masks written" in captured.out
+    assert sorted(p.stem for p in out.glob("*.png")) == [f"img{i}" for i in range(6)]
+    # stop: the first bad file ends the run, by name
+    assert main(argv + ["--output", str(tmp_path / "o2"), "--on-error", "stop"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bomb.png" in err and "--on-error skip" in err
+    # the limit is a parameter
+    assert main(argv + ["--output", str(tmp_path / "o3"), "--max-pixels", "2000"]) == 1
+    assert "6 of 9 images failed" in capsys.readouterr().err  # 40 x 44 = 1760 px pass
+
+
+def test_fit_names_a_bad_file_before_training(folder, tmp_path, capsys, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the images")
+
+    monkeypatch.setattr("sklearn_psa._training.train", no_training)
+    images = _folder_with_bad_files(folder, tmp_path)
+    labels = tmp_path / "labels.csv"
+    labels.write_text((folder / "labels.csv").read_text() + "float.tif,1,0,0,0\n")
+    assert main(["fit", str(images), "--labels", str(labels), "--model", str(tmp_path / "m.psa"),
+                 "--device", "cpu", "-q"] + TINY) == 2
+    err = capsys.readouterr().err
+    assert "float.tif: float pixels" in err and not (tmp_path / "m.psa").exists()
