@@ -149,7 +149,9 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         L2 penalty on convolution weights.
     memory : str, joblib.Memory or None, default=None
         Caches the fitted CAM and affinity steps (and the records they
-        return), as ``Pipeline(memory=...)`` does.
+        return), as ``Pipeline(memory=...)`` does. The cache holds joblib
+        pickles, which run code when loaded: use only a folder that nobody
+        untrusted can write to, and never a cache from elsewhere.
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU.
     random_state : int, RandomState instance or None, default=None
