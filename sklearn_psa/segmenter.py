@@ -626,6 +626,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         self.network_, result = self._train_network(images, masks, n_classes)
         self.classes_ = np.arange(n_classes)
         self.n_classes_ = n_classes
+        # an indicator declares every class; masks give a lower bound (a fold may lack one)
+        self._classes_declared = targets.masks is None
         self.loss_curve_ = list(result.history)
         self.epoch_seconds_ = list(result.epoch_seconds)
         return self
@@ -708,7 +710,10 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         X : sequence of images or paths, or ndarray of shape (n, H, W, 3)
         y : sequence of (H, W) masks or mask paths, or ndarray of shape (n, H, W)
             True masks. A class the estimator was not fitted on (one absent
-            from a cross-validation training fold) counts as missed.
+            from a cross-validation training fold, where ``fit`` derived the
+            classes from masks) counts as missed; where ``fit`` was given an
+            indicator of ``n_classes_`` classes, a mask value above it (255
+            aside) is a ``ValueError``: no class the model knows.
         sample_weight : None
             Not supported (mean IoU counts pixels over all images).
 
@@ -724,8 +729,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         check_is_fitted(self, "network_")
         images = check_images(X)
         # a true class beyond the fitted ones (absent from a cross-validation training
-        # fold) is a miss, not an error
-        masks = check_masks(y, len(images), shapes=images.shapes)
+        # fold) is a miss, not an error; beyond the classes of a fitting indicator, it is
+        # a class this model cannot know
+        declared = getattr(self, "_classes_declared", False)
+        masks = check_masks(y, len(images), shapes=images.shapes,
+                            n_classes=self.n_classes_ if declared else None)
         return mean_iou(masks, self.predict(images))
 
     # ------------------------------------------------------------------ output

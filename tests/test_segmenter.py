@@ -480,11 +480,17 @@ def test_auto_learning_rates_follow_where_the_weights_come_from(shapes, monkeypa
     assert calls[0][0] == 0.2 and calls[2] == (0.05, [1.0, 2.0])
 
 
-def test_a_class_missing_from_the_training_folds_is_scored_as_missed(fitted, shapes, tmp_path):
+def test_a_class_missing_from_the_training_folds_is_scored_as_missed(fitted, fitted_pixel,
+                                                                      shapes, tmp_path):
     X, _, masks = shapes
     unseen = [m.copy() for m in masks[:4]]
     unseen[0][:8, :8] = 5  # a fifth class the segmenter was never fitted on
-    assert fitted.score(X[:4], unseen) == pytest.approx(mean_iou(unseen, fitted.predict(X[:4])))
+    # fitted on masks, whose classes a training fold may lack: a miss
+    assert fitted_pixel.score(X[:4], unseen) == pytest.approx(
+        mean_iou(unseen, fitted_pixel.predict(X[:4])))
+    # fitted on an indicator of 4 classes, which names every class: no class it knows
+    with pytest.raises(ValueError, match=r"y\[0\]: mask value 5 is beyond the 4 classes"):
+        fitted.score(X[:4], unseen)
     # cross-validation whose first training fold lacks the highest class scores every fold
     from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import Pipeline
