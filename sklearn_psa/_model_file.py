@@ -140,7 +140,7 @@ class _Writer:
                 "state": {k: self.encode(v, f"{where}.{k}") for k, v in state.items()}}
 
     def module(self, module, where):
-        return {"__type__": "module", "recipe": _recipe(module, where),
+        return {"__type__": "module", "recipe": _recipe(module, where, self),
                 "training": bool(module.training),
                 "state": {k: self.tensor(v, f"{where}.{k}")
                           for k, v in module.state_dict().items()}}
@@ -155,33 +155,35 @@ def _user_module_error(where, module):
     )
 
 
-def _recipe(module, where):
-    """The JSON recipe of one of the networks the estimators build."""
+def _recipe(module, where, writer):
+    """The JSON recipe of one of the networks the estimators build (``writer`` encodes the
+    backbone options)."""
     from .nn.affinity_head import AffinityNet
     from .nn.heads import CAMHead, Network
     from .nn.seg_head import ASPPHead
 
     if isinstance(module, Network):
-        return {"class": "Network", "backbone": _recipe(module.backbone, f"{where}.backbone"),
-                "head": _recipe(module.head, f"{where}.head")}
+        return {"class": "Network",
+                "backbone": _recipe(module.backbone, f"{where}.backbone", writer),
+                "head": _recipe(module.head, f"{where}.head", writer)}
     if isinstance(module, AffinityNet):
         args = dict(module.init_args, stride=int(module.stride),
                     input_scale=float(module.input_scale))
-        return {"class": "AffinityNet", "backbone": _recipe(module.backbone, f"{where}.backbone"),
-                "args": args}
+        return {"class": "AffinityNet",
+                "backbone": _recipe(module.backbone, f"{where}.backbone", writer), "args": args}
     for cls in (CAMHead, ASPPHead):
         if type(module) is cls and hasattr(module, "init_args"):
             return {"class": cls.__name__, "args": dict(module.init_args)}
     recipe = getattr(module, "build_recipe", None)
     if isinstance(recipe, dict) and isinstance(recipe.get("name"), str):
         return {"class": "backbone", "name": recipe["name"],
-                "options": _Writer().encode(recipe.get("options") or {}, where),
+                "options": writer.encode(recipe.get("options") or {}, f"{where} options"),
                 "pretrained": bool(recipe.get("pretrained"))}
     raise _user_module_error(where, module)
 
 
-def _build(recipe, where):
-    """Build the (untrained) network a recipe describes."""
+def _build(recipe, where, reader):
+    """Build the (untrained) network a recipe describes (``reader`` decodes the options)."""
     from .nn import make_backbone
     from .nn.affinity_head import AffinityNet
     from .nn.heads import CAMHead, Network
@@ -189,7 +191,7 @@ def _build(recipe, where):
 
     kind = recipe.get("class") if isinstance(recipe, dict) else None
     if kind == "backbone":
-        options = _Reader([]).decode(recipe.get("options") or {}, where)
+        options = reader.decode(recipe.get("options") or {}, where)
         if not isinstance(recipe.get("name"), str) or not isinstance(options, dict):
             raise ValueError(f"{where}: a backbone recipe needs a name and options")
         backbone = make_backbone(recipe["name"], pretrained=None, **options)
@@ -198,10 +200,11 @@ def _build(recipe, where):
             backbone.build_recipe["pretrained"] = True
         return backbone
     if kind == "Network":
-        return Network(_build(recipe["backbone"], f"{where}.backbone"),
-                       _build(recipe["head"], f"{where}.head"))
+        return Network(_build(recipe["backbone"], f"{where}.backbone", reader),
+                       _build(recipe["head"], f"{where}.head", reader))
     if kind == "AffinityNet":
-        return AffinityNet(_build(recipe["backbone"], f"{where}.backbone"), **recipe["args"])
+        return AffinityNet(_build(recipe["backbone"], f"{where}.backbone", reader),
+                           **recipe["args"])
     heads = {"CAMHead": CAMHead, "ASPPHead": ASPPHead}
     if kind in heads:
         return heads[kind](**recipe["args"])
@@ -284,7 +287,7 @@ class _Reader:
     def module(self, value, where):
         import torch
 
-        net = _build(value.get("recipe"), where)
+        net = _build(value.get("recipe"), where, self)
         state = {k: self.tensor(v, f"{where}.{k}") for k, v in value["state"].items()}
         try:
             net.load_state_dict(state, strict=True)

