@@ -238,7 +238,7 @@ def _resolved(path):
 
 
 def _input_files(data, *extra):
-    """The resolved paths of every file a run reads: images, masks, CSVs, models."""
+    """The resolved paths of the data files a run reads: images, masks, CSVs."""
     paths = list(data["images"]) + list(data.get("masks") or []) + [p for p in extra if p]
     return {_resolved(p) for p in paths}
 
@@ -467,8 +467,9 @@ def cmd_predict(args):
     model = _set_predict_options(_load_model(args.model, trust_pickle=args.trust_pickle),
                                  args.device, args.crf)
     data = load_data(args.data, labels=args.labels, split=args.split, need_labels=False)
-    _check_mask_folder(args.output, "--output", _input_files(data, args.labels, args.model),
-                       data["ids"])
+    # (the model may share the folder: no mask is named like it, and were one to be, the
+    # model carries no output mark and is never replaced)
+    _check_mask_folder(args.output, "--output", _input_files(data, args.labels), data["ids"])
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     todo = [(i, p) for i, p in zip(data["ids"], data["images"])

@@ -605,3 +605,13 @@ def test_fit_names_a_bad_file_before_training(folder, tmp_path, capsys, monkeypa
                  "--device", "cpu", "-q"] + TINY) == 2
     err = capsys.readouterr().err
     assert "float.tif: float pixels" in err and not (tmp_path / "m.psa").exists()
+
+
+def test_predict_into_the_folder_of_its_model(demo_model, folder, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    model = run / "psa.psa"
+    model.write_bytes(open(demo_model, "rb").read())
+    assert main(["predict", str(folder / "images"), "--model", str(model), "--output", str(run),
+                 "-q", "--device", "cpu"]) == 0
+    assert len(list(run.glob("*.png"))) == 6 and model.read_bytes() == open(demo_model, "rb").read()
