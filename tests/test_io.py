@@ -344,3 +344,17 @@ def test_output_masks_are_marked(tmp_path):
     (tmp_path / "d.png").write_bytes(b"not a png")
     assert [output_mark(tmp_path / f"{n}.png") for n in "abcd"] == ["predict", None, None, None]
     np.testing.assert_array_equal(load_mask(tmp_path / "a.png"), np.ones((3, 3)))
+
+
+def test_a_failed_write_names_its_file_and_leaves_nothing(tmp_path):
+    from sklearn_psa.cli import _one_line
+    from sklearn_psa.io import atomic_write
+
+    path = tmp_path / "model.psa"
+    with pytest.raises(OSError) as info:
+        with atomic_write(path) as f:
+            f.write(b"half")
+            raise OSError(28, "No space left on device")
+    assert info.value.filename == str(path)
+    assert _one_line(info.value) == f"{path}: No space left on device"
+    assert list(tmp_path.iterdir()) == []
