@@ -335,7 +335,7 @@ def atomic_write(path, mode="wb"):
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:
+        if isinstance(exc, OSError) and exc.filename is None and exc.strerror is not None:
             exc.filename = os.fspath(path)  # a full disk says which file it could not write
         raise
 
