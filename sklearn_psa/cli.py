@@ -443,6 +443,12 @@ def cmd_fit(args):
     if args.memory is not None:
         _writable(args.memory, f"--memory {args.memory}")
     model = _make_estimator(args)
+    for name, value in model.get_params().items():  # --set checkpoint=..., cam__checkpoint=...
+        if name.split("__")[-1] == "checkpoint" and value is not None:
+            path = Path(value)
+            if _resolved(path) in inputs:
+                raise CommandError(f"--set {name}={value}: is an input of this run")
+            _writable(path.parent, f"--set {name}={value}")
     if args.affinity == "features" and args.supervision == "image":
         _check_feature_affinity(model.affinity)
     y = data["masks"] if args.supervision == "pixel" else data["labels"]

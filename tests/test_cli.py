@@ -520,14 +520,16 @@ def test_fit_never_writes_pseudo_labels_over_its_inputs(folder, tmp_path, capsys
     assert not (tmp_path / "m.psa").exists() and (tmp_path / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("option", ["--model", "--pseudo-labels", "--memory"])
+@pytest.mark.parametrize("option", ["--model", "--pseudo-labels", "--memory", "--set"])
 def test_unwritable_outputs_fail_before_training(folder, tmp_path, capsys, monkeypatch, option):
     def no_training(*args, **kwargs):
         raise AssertionError("trained before checking the outputs")
 
     monkeypatch.setattr("sklearn_psa._training.train", no_training)
     # /proc takes no new files, even for root (chmod does not stop root)
-    target = {"--model": "/proc/sklearn-psa-test/m.psa"}.get(option, "/proc/sklearn-psa-test")
+    target = {"--model": "/proc/sklearn-psa-test/m.psa",
+              "--set": "cam__checkpoint=/proc/sklearn-psa-test/cam.pt"}.get(
+        option, "/proc/sklearn-psa-test")
     argv = ["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"), "--model",
             str(tmp_path / "m.psa"), "--device", "cpu", "-q", option, target] + TINY
     assert main(argv) == 2
