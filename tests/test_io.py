@@ -358,3 +358,36 @@ def test_a_failed_write_names_its_file_and_leaves_nothing(tmp_path):
     assert info.value.filename == str(path)
     assert _one_line(info.value) == f"{path}: No space left on device"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("array, match", [
+    (np.full((6, 7), 0.5, np.float32), "float pixels"),
+    ((np.arange(42).reshape(6, 7) * 100000).astype(np.int32), "32-bit integer pixels"),
+])
+def test_images_of_unknown_scale_are_refused_by_name(tmp_path, array, match):
+    from sklearn_psa.io import image_size
+
+    path = tmp_path / "scan.tif"
+    Image.fromarray(array).save(path)
+    for read in (load_image, image_size):
+        with pytest.raises(ValueError, match=rf"scan.tif: {match}"):
+            read(path)
+    # 16-bit images keep converting (their 8 most significant bits)
+    Image.fromarray((np.arange(42).reshape(6, 7) * 1000).astype(np.uint16)).save(path)
+    assert load_image(path).shape == (6, 7, 3)
+
+
+def test_max_pixels_refuses_large_files_before_decoding(tmp_path, monkeypatch):
+    import sklearn_psa.io as sio
+
+    path = tmp_path / "wide.png"
+    Image.new("L", (300, 200)).save(path)
+    with pytest.raises(ValueError, match=r"wide.png: 300 x 200 = 60000 pixels, more than the "
+                                         r"limit of 59999"):
+        load_image(path, max_pixels=59999)
+    assert load_image(path, max_pixels=60000).shape == (200, 300, 3)
+    monkeypatch.setattr(sio, "MAX_PIXELS", 1000)
+    with pytest.raises(ValueError, match="more than the limit of 1000"):
+        sio.image_size(path)
+    monkeypatch.setattr(sio, "MAX_PIXELS", None)  # no limit
+    assert sio.image_size(path) == (200, 300)

@@ -506,3 +506,19 @@ def test_a_class_missing_from_the_training_folds_is_scored_as_missed(fitted, fit
     ], memory=str(tmp_path))
     search = GridSearchCV(pipe, {"rw__beta": [8, 16]}, cv=2, error_score="raise").fit(X8, masks8)
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"affinity__alpha_low": 40}, r"affinity__alpha_high \(32\) must be >= alpha_low \(40\)"),
+    ({"affinity__crf": {"n_iter": -5}}, "affinity__crf: n_iter must be a non-negative integer"),
+    ({"crf": {"n_iter": -5}}, "crf: n_iter must be a non-negative integer"),
+    ({"cam__scales": (0,)}, "cam__scales must be a non-empty sequence of positive numbers"),
+])
+def test_settings_of_late_stages_fail_before_any_training(shapes, monkeypatch, params, match):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a network trained before the settings were checked")
+
+    monkeypatch.setattr("sklearn_psa._training.train", no_training)
+    X, Y, _ = shapes
+    with pytest.raises(ValueError, match=match):
+        tiny_segmenter().set_params(**params).fit(X[:4], Y[:4])
