@@ -62,8 +62,14 @@ class _Writer:
 
     def array(self, arr, where):
         arr = np.asarray(arr)
-        if arr.dtype.hasobject:
-            raise TypeError(f"{where}: an array of Python objects cannot be stored safely")
+        if arr.dtype.hasobject:  # class names and the like: their items as JSON values
+            items = arr.ravel().tolist()
+            if arr.dtype != object or not all(
+                    v is None or isinstance(v, (str, bool, int, float)) for v in items):
+                raise TypeError(f"{where}: an array of Python objects other than strings and "
+                                "numbers cannot be stored safely")
+            return {"__type__": "objectarray", "shape": list(arr.shape),
+                    "items": [self.encode(v, f"{where}[{i}]") for i, v in enumerate(items)]}
         self.arrays.append(np.ascontiguousarray(arr))
         return {"__type__": "ndarray", "ref": len(self.arrays) - 1}
 
@@ -232,6 +238,13 @@ class _Reader:
             return self.arrays[ref]
         if kind == "tensor":
             return self.tensor(value, where)
+        if kind == "objectarray":
+            items = [self.decode(v, f"{where}[{i}]") for i, v in enumerate(value["items"])]
+            if not all(v is None or isinstance(v, (str, bool, int, float)) for v in items):
+                raise ValueError(f"{where}: an object array holds strings and numbers only")
+            out = np.empty(len(items), dtype=object)
+            out[:] = items
+            return out.reshape([int(n) for n in value["shape"]])
         if kind == "npscalar":
             return np.dtype(value["dtype"]).type(self.decode(value["value"], where))
         if kind == "float":

@@ -187,11 +187,16 @@ def test_parameter_values_round_trip_through_json(value):
 def test_arrays_of_any_dtype_round_trip(tmp_path):
     est = RandomWalkRefiner()
     est.extra_ = {"u16": np.arange(6, dtype=np.uint16).reshape(2, 3),
-                  "big": np.array([1.5, -2], dtype=">f8"), "empty": np.zeros((0, 3), bool)}
+                  "big": np.array([1.5, -2], dtype=">f8"), "empty": np.zeros((0, 3), bool),
+                  "names": np.array(["cat", "dog", None, 3], dtype=object).reshape(2, 2),
+                  "text": np.array(["cat", "person"])}
     back = load_model(save_model(est, tmp_path / "rw.psa")).extra_
     for k, v in est.extra_.items():
         assert back[k].dtype == v.dtype and back[k].shape == v.shape
         np.testing.assert_array_equal(back[k], v)
+    est.extra_ = np.array([RandomWalkRefiner()], dtype=object)
+    with pytest.raises(TypeError, match="extra_: an array of Python objects other than"):
+        save_model(est, tmp_path / "no.psa")
 
 
 def test_feature_affinity_with_imagenet_weights_round_trips(segmenter, data, tmp_path):
