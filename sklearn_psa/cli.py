@@ -291,8 +291,9 @@ def _check_model_output(path, inputs):
         raise CommandError(f"--model {path}: is an input of this run; choose another path")
     if path.exists() and not is_model_file(path):
         raise CommandError(
-            f"--model {path}: exists and is not a model written by sklearn-psa; it is never "
-            "replaced: choose another path or remove it"
+            f"--model {path}: exists and is not a model file of sklearn_psa.io.save_model "
+            "(a pickle of an earlier version, or a file of yours); it is never replaced: "
+            "choose another path or remove it"
         )
     _writable(path.parent, f"--model {path}")
 
@@ -466,6 +467,11 @@ def cmd_fit(args):
     return 0
 
 
+#: What one image can raise in ``predict`` (unreadable, too large for the memory, bad pixels):
+#: reported by name, and skipped with ``--on-error skip``.
+_PER_IMAGE_ERRORS = (ValueError, OSError, MemoryError, RuntimeError)
+
+
 def cmd_predict(args):
     from .io import image_size, save_mask
 
@@ -513,16 +519,18 @@ def cmd_predict(args):
         chunk = readable[start:start + args.batch_size]
         try:
             preds = list(model.predict([p for _, p in chunk]))
-        except (ValueError, OSError):
-            if len(chunk) == 1 and args.on_error == "stop":
-                raise
-            preds = []  # find the image that failed: one at a time
-            for _, path in chunk:
-                try:
-                    preds.append(model.predict([path])[0])
-                except (ValueError, OSError) as exc:
-                    fail(path, exc)
-                    preds.append(None)
+        except _PER_IMAGE_ERRORS as exc:
+            if len(chunk) == 1:
+                fail(chunk[0][1], exc)
+                preds = [None]
+            else:
+                preds = []  # find the image that failed: one at a time
+                for _, path in chunk:
+                    try:
+                        preds.append(model.predict([path])[0])
+                    except _PER_IMAGE_ERRORS as exc:
+                        fail(path, exc)
+                        preds.append(None)
         for (image_id, _), mask in zip(chunk, preds):
             if mask is not None:
                 save_mask(out / f"{image_id}.png", mask, output_of="predict")

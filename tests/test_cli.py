@@ -515,7 +515,7 @@ def test_fit_never_writes_pseudo_labels_over_its_inputs(folder, tmp_path, capsys
     assert "is an input of this run" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("mine")
     assert main(fit + ["--model", str(tmp_path / "notes.txt")]) == 2
-    assert "is not a model written by sklearn-psa" in capsys.readouterr().err
+    assert "is not a model file of sklearn_psa.io.save_model" in capsys.readouterr().err
     assert {"": _snapshot(data), "masks": _snapshot(data / "masks")} == before
     assert not (tmp_path / "m.psa").exists() and (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -617,3 +617,27 @@ def test_predict_into_the_folder_of_its_model(demo_model, folder, tmp_path):
     assert main(["predict", str(folder / "images"), "--model", str(model), "--output", str(run),
                  "-q", "--device", "cpu"]) == 0
     assert len(list(run.glob("*.png"))) == 6 and model.read_bytes() == open(demo_model, "rb").read()
+
+
+def test_predict_reports_an_image_the_model_cannot_process(demo_model, folder, tmp_path, capsys,
+                                                           monkeypatch):
+    from sklearn_psa.segmenter import PSASegmenter
+
+    predict = PSASegmenter.predict
+
+    def out_of_memory_on_img2(self, X):
+        if any("img2" in str(p) for p in X):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        return predict(self, X)
+
+    monkeypatch.setattr(PSASegmenter, "predict", out_of_memory_on_img2)
+    argv = ["predict", str(folder / "images"), "--model", demo_model, "-q", "--device", "cpu"]
+    assert main(argv + ["--output", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "skipped " in err and "img2.png: DefaultCPUAllocator" in err
+    assert sorted(p.stem for p in (tmp_path / "a").glob("*.png")) == [
+        f"img{i}" for i in (0, 1, 3, 4, 5)]
+    assert main(argv + ["--output", str(tmp_path / "b"), "--on-error", "stop",
+                        "--batch-size", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "img2.png: DefaultCPUAllocator" in err
