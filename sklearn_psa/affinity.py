@@ -277,7 +277,17 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range!r}")
         check_crf_options(self.crf)
+        self._checked_head_widths()
         return scale_range
+
+    def _checked_head_widths(self):
+        try:
+            widths = tuple(int(w) for w in np.asarray(self.head_widths).ravel())
+        except (TypeError, ValueError):
+            widths = ()
+        if len(widths) != 3 or min(widths) < 1:
+            raise ValueError(f"head_widths must be three positive ints, got {self.head_widths!r}")
+        return widths
 
     def _crf_function(self):
         """``crf(image, scores) -> probs`` or None, from the ``crf`` parameter."""
@@ -297,9 +307,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         from .nn import make_backbone
         from .nn.affinity_head import AffinityNet
 
-        widths = tuple(int(w) for w in self.head_widths)
-        if len(widths) != 3 or min(widths) < 1:
-            raise ValueError(f"head_widths must be three positive ints, got {self.head_widths!r}")
+        widths = self._checked_head_widths()
         state = None
         if self.init == "cam" and self.pretrained in (None, False):
             source = getattr(records, "source", None) or {}

@@ -451,7 +451,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         from .nn.heads import Network
         from .nn.seg_head import ASPPHead
 
-        rates = tuple(int(r) for r in np.asarray(self.aspp_rates, dtype=int).ravel())
+        rates = self._checked_aspp_rates()
         with seeded(seed):
             if self._from_cam():
                 backbone = make_backbone(self.cam_.network_.backbone)  # a copy, moved to CPU
@@ -493,6 +493,16 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         sources = [s if isinstance(s, str) else joblib.hash(s) for s in images.sources]
         return joblib.hash((params, sources, [joblib.hash(m) for m in masks])), params
 
+    def _checked_aspp_rates(self):
+        try:
+            values = np.asarray(self.aspp_rates, dtype=float).ravel()
+        except (TypeError, ValueError):
+            values = np.array([0.0])
+        if not np.all((values >= 1) & (values == np.round(values))):
+            raise ValueError(
+                f"aspp_rates must be positive integers (dilations), got {self.aspp_rates!r}")
+        return tuple(int(r) for r in values)
+
     def _checked_scale_range(self):
         scale_range = tuple(float(s) for s in np.asarray(self.scale_range, dtype=float).ravel())
         if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
@@ -511,6 +521,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         """
         self._crf_options()
         self._checked_scale_range()
+        self._checked_aspp_rates()
         checks = [(f"{name}__", self._step(name)) for name in steps]
         if not self._from_cam():
             checks.append(("", self))

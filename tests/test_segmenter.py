@@ -513,6 +513,9 @@ def test_a_class_missing_from_the_training_folds_is_scored_as_missed(fitted, fit
     ({"affinity__crf": {"n_iter": -5}}, "affinity__crf: n_iter must be a non-negative integer"),
     ({"crf": {"n_iter": -5}}, "crf: n_iter must be a non-negative integer"),
     ({"cam__scales": (0,)}, "cam__scales must be a non-empty sequence of positive numbers"),
+    ({"affinity__head_widths": (1, 2)}, "affinity__head_widths must be three positive ints"),
+    ({"aspp_rates": (0,)}, "aspp_rates must be positive integers"),
+    ({"aspp_rates": (1.5, 2)}, "aspp_rates must be positive integers"),
 ])
 def test_settings_of_late_stages_fail_before_any_training(shapes, monkeypatch, params, match):
     def no_training(*args, **kwargs):
