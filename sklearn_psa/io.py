@@ -302,14 +302,18 @@ def check_writable(folder):
                 p.rmdir()
 
 
+#: Folders whose stale temporaries this process has removed (at its first save there).
+_CLEANED_FOLDERS = set()
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """Open a temporary file next to ``path`` and move it into place on success.
 
     A reader never sees a half-written ``path``: either the old file (or none)
     or the complete new one. On an exception the temporary file is removed;
-    those of a save that was killed are removed by the next save of ``path``
-    (when unchanged for :data:`STALE_SECONDS`).
+    those of saves that were killed are removed by this process's first save
+    in the same folder (when unchanged for :data:`STALE_SECONDS`).
 
     Examples
     --------
@@ -322,7 +326,10 @@ def atomic_write(path, mode="wb"):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, path.name)
+    folder = os.path.realpath(path.parent)
+    if folder not in _CLEANED_FOLDERS:  # once per folder and process: a scan per mask would
+        remove_stale_temporaries(folder)  # cost O(n) for each of n files
+        _CLEANED_FOLDERS.add(folder)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp makes the file private (0600): give it the mode open() would

@@ -305,7 +305,7 @@ def test_a_killed_save_leaves_temporaries_that_the_next_save_removes(tmp_path):
     path = tmp_path / "model.psa"
     old = tmp_path / ".model.psa.abcd1234.tmp"  # what a save killed by SIGKILL leaves
     young = tmp_path / ".model.psa.efgh5678.tmp"  # a save in progress elsewhere
-    other = tmp_path / ".other.png.abcd1234.tmp"
+    other = tmp_path / ".other.png.abcd1234.tmp"  # another file's, left as long ago
     user = tmp_path / ".model.psa.notes.tmp"  # not a name atomic_write makes
     for p in (old, young, other, user):
         p.write_bytes(b"x")
@@ -314,10 +314,14 @@ def test_a_killed_save_leaves_temporaries_that_the_next_save_removes(tmp_path):
         os.utime(p, (long_ago, long_ago))
     with atomic_write(path) as f:
         f.write(b"done")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [path.name, young.name, other.name, user.name])
-    assert remove_stale_temporaries(tmp_path) == [str(other)]
-    assert young.exists() and user.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, young.name, user.name])
+    # the folder is scanned once per process; a later scan is explicit
+    os.utime(young, (long_ago, long_ago))
+    with atomic_write(tmp_path / "again") as f:
+        f.write(b"done")
+    assert young.exists()
+    assert remove_stale_temporaries(tmp_path, "model.psa") == [str(young)]
+    assert user.exists()
 
 
 def test_check_writable_probes_and_leaves_nothing(tmp_path):
