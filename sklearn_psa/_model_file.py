@@ -246,7 +246,10 @@ class _Reader:
             out[:] = items
             return out.reshape([int(n) for n in value["shape"]])
         if kind == "npscalar":
-            return np.dtype(value["dtype"]).type(self.decode(value["value"], where))
+            dtype = np.dtype(value["dtype"])
+            if dtype.kind not in "biufc":
+                raise ValueError(f"{where}: a numpy scalar of dtype {dtype} is not a number")
+            return dtype.type(self.decode(value["value"], where))
         if kind == "float":
             if value.get("value") not in ("nan", "inf", "-inf"):
                 raise ValueError(f"{where}: not a float: {value.get('value')!r}")

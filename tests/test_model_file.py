@@ -111,7 +111,7 @@ def test_a_user_module_backbone_is_refused_with_the_attribute_named(data, tmp_pa
 
 
 @pytest.mark.parametrize("payload", ["pickle", "joblib", "json-class", "json-module",
-                                     "object-array", "torch-pickle", "bad-ref"])
+                                     "object-array", "torch-pickle", "bad-ref", "void-scalar"])
 def test_crafted_files_are_refused_without_running_code(tmp_path, payload):
     flag = tmp_path / "ran"
 
@@ -150,6 +150,10 @@ def test_crafted_files_are_refused_without_running_code(tmp_path, payload):
         import torch
 
         torch.save({"x": RunsCode()}, path)
+    elif payload == "void-scalar":
+        zipped({"__type__": "estimator", "class": "CAMClassifier",
+                "state": {"n_iter_": {"__type__": "npscalar", "dtype": "V1000000000",
+                                      "value": 0}}})
     elif payload == "bad-ref":
         zipped({"__type__": "estimator", "class": "CAMClassifier",
                 "state": {"classes_": {"__type__": "ndarray", "ref": 7}}})
