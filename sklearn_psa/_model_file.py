@@ -70,7 +70,7 @@ class _Writer:
                                 "numbers cannot be stored safely")
             return {"__type__": "objectarray", "shape": list(arr.shape),
                     "items": [self.encode(v, f"{where}[{i}]") for i, v in enumerate(items)]}
-        self.arrays.append(np.ascontiguousarray(arr))
+        self.arrays.append(arr)  # (np.ascontiguousarray would make 0-d arrays 1-d)
         return {"__type__": "ndarray", "ref": len(self.arrays) - 1}
 
     def tensor(self, t, where):
@@ -303,12 +303,20 @@ class _Reader:
     def module(self, value, where):
         import torch
 
-        net = _build(value.get("recipe"), where, self)
         state = {k: self.tensor(v, f"{where}.{k}") for k, v in value["state"].items()}
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"{where}: the stored weights do not fit the network: {exc}") from exc
+        # Built without memory first (the "meta" device), so that a recipe whose sizes the
+        # stored weights do not back cannot allocate without bound; then given the weights.
+        with torch.device("meta"):
+            net = _build(value.get("recipe"), where, self)
+        expected = {k: tuple(t.shape) for k, t in net.state_dict().items()}
+        stored = {k: tuple(t.shape) for k, t in state.items()}
+        if expected != stored:
+            wrong = sorted(set(expected) ^ set(stored)) or sorted(
+                k for k in expected if expected[k] != stored[k])
+            raise ValueError(f"{where}: the stored weights do not fit the network "
+                             f"({len(wrong)} tensors differ, first: {wrong[0]})")
+        net = net.to_empty(device="cpu")
+        net.load_state_dict(state, strict=True)
         net.to(memory_format=torch.channels_last)
         return net.train(bool(value.get("training", False)))
 

@@ -51,6 +51,13 @@ def test_segmenter_round_trip_predicts_the_same(segmenter, data, tmp_path):
     for name in ("cam_", "affinity_", "refiner_"):
         _same_attributes(getattr(segmenter, name), getattr(loaded, name))
     assert repr(loaded) == repr(segmenter)
+    import torch
+
+    for net in ("network_", "cam_.network_", "affinity_.network_"):
+        a, b = (eval(f"m.{net}", {"m": m}).state_dict() for m in (segmenter, loaded))
+        assert a.keys() == b.keys()
+        assert all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+                   and torch.equal(a[k].cpu(), b[k]) for k in a)
     for a, b in zip(segmenter.predict_proba(X), loaded.predict_proba(X)):
         np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_array_equal(segmenter.predict(X), loaded.predict(X))
@@ -111,7 +118,8 @@ def test_a_user_module_backbone_is_refused_with_the_attribute_named(data, tmp_pa
 
 
 @pytest.mark.parametrize("payload", ["pickle", "joblib", "json-class", "json-module",
-                                     "object-array", "torch-pickle", "bad-ref", "void-scalar"])
+                                     "object-array", "torch-pickle", "bad-ref", "void-scalar",
+                                     "huge-head"])
 def test_crafted_files_are_refused_without_running_code(tmp_path, payload):
     flag = tmp_path / "ran"
 
@@ -150,6 +158,10 @@ def test_crafted_files_are_refused_without_running_code(tmp_path, payload):
         import torch
 
         torch.save({"x": RunsCode()}, path)
+    elif payload == "huge-head":  # 10**6 x 10**6 weights declared, none stored
+        zipped({"__type__": "estimator", "class": "CAMClassifier", "state": {
+            "network_": {"__type__": "module", "state": {}, "recipe": {
+                "class": "CAMHead", "args": {"in_channels": 10**6, "n_classes": 10**6}}}}})
     elif payload == "void-scalar":
         zipped({"__type__": "estimator", "class": "CAMClassifier",
                 "state": {"n_iter_": {"__type__": "npscalar", "dtype": "V1000000000",
