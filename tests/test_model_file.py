@@ -51,10 +51,12 @@ def test_segmenter_round_trip_predicts_the_same(segmenter, data, tmp_path):
     for name in ("cam_", "affinity_", "refiner_"):
         _same_attributes(getattr(segmenter, name), getattr(loaded, name))
     assert repr(loaded) == repr(segmenter)
+    from operator import attrgetter
+
     import torch
 
     for net in ("network_", "cam_.network_", "affinity_.network_"):
-        a, b = (eval(f"m.{net}", {"m": m}).state_dict() for m in (segmenter, loaded))
+        a, b = (attrgetter(net)(m).state_dict() for m in (segmenter, loaded))
         assert a.keys() == b.keys()
         assert all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
                    and torch.equal(a[k].cpu(), b[k]) for k in a)
