@@ -97,15 +97,27 @@ def _open(path, max_pixels=None):
     return img
 
 
-def _check_mode(mode):
-    """Refuse PIL modes whose pixel scale is unknown (they would turn black or saturate)."""
+def _sixteen_bit(image):
+    """Whether a mode-"I" PIL image holds 16-bit samples: a PNG (older Pillows open 16-bit
+    grayscale PNGs as "I") or a TIFF of 16 bits per sample."""
+    if image.format == "PNG":
+        return True
+    if image.format == "TIFF":
+        bits = getattr(image, "tag_v2", {}).get(258)
+        return tuple(bits or ()) == (16,)
+    return False
+
+
+def _check_mode(image):
+    """Refuse PIL images whose pixel scale is unknown (they would turn black or saturate)."""
+    mode = image.mode
     if mode == "F":
         raise ValueError(
             "float pixels (mode 'F', such as a 32-bit float TIFF), whose scale is unknown "
             "(0..1 or 0..255): expected 8-bit or 16-bit RGB or grayscale; convert the image "
             "to 8 bits first"
         )
-    if mode == "I" or mode.startswith("I;32"):
+    if (mode == "I" and not _sixteen_bit(image)) or mode.startswith("I;32"):
         raise ValueError(
             f"32-bit integer pixels (mode {mode!r}), whose range is unknown: expected 8-bit or "
             "16-bit RGB or grayscale; convert the image to 8 bits first"
@@ -122,8 +134,8 @@ def to_rgb(image):
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        _check_mode(image.mode)
-        if image.mode.startswith("I;16"):
+        _check_mode(image)
+        if image.mode.startswith("I;16") or image.mode == "I":
             # 16-bit grayscale: keep the 8 most significant bits (Pillow's convert clips)
             gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
             return np.repeat(gray[:, :, None], 3, axis=2)
@@ -182,7 +194,7 @@ def image_size(path, *, max_pixels=None):
     img = _open(path, max_pixels)
     try:
         try:
-            _check_mode(img.mode)
+            _check_mode(img)
         except ValueError as exc:
             raise ValueError(f"{os.fspath(path)}: {exc}") from exc
         width, height = img.size

@@ -395,3 +395,16 @@ def test_max_pixels_refuses_large_files_before_decoding(tmp_path, monkeypatch):
         sio.image_size(path)
     monkeypatch.setattr(sio, "MAX_PIXELS", None)  # no limit
     assert sio.image_size(path) == (200, 300)
+
+
+def test_a_16_bit_png_opened_as_mode_i_keeps_converting(tmp_path):
+    # older Pillows open 16-bit grayscale PNGs as mode "I" (32-bit integers)
+    values = (np.arange(42).reshape(6, 7) * 1500).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        as_i = im.convert("I")
+    as_i.format = "PNG"
+    np.testing.assert_array_equal(to_rgb(as_i)[..., 0], (values >> 8).astype(np.uint8))
+    as_i.format = None  # a 32-bit image made in memory: its range is unknown
+    with pytest.raises(ValueError, match="32-bit integer pixels"):
+        to_rgb(as_i)
