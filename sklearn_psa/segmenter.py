@@ -754,7 +754,10 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
 
         Each file is written atomically (a reader never sees half a file) and
         files already in ``folder`` are skipped, so an interrupted call
-        resumes where it stopped.
+        resumes where it stopped. Only masks that sklearn-psa wrote as outputs
+        (:func:`sklearn_psa.io.output_mark`) are skipped or replaced: any other
+        file of a name to write (an image, a true mask) is a ``ValueError``
+        before anything is written.
 
         Parameters
         ----------
@@ -764,14 +767,14 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             File names without ``.png`` (no folders), one per training image
             (default: :attr:`pseudo_label_names_`).
         overwrite : bool, default=False
-            Rewrite files that exist.
+            Rewrite the masks of an earlier call that exist.
 
         Returns
         -------
         written : list of str
             Paths written by this call (skipped files are not listed).
         """
-        from .io import save_mask
+        from .io import output_mark, save_mask
 
         check_is_fitted(self, "network_")
         if not hasattr(self, "pseudo_labels_"):
@@ -793,6 +796,14 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"folder {os.fspath(folder)!r} is a file: expected a folder")
+        foreign = [folder / f"{n}.png" for n in names if (folder / f"{n}.png").exists()]
+        foreign = [p for p in foreign if output_mark(p) is None]
+        if foreign:
+            raise ValueError(
+                f"{len(foreign)} file(s) in {os.fspath(folder)!r} are not masks that sklearn-psa "
+                f"wrote (first: {os.fspath(foreign[0])!r}); they are never replaced or taken for "
+                "finished masks: choose an empty folder or move them"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         for name, mask in zip(names, self.pseudo_labels_):

@@ -354,6 +354,22 @@ def test_save_pseudo_labels_resumes(fitted, tmp_path):
         fitted.save_pseudo_labels(tmp_path / "afile")
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_save_pseudo_labels_never_replaces_or_skips_the_users_files(fitted, tmp_path, overwrite):
+    from PIL import Image
+
+    from sklearn_psa.io import save_mask
+
+    truth = tmp_path / "SegmentationClass"
+    truth.mkdir()
+    save_mask(truth / "000003.png", np.ones((64, 64), np.uint8))  # the user's true mask
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(truth / "000007.png")  # an image
+    before = {p.name: p.read_bytes() for p in truth.iterdir()}
+    with pytest.raises(ValueError, match=r"2 file\(s\) in .* are not masks that sklearn-psa wrote"):
+        fitted.save_pseudo_labels(truth, overwrite=overwrite)
+    assert {p.name: p.read_bytes() for p in truth.iterdir()} == before
+
+
 def test_bad_settings_of_any_stage_fail_before_training(shapes, tmp_path, monkeypatch):
     X, Y, masks = shapes
     import sklearn_psa._training as training
