@@ -476,12 +476,14 @@ def cmd_predict(args):
     from .io import image_size, save_mask
 
     _check_folder(args.output, "--output")
-    model = _set_predict_options(_load_model(args.model, trust_pickle=args.trust_pickle),
-                                 args.device, args.crf)
+    if not Path(args.model).is_file():
+        raise CommandError(f"{args.model}: no such model file (write one with 'sklearn-psa fit')")
     data = load_data(args.data, labels=args.labels, split=args.split, need_labels=False)
     # (the model may share the folder: no mask is named like it, and were one to be, the
     # model carries no output mark and is never replaced)
     _check_mask_folder(args.output, "--output", _input_files(data, args.labels), data["ids"])
+    model = _set_predict_options(_load_model(args.model, trust_pickle=args.trust_pickle),
+                                 args.device, args.crf)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     todo = [(i, p) for i, p in zip(data["ids"], data["images"])
