@@ -721,6 +721,9 @@ def build_parser():
     p.add_argument("--labels", help="CSV whose header names the classes")
     p.add_argument("--class-names", help="comma-separated class names (1..K)")
     p.add_argument("--output", help="also write the report to this file")
+    p.add_argument("--max-pixels", type=_positive_int, default=None,
+                   help="largest mask (width x height) read; larger files are refused by name "
+                        "(default 40000000: sklearn_psa.io.MAX_PIXELS)")
     p.set_defaults(func=cmd_evaluate)
     return parser
 

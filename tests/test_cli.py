@@ -641,3 +641,13 @@ def test_predict_reports_an_image_the_model_cannot_process(demo_model, folder, t
                         "--batch-size", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "img2.png: DefaultCPUAllocator" in err
+
+
+def test_evaluate_refuses_a_mask_beyond_max_pixels(folder, tmp_path, capsys):
+    pred = tmp_path / "pred"
+    for i in range(2):
+        save_mask(pred / f"img{i}.png", load_mask(folder / "masks" / f"img{i}.png"))
+    assert main(["evaluate", str(pred), str(folder / "masks"), "--max-pixels", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "more than the limit of 100" in err
+    assert main(["evaluate", str(pred), str(folder / "masks")]) == 0
