@@ -50,6 +50,22 @@ ABLATIONS = {
     "input_scale_2": {"input_scale": 2.0},
     "no_augmentation": {"crop_size": None, "scale_range": (1.0, 1.0)},
     "epochs_x2": {"max_epochs": "x2"},
+    "epochs_x4": {"max_epochs": "x4"},
+    "epochs_x8": {"max_epochs": "x8"},
+    "crf_sxy20_x4": {"crf": {"bilateral_sxy": 20}, "max_epochs": "x4"},
+    "radius_3_x4": {"radius": 3, "max_epochs": "x4"},
+    "init_cam_x4": {"init": "cam", "max_epochs": "x4"},
+    "radius_3": {"radius": 3},
+    "crf_sxy20": {"crf": {"bilateral_sxy": 20}},
+    "crf_sxy40": {"crf": {"bilateral_sxy": 40}},
+    "alpha_4_64": {"alpha_high": 64},
+    "alpha_8_64_x2": {"alpha_low": 8, "alpha_high": 64, "max_epochs": "x2"},
+    "radius_4": {"radius": 4},
+    "radius_3_x2": {"radius": 3, "max_epochs": "x2"},
+    "lr_0.03": {"learning_rate": 0.03},
+    "head_lr_1": {"head_lr_mult": 1.0},
+    "head_lr_1_alpha_1": {"head_lr_mult": 1.0, "alpha_low": 1},
+    "head_lr_1_x4": {"head_lr_mult": 1.0, "max_epochs": "x4"},
     "efficientnet_lite0": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
                            "learning_rate": 0.01},
     "crf": {"crf": True},
@@ -61,25 +77,34 @@ ABLATIONS = {
     "alpha_2_32_crf": {"alpha_low": 2, "crf": True},
     "alpha_2_32_x2": {"alpha_low": 2, "max_epochs": "x2"},
     "alpha_2_32_x4": {"alpha_low": 2, "max_epochs": "x4"},
+    "alpha_1_32_x4": {"alpha_low": 1, "max_epochs": "x4"},
+    "alpha_1_32_x2": {"alpha_low": 1, "max_epochs": "x2"},
     "wide_head": {"head_widths": (64, 128, 256)},
     "scale2_crf_alpha2_x2": {"input_scale": 2.0, "crf": True, "alpha_low": 2, "max_epochs": "x2"},
     "scale2_crf_x4": {"input_scale": 2.0, "crf": True, "max_epochs": "x4"},
     "scale2_x4": {"input_scale": 2.0, "max_epochs": "x4"},
     "rf155": {"backbone_options": {"depth": 4, "dilation": 2}},
+    # a receptive field smaller than the objects: local appearance, not the distance to a part
+    "rf27": {"backbone_options": {"depth": 0}},
+    "rf43": {"backbone_options": {"depth": 1}},
+    "rf27_alpha_1": {"backbone_options": {"depth": 0}, "alpha_low": 1},
+    "rf27_x2": {"backbone_options": {"depth": 0}, "max_epochs": "x2"},
     "lite0_stages5_scale2": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": {"stages": 5},
                              "input_scale": 2.0, "learning_rate": "auto"},
 }
 
 
-def _cam_records(n, image_size, seed, cam_params, cache):
+def _cam_records(n, image_size, seed, cam_params, cache, shapes=None):
+    """CAM records and masks of make_shapes training images (``shapes``: its keyword
+    arguments, e.g. the hard case ``{"body_class_strength": 0, "distractors": "bodies"}``)."""
     import joblib
 
-    def make(n, image_size, seed, cam_params):
+    def make(n, image_size, seed, cam_params, shapes):
         from sklearn_psa import CAMClassifier
         from sklearn_psa.datasets import make_shapes
         from sklearn_psa.records import Records
 
-        X, Y, masks = make_shapes(n, image_size=image_size, random_state=seed)
+        X, Y, masks = make_shapes(n, image_size=image_size, random_state=seed, **shapes)
         cam = CAMClassifier(random_state=seed, **cam_params)
         records = cam.fit_transform(X, Y)
         if not (getattr(records, "source", None) or {}).get("state_dict"):
@@ -91,7 +116,7 @@ def _cam_records(n, image_size, seed, cam_params, cache):
 
     if cache:
         make = joblib.Memory(cache, verbose=0).cache(make)
-    return make(n, image_size, seed, cam_params)
+    return make(n, image_size, seed, cam_params, dict(shapes or {}))
 
 
 def _true_label_records(records, masks, weight=1.0):
@@ -109,13 +134,13 @@ def _true_label_records(records, masks, weight=1.0):
     return Records(out, records.n_classes, records.source)
 
 
-def _clutter_maps(masks, n_classes, image_size, seed):
+def _clutter_maps(masks, n_classes, image_size, seed, shapes=None):
     """The distractor maps of make_shapes for these masks, or None if they are not its output."""
     from sklearn_psa._validation import check_random_state_seed
     from sklearn_psa.datasets._shapes import _generate
 
     _, drawn, clutter = _generate(len(masks), n_classes, image_size, 3, check_random_state_seed(seed),
-                                  return_clutter=True)
+                                  return_clutter=True, **(shapes or {}))
     return clutter if np.array_equal(drawn, np.asarray(masks)) else None
 
 
@@ -179,6 +204,18 @@ def _label_quality(records, masks, crf, alpha_low=4, alpha_high=32):
             "pair_prec": pairs_ok / np.maximum(pairs, 1), "pairs_per_image": pairs / max(len(masks), 1)}
 
 
+def _shapes_kwargs(args):
+    """make_shapes' keyword arguments from --body-class-strength, --distractors and --hard."""
+    if args.hard:
+        return {"body_class_strength": 0.0, "distractors": "bodies"}
+    out = {}
+    if args.body_class_strength is not None:
+        out["body_class_strength"] = args.body_class_strength
+    if args.distractors is not None:
+        out["distractors"] = None if args.distractors == "none" else args.distractors
+    return out
+
+
 def run(args):
     import torch
 
@@ -201,7 +238,7 @@ def run(args):
             saved = pickle.load(f)
         records, masks = saved["records"], saved["masks"]
     else:
-        records, masks = _cam_records(args.n, args.image_size, args.seed, cam_params, args.cache)
+        records, masks = _cam_records(args.n, args.image_size, args.seed, cam_params, args.cache, _shapes_kwargs(args))
     if args.subset:
         records, masks = records[:args.subset], masks[:args.subset]
     train_masks = masks
@@ -241,7 +278,7 @@ def run(args):
         """Walk ``out`` (records with affinities) on the grid and add its row to the table."""
         s, ab = _best_walk(out, masks, alphas, betas, args.device)
         fit = "-" if fit is None else f"{fit:.0f}"
-        lines.append(f"| {label} | {s:.3f} | {s - cam:+.3f} | {ab} | {_pair_auc(out, masks, 5):.3f} | {fit} |")
+        lines.append(f"| {label} | {s:.3f} | {s - cam:+.3f} | {ab} | {_pair_auc(out, masks, out.records[0].radius):.3f} | {fit} |")
         print(lines[-1], flush=True)
 
     def add_fitted_row(label, estimator, fit_records):
@@ -256,23 +293,24 @@ def run(args):
         fit = time.perf_counter() - t0
         add_row(label, estimator.transform(records), fit)
 
-    offsets = neighbor_offsets(5)
-    add_row("oracle affinity (true masks)", records.with_affinity([oracle_affinity(m, offsets) for m in masks], 5))
-    clutter = _clutter_maps(masks, records.n_classes, args.image_size, args.seed)
+    offsets = neighbor_offsets(args.radius)
+    add_row("oracle affinity (true masks)",
+            records.with_affinity([oracle_affinity(m, offsets) for m in masks], args.radius))
+    clutter = _clutter_maps(masks, records.n_classes, args.image_size, args.seed, _shapes_kwargs(args))
     if clutter is not None:
         # the same, but each body-like distractor its own segment: an affinity that knows the
         # boundaries of bodies, not that distractors are background
         segments = np.where(clutter > 0, 100 + clutter, masks).astype(np.uint8)
         add_row("texture oracle (distractors their own segments)",
-                records.with_affinity([oracle_affinity(m, offsets) for m in segments], 5))
+                records.with_affinity([oracle_affinity(m, offsets) for m in segments], args.radius))
 
     for scale in args.feature_affinity or ():
         # no training: ImageNet features of the stride-8 stage (sklearn_psa.FeatureAffinity)
         add_fitted_row(f"FeatureAffinity (lite0 ImageNet, stage 3, no training), input_scale {scale}",
-                       FeatureAffinity(input_scale=scale, device=args.device), train_records)
+                       FeatureAffinity(input_scale=scale, radius=args.radius, device=args.device), train_records)
 
     base = dict(backbone="tiny", learning_rate=0.1, max_epochs=args.epochs, head_widths=tuple(args.head_widths),
-                device=args.device, random_state=args.seed, crf=args.crf)
+                device=args.device, random_state=args.seed, crf=args.crf, radius=args.radius)
     runs = [(name, ABLATIONS[name], train_records) for name in args.ablation]
     if args.true_labels:
         true_records = _true_label_records(train_records, train_masks)
@@ -294,6 +332,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100, help="training images")
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--hard", action="store_true",
+                        help="make_shapes' hard case (body_class_strength 0, distractors 'bodies'; the first generator)")
+    parser.add_argument("--body-class-strength", type=float, default=None, help="make_shapes' (default: its default)")
+    parser.add_argument("--distractors", choices=("background", "bodies", "none"), default=None,
+                        help="make_shapes' (default: its default)")
+    parser.add_argument("--radius", type=int, default=5, help="AffinityNet's radius and the oracle's")
     parser.add_argument("--epochs", type=int, default=4, help="AffinityNet epochs (base)")
     parser.add_argument("--cam-epochs", type=int, default=None, help="override CAMClassifier max_epochs")
     parser.add_argument("--cam-learning-rate", type=float, default=None,
@@ -340,7 +384,8 @@ def main(argv=None):
     args.crf = args.crf == "on"
     lines = run(args)
     print()
-    print(f"make_shapes: {args.subset or args.n} training images, {args.image_size} px, seed {args.seed}; "
+    print(f"make_shapes({_shapes_kwargs(args)}): {args.subset or args.n} training images, {args.image_size} px, "
+          f"seed {args.seed}; "
           f"AffinityNet {args.epochs} epochs (tiny backbone unless stated), walk t=256.")
     print()
     print("\n".join(lines))

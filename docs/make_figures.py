@@ -122,6 +122,35 @@ def shapes_figure(n_images=8, random_state=3):
     return fig, {"keep": keep}
 
 
+@figure("shapes_settings")
+def shapes_settings_figure(n_images=6, random_state=1):
+    """make_shapes across its knobs: the same seed for every row, so rows show the same scenes."""
+    from sklearn_psa.datasets import make_shapes
+
+    settings = [
+        ({"body_class_strength": 0.0, "distractors": "bodies"}, "hard case:\nstrength 0, bodies"),
+        ({"body_class_strength": 0.0, "distractors": "background"}, "strength 0,\nbackground"),
+        ({}, "default:\nstrength 0.25,\nbackground"),
+        ({"body_class_strength": 0.5}, "strength 0.5,\nbackground"),
+        ({"body_class_strength": 1.0}, "strength 1,\nbackground"),
+        ({"distractors": None}, "strength 0.25,\nno clutter"),
+    ]
+    fig, axes = plt.subplots(len(settings), n_images, figsize=(1.6 * n_images + 0.6, 1.6 * len(settings)))
+    for row, (kw, name) in enumerate(settings):
+        X, Y, _ = make_shapes(n_images, random_state=random_state, **kw)
+        for i in range(n_images):
+            ax = axes[row, i]
+            ax.imshow(X[i], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            present = [str(j) for j in np.flatnonzero(Y[i])]
+            ax.text(2, 2, "y: " + (", ".join(present) if present else "none"), fontsize=7, va="top",
+                    bbox={"facecolor": "white", "alpha": 0.7, "pad": 1, "linewidth": 0})
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    fig.subplots_adjust(left=0.1, right=0.995, top=0.995, bottom=0.005, wspace=0.04, hspace=0.04)
+    return fig
+
+
 @figure("shapes_cams")
 def shapes_cams_figure(n_images=6, n_train=160, random_state=0):
     """CAMs of a CAMClassifier trained on make_shapes: they cover the parts, not the bodies."""

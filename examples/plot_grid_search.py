@@ -14,12 +14,22 @@ the whole search below trains each network once; every candidate still runs CAM 
 inference and the walk on the held-out images to be scored. ``GridSearchCV(...).fit(X, masks)``
 trains on the image-level labels derived from the masks and scores on the masks (mean IoU).
 
-Takes a few minutes on a laptop CPU.
+The search is fitted on the masks (``.fit(X, masks)``): on the image-level labels
+(``.fit(X, Y)``) there would be nothing to score, and it stops with
+:class:`~sklearn_psa.exceptions.MasksRequiredError`.
+
+Takes a few minutes on a laptop CPU (``--quick``: under a minute, small data, few epochs and
+a smaller grid, to check that it runs). It writes ``figure8.png`` to ``--output`` (default
+``gallery/plot_grid_search``)::
+
+    python examples/plot_grid_search.py [--quick] [--output DIR]
 """
 
 # %%
+import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -30,12 +40,22 @@ from sklearn.pipeline import Pipeline
 from sklearn_psa import AffinityEstimator, CAMClassifier, RandomWalkRefiner
 from sklearn_psa.datasets import make_shapes
 
-X, Y, masks = make_shapes(n_samples=240, random_state=0)
+parser = argparse.ArgumentParser(description="Figure 8: the walk's alpha, beta and t")
+parser.add_argument("--quick", action="store_true", help="small data, few epochs: < 1 minute")
+parser.add_argument("--output", default="gallery/plot_grid_search", help="folder for the figure")
+args, _ = parser.parse_known_args()  # (a notebook's kernel adds arguments of its own)
+out = Path(args.output)
+out.mkdir(parents=True, exist_ok=True)
+n_samples, size, cam_epochs, affinity_epochs = (
+    (240, 128, 100, 6) if not args.quick else (40, 64, 8, 1))
+
+X, Y, masks = make_shapes(n_samples=n_samples, image_size=size, random_state=0)
 
 pipe = Pipeline(
     [
-        ("cam", CAMClassifier(backbone="tiny", max_epochs=100, random_state=0)),  # converged
-        ("affinity", AffinityEstimator(backbone="tiny", max_epochs=6, random_state=0)),
+        ("cam", CAMClassifier(backbone="tiny", max_epochs=cam_epochs, random_state=0)),
+        ("affinity", AffinityEstimator(backbone="tiny", max_epochs=affinity_epochs,
+                                       random_state=0)),
         ("rw", RandomWalkRefiner()),
     ],
     memory=Memory(tempfile.mkdtemp(), verbose=0),
@@ -45,6 +65,8 @@ pipe = Pipeline(
 # Two grids searched together: beta x t at the paper's alpha, and alpha at the paper's beta
 # and t. ``refit=False``: the figures need the scores only.
 betas, ts, alphas = [2, 4, 8, 16], [4, 16, 64, 256, 1024], [1, 2, 4, 8, 16, 32, 64]
+if args.quick:
+    betas, ts, alphas = [4, 8], [16, 256], [2, 16]
 grid = [
     {"rw__alpha": [16], "rw__beta": betas, "rw__t": ts},
     {"rw__alpha": alphas, "rw__beta": [8], "rw__t": [256]},
@@ -82,4 +104,5 @@ right.set(xscale="log", xlabel="alpha", ylabel="mIoU",
           title="(b) accuracy versus alpha (beta = 8, t = 256)")
 right.set_xticks(alphas, [str(a) for a in alphas])
 fig.tight_layout()
-plt.show()
+fig.savefig(out / "figure8.png", dpi=80)
+print("figure written to", out / "figure8.png")

@@ -16,16 +16,25 @@ Image-level labels in, pixel masks out. The three steps of AffinityNet chain in 
 Then :class:`~sklearn_psa.PSASegmenter` does the same and trains a segmentation network on the
 masks it synthesized, which then predicts new images on its own.
 
-Runs in a few minutes on a laptop CPU.
+Runs in a few minutes on a laptop CPU (``--quick``: under a minute, small data and few
+epochs, to check that it runs; its figures show little). It writes the figures a user looks
+at to ``--output`` (default ``gallery/plot_pipeline``): ``cams.png`` (CAMs), ``figure5.png``
+(image, truth, CAMs, affinities, synthesized mask, as the paper's Figure 5),
+``walk_steps.png`` (the mask after t = 0, 4, 16, 64, 256 steps of the walk) and
+``predictions.png`` (predictions against the truth)::
+
+    python examples/plot_pipeline.py [--quick] [--output DIR]
 """
 
 # %%
 # Data: objects whose class shows only in a small part
 # ----------------------------------------------------
-# :func:`~sklearn_psa.datasets.make_shapes` draws striped bodies that look alike for every
-# class, each carrying a small class-specific part, on cluttered backgrounds. The training
-# labels ``Y`` say only which classes each image holds.
+# :func:`~sklearn_psa.datasets.make_shapes` draws textured bodies, each carrying a small
+# class-specific part (the body's look says a little about the class too), on cluttered
+# backgrounds. The training labels ``Y`` say only which classes each image holds.
+import argparse
 import tempfile
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 from sklearn.pipeline import Pipeline
@@ -34,9 +43,21 @@ from sklearn_psa import AffinityEstimator, CAMClassifier, PSASegmenter, RandomWa
 from sklearn_psa.datasets import make_shapes
 from sklearn_psa.io import voc_palette
 from sklearn_psa.metrics import segmentation_report
+from sklearn_psa.plotting import plot_cams, plot_synthesized
 
-X, Y, masks = make_shapes(n_samples=240, random_state=0)
-X_test, Y_test, masks_test = make_shapes(n_samples=60, random_state=1000)
+parser = argparse.ArgumentParser(description="AffinityNet as a Pipeline, with its figures")
+parser.add_argument("--quick", action="store_true", help="small data, few epochs: < 1 minute")
+parser.add_argument("--output", default="gallery/plot_pipeline", help="folder for the figures")
+args, _ = parser.parse_known_args()  # (a notebook's kernel adds arguments of its own)
+out = Path(args.output)
+out.mkdir(parents=True, exist_ok=True)
+# full settings, and the quick ones
+n_train, n_test, size = (240, 60, 128) if not args.quick else (48, 12, 64)
+cam_epochs, affinity_epochs, seg_epochs = (100, 6, 20) if not args.quick else (8, 1, 2)
+
+X, Y, masks = make_shapes(n_samples=n_train, image_size=size, random_state=0)
+X_test, Y_test, masks_test = make_shapes(n_samples=n_test, image_size=size, random_state=1000)
+classes = ["disc", "square", "triangle", "cross"]  # make_shapes' class parts, in order
 print(X.shape, Y.shape, "labels of the first image:", Y[0])
 
 # %%
@@ -51,8 +72,10 @@ print(X.shape, Y.shape, "labels of the first image:", Y[0])
 cache = tempfile.mkdtemp()
 pipe = Pipeline(
     [
-        ("cam", CAMClassifier(backbone="tiny", max_epochs=100, random_state=0)),
-        ("affinity", AffinityEstimator(backbone="tiny", max_epochs=6, random_state=0)),
+        ("cam", CAMClassifier(backbone="tiny", max_epochs=cam_epochs, classes=classes,
+                              random_state=0)),
+        ("affinity", AffinityEstimator(backbone="tiny", max_epochs=affinity_epochs,
+                                       random_state=0)),
         ("rw", RandomWalkRefiner(alpha=2, beta=16, t=256)),
     ],
     memory=cache,
@@ -70,6 +93,42 @@ pipe.set_params(rw__t=0)
 cam_only = pipe.predict(X_test)
 print(f"CAM alone on test images:           mIoU {pipe.score(X_test, masks_test):.3f}")
 pipe.set_params(rw__t=256)
+
+# %%
+# What the steps see
+# ------------------
+# The records of the test images (CAMs of the predicted classes, then affinities), for the
+# pictures: each class's CAM, the paper's Figure 5, and the walk step by step (``t = 0`` is
+# the CAM alone). Class names come from the fitted CAM step (``class_names_``).
+records = pipe[:-1].transform(X_test[:4])
+names = pipe["cam"].class_names_
+columns = 2 + max(max(len(r.labels) for r in records), 1)  # image, CAMs, background
+fig, axes = plt.subplots(3, columns, figsize=(2.5 * columns, 7.5))
+for row, record in zip(axes, records):
+    for ax in row:
+        ax.set_axis_off()
+    plot_cams(record, class_names=names, background_alpha=2, axes=row[:2 + len(record.labels)])
+fig.tight_layout()
+fig.savefig(out / "cams.png", dpi=80)
+
+fig = plot_synthesized(records, pipe["rw"].predict(records), masks_test[:4])
+fig.savefig(out / "figure5.png", dpi=80)
+
+steps = [0, 4, 16, 64, 256]
+fig, axes = plt.subplots(1, len(steps) + 2, figsize=(2.2 * (len(steps) + 2), 2.6))
+axes[0].imshow(X_test[0])
+axes[0].set_title("image")
+axes[-1].imshow(voc_palette()[masks_test[0]], interpolation="nearest")
+axes[-1].set_title("truth")
+for ax, t in zip(axes[1:], steps):
+    walked = pipe["rw"].set_params(t=t).predict(records[:1])[0]
+    ax.imshow(voc_palette()[walked], interpolation="nearest")
+    ax.set_title(f"t = {t}")
+pipe.set_params(rw__t=256)
+for ax in axes:
+    ax.set_axis_off()
+fig.tight_layout()
+fig.savefig(out / "walk_steps.png", dpi=80)
 
 # %%
 # An affinity with no training
@@ -95,13 +154,15 @@ if pretrained_weights_installed("efficientnet_lite0"):
 # their true image-level labels, as the paper does), keeps the synthesized masks in
 # ``pseudo_labels_`` and trains a DeepLab-style network on them; ``predict`` then needs
 # neither CAMs nor the walk. Nested parameters work as in a pipeline.
-seg = PSASegmenter(backbone="tiny", max_epochs=20, random_state=0, memory=cache)
-seg.set_params(cam__backbone="tiny", cam__max_epochs=100, affinity__backbone="tiny",
-               affinity__max_epochs=6, refiner__alpha=2, refiner__beta=16)
+# The segmenter's ``backbone`` is its steps' too, and ``classes`` names the classes for the
+# report.
+seg = PSASegmenter(backbone="tiny", max_epochs=seg_epochs, classes=classes, random_state=0,
+                   memory=cache)
+seg.set_params(cam__max_epochs=cam_epochs, affinity__max_epochs=affinity_epochs,
+               refiner__alpha=2, refiner__beta=16)
 seg.fit(X, Y)
 seg_pred = seg.predict(X_test)
-print(segmentation_report(masks_test, seg_pred, class_names=["class 1", "class 2", "class 3",
-                                                              "class 4"]))
+print(segmentation_report(masks_test, seg_pred, class_names=seg.class_names_))
 
 # %%
 # Pictures
@@ -117,4 +178,5 @@ for c, (title, items, is_mask) in enumerate(columns):
         axes[r, c].imshow(palette[items[r]] if is_mask else items[r], interpolation="nearest")
         axes[r, c].set_axis_off()
 fig.tight_layout()
-plt.show()
+fig.savefig(out / "predictions.png", dpi=80)
+print("figures written to", out)

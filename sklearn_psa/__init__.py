@@ -14,12 +14,14 @@ __version__ = "0.1.0.dev0"
 
 _LAZY = {
     "CAMClassifier": "cam",
+    "ClassifierCAM": "classifier_cam",
     "AffinityEstimator": "affinity",
     "FeatureAffinity": "feature_affinity",
     "RandomWalkRefiner": "walk",
     "PSASegmenter": "segmenter",
     "random_walk": "walk",
     "neighbor_offsets": "walk",
+    "transition_matrix": "walk",
     "dense_crf": "crf",
     "DenseCRF": "crf",
     "Record": "records",

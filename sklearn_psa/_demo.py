@@ -14,10 +14,14 @@ paper's Table 4), and writes to the output folder:
 - ``grid.png``: training images with their CAMs, the CAM masks, the
   synthesized masks, the two networks' predictions and the true masks
   (where matplotlib is installed);
-- ``model.joblib``: the fitted weakly supervised :class:`PSASegmenter`.
+- ``model.psa``: the fitted weakly supervised :class:`PSASegmenter`, written by
+  :func:`~sklearn_psa.io.save_model` (holds no code: ``sklearn-psa predict
+  --model model.psa`` reads it).
 """
 
 import contextlib
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -229,6 +233,29 @@ def format_report(stages, class_names, *, times=None, cpu_times=None, settings=N
     return "\n".join(lines) + "\n", scores, ratio
 
 
+def report_numbers(scores, ratio, seconds, **settings):
+    """The demo's headline numbers, for ``report.json`` (mean IoU as fractions, null for nan).
+
+    ``cam_miou`` and ``walk_miou`` are scored on the training images, ``segmenter_miou`` and
+    ``reference_miou`` (the fully supervised network trained as long) on the test images;
+    ``walk_gain`` is ``walk_miou - cam_miou``; ``seconds`` is the run's wall time up to the
+    report.
+    """
+    def first(prefix):  # the stage titled ``prefix``, else the first titled ``prefix (...)``
+        value = scores.get(prefix, next((v for k, v in scores.items() if k.startswith(prefix + " (")),
+                                        float("nan")))
+        return None if math.isnan(value) else round(float(value), 6)
+
+    out = {"cam_miou": first("CAM"), "walk_miou": first("CAM + random walk"),
+           "segmenter_miou": first("PSASegmenter"), "reference_miou": first("Fully supervised")}
+    out["walk_gain"] = (None if None in (out["cam_miou"], out["walk_miou"])
+                        else round(out["walk_miou"] - out["cam_miou"], 6))
+    out["weak_over_full"] = None if math.isnan(ratio) else round(float(ratio), 6)
+    out["seconds"] = round(float(seconds), 1)
+    out["settings"] = {k: v for k, v in settings.items()}
+    return out
+
+
 def plot_grid(path, columns, n_rows):
     """Write a grid of images and masks as a PNG (matplotlib, Agg backend).
 
@@ -285,7 +312,8 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     Parameters
     ----------
     output : str or path
-        Folder for ``report.md``, ``grid.png`` and ``model.joblib`` (created).
+        Folder for ``report.md``, ``report.json`` (the headline numbers, see
+        :func:`report_numbers`), ``grid.png`` and ``model.psa`` (created).
     n_samples : int, optional
         Training images (default 160, or 24 with ``quick``); the test set has
         its own fixed size and seed.
@@ -320,7 +348,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     from ._device import resolve_device
     from ._optional import installed
     from .datasets import make_shapes
-    from .io import atomic_write, dump_model
+    from .io import atomic_write, save_model
 
     start, cpu_start = time.perf_counter(), time.process_time()
     setting = demo_setting(quick, backbone)
@@ -332,7 +360,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     can_plot = installed("matplotlib")  # the plot extra
     if not can_plot:
         _log(out, "matplotlib is not installed (pip install \"sklearn-psa[plot]\"): the demo writes "
-                  "report.md and model.joblib, not grid.png")
+                  "report.md and model.psa, not grid.png")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     size, n_test = settings["image_size"], settings["n_test"]
@@ -384,10 +412,16 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
         settings={"n_train": n_train, "n_test": n_test, "image_size": size, "device": used_device,
                   "random_state": random_state, "setting": setting, **settings["params"]},
     )
-    files = {"report": output / "report.md", "model": output / "model.joblib"}
+    files = {"report": output / "report.md", "report_json": output / "report.json",
+             "model": output / "model.psa"}
     with atomic_write(files["report"], "w") as f:
         f.write(text)
-    dump_model(seg, files["model"])
+    numbers = report_numbers(scores, ratio, time.perf_counter() - start, setting=setting, n_train=n_train,
+                             n_test=n_test, image_size=size, device=used_device, random_state=random_state)
+    with atomic_write(files["report_json"], "w") as f:
+        json.dump(numbers, f, indent=2)
+        f.write("\n")
+    save_model(seg, files["model"])
     if can_plot:
         files["grid"] = output / "grid.png"
         plot_grid(files["grid"], [

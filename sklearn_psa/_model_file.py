@@ -135,6 +135,15 @@ class _Writer:
     def estimator(self, est, where):
         classes = _estimator_classes()
         name = type(est).__name__
+        from .classifier_cam import ClassifierCAM
+
+        if isinstance(est, ClassifierCAM):
+            raise TypeError(
+                f"{where}: a ClassifierCAM wraps a network of yours (code), which a model file "
+                "cannot hold: pickle the model with sklearn_psa.io.dump_model instead and load "
+                "it only from sources you trust (or keep your network's own file and rebuild "
+                "the ClassifierCAM around it)"
+            )
         if classes.get(name) is not type(est):
             raise TypeError(
                 f"{where}: a {type(est).__module__}.{type(est).__qualname__} cannot be stored in "

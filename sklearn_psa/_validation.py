@@ -123,6 +123,11 @@ def check_images(X, *, name="X"):
     if X is None:
         raise TypeError(f"{name} is None: expected a sequence of images")
     if _is_path(X):
+        if os.path.isdir(X):
+            raise TypeError(
+                f"{name} is a folder ({os.fspath(X)!r}): expected a sequence of images; "
+                f"sklearn_psa.io.list_images({os.fspath(X)!r}) lists its image files"
+            )
         raise TypeError(
             f"{name} is a single path ({os.fspath(X)!r}): expected a sequence of images; "
             "wrap it in a list"
@@ -159,6 +164,11 @@ def check_images(X, *, name="X"):
     for i, item in enumerate(items):
         if _is_path(item):
             path = os.fspath(item)
+            if os.path.isdir(path):
+                raise IsADirectoryError(
+                    f"{name}[{i}] is a folder ({path!r}), expected an image file; for the images "
+                    f"in it, give sklearn_psa.io.list_images({path!r})"
+                )
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{name}[{i}]: no such image file: {path}")
             try:
@@ -309,6 +319,61 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y",
     ]
 
 
+def check_score_masks(y, n_samples, *, shapes=None, n_classes=None, scorer="score"):
+    """Validate the true masks of a ``score`` (mean IoU); refuse image-level labels.
+
+    Image-level labels (an ``(n_samples, n_classes)`` indicator, dense, sparse
+    or a list of rows) raise :class:`~sklearn_psa.exceptions.MasksRequiredError`,
+    which scikit-learn's model selection does not turn into NaN scores; its
+    message says how to fit a search on masks. Anything else is checked by
+    :func:`check_masks`.
+
+    Parameters
+    ----------
+    y : object
+        The ``y`` given to ``score``.
+    n_samples : int
+        Number of images scored.
+    shapes : list of (H, W), optional
+        The images' shapes.
+    n_classes : int, optional
+        If given, mask values above it (other than 255) are errors (passed to
+        :func:`check_masks`).
+    scorer : str, default="score"
+        The method's name for the message (``"RandomWalkRefiner.score"``).
+
+    Returns
+    -------
+    masks : list of (H, W) uint8 arrays
+    """
+    import scipy.sparse as sp
+
+    from .exceptions import MasksRequiredError
+
+    shape = None
+    if sp.issparse(y):
+        shape = y.shape
+    elif y is not None and not _is_path(y) and not _looks_like_masks(y):
+        try:
+            arr = np.asarray(y)
+        except (TypeError, ValueError):  # ragged: not an indicator; check_masks says what
+            arr = None
+        if arr is not None and arr.ndim == 2 and arr.dtype != object:
+            shape = arr.shape
+    single_mask = (n_samples == 1 and shapes is not None and shape is not None
+                   and tuple(shapes[0]) == tuple(shape))
+    if shape is not None and shape[0] == n_samples and not single_mask:
+        raise MasksRequiredError(
+            f"{scorer}: y has shape {tuple(shape)}, image-level labels (an (n_samples, "
+            "n_classes) indicator), but the mean IoU needs the true pixel masks, one (H, W) "
+            "mask per image. To tune or cross-validate, fit the search on masks: "
+            "GridSearchCV(pipe, grid).fit(X, masks) trains every step on the image-level "
+            "labels derived from the masks and scores on the masks; or give the search a "
+            "scoring= of your own that takes image-level labels"
+        )
+    return check_masks(y, n_samples, n_classes=n_classes, shapes=shapes, name="y")
+
+
 def labels_from_masks(masks, n_classes=None):
     """Image-level indicator ``(n, n_classes)`` from masks: column j is set where value j+1 occurs.
 
@@ -366,6 +431,68 @@ def check_targets(y, n_samples=None, *, n_classes=None, shapes=None, name="y"):
         masks = check_masks(y, n_samples, n_classes=n_classes, shapes=shapes, name=name)
         return Targets(labels_from_masks(masks, n_classes), masks)
     return Targets(check_image_labels(y, n_samples, n_classes=n_classes, name=name))
+
+
+#: Names the reports add themselves (segmentation_report's rows), so no class may take them.
+_RESERVED_CLASS_NAMES = ("background", "mean")
+
+
+def check_classes(classes, *, name="classes"):
+    """Validate a ``classes`` parameter: None, or the names of the class columns in order.
+
+    Returns
+    -------
+    names : list of str or None
+    """
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__len__"):
+        raise TypeError(
+            f"{name} must be a sequence of class names, one per class column (column j is "
+            f"mask value j + 1), got {classes!r}"
+        )
+    names = [str(c) for c in classes]
+    if not names:
+        raise ValueError(f"{name} is empty: expected one name per class column")
+    for j, n in enumerate(names):
+        if not n.strip():
+            raise ValueError(f"{name}[{j}] is empty: expected a class name")
+        if n.lower() in _RESERVED_CLASS_NAMES:
+            raise ValueError(
+                f"{name}[{j}] is {n!r}, a name the reports use for their own rows "
+                f"({', '.join(_RESERVED_CLASS_NAMES)}): name the classes 1..K only"
+            )
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"{name}: the name {n!r} is repeated; each class needs its own")
+        seen.add(n)
+    return names
+
+
+def default_class_names(n_classes):
+    """``["class 1", ..., "class K"]``: class column ``j`` is named after its mask value ``j + 1``."""
+    return [f"class {j + 1}" for j in range(n_classes)]
+
+
+def class_names_of(classes, n_classes, y=None):
+    """The names of ``n_classes`` class columns, as an object array (``class_names_``).
+
+    From ``classes`` (checked by :func:`check_classes`) when given, else from
+    the columns of ``y`` when it is a pandas DataFrame of image-level labels,
+    else :func:`default_class_names`.
+    """
+    names = check_classes(classes)
+    if names is None and hasattr(y, "columns") and len(y.columns) == n_classes:
+        names = check_classes(list(y.columns), name="y's columns")
+    if names is None:
+        names = default_class_names(n_classes)
+    if len(names) != n_classes:
+        raise ValueError(
+            f"classes has {len(names)} names but y has {n_classes} classes: give one name per "
+            "class column (column j is mask value j + 1)"
+        )
+    return np.asarray(names, dtype=object)
 
 
 def format_masks(masks, images):

@@ -9,15 +9,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._torch_estimator import (
-    TorchEstimatorMixin,
-    device_type,
-    images_to_tensor,
-    iter_image_batches,
-    module_type,
-)
-from ._device import autocast
-from ._validation import check_images, check_targets
+from ._cam_maps import checked_scales, multiscale_cams, sigmoid
+from ._torch_estimator import TorchEstimatorMixin, device_type, module_type
+from ._validation import check_classes, check_images, check_targets, class_names_of
 
 __all__ = ["CAMClassifier"]
 
@@ -99,11 +93,21 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         fitted weights it starts from: the finished checkpoint of the fit
         that gave those weights is replaced by it, and an interrupted
         warm-started fit resumes from it.
+    classes : sequence of str or None, default=None
+        Names of the class columns, in order (column ``j`` is mask value
+        ``j + 1``; for a VOC set, ``load_voc(...).class_names``). Their
+        number fixes the number of classes, also when ``y`` holds masks.
+        None: the columns of ``y`` when it is a pandas DataFrame, else
+        ``"class 1"``, ``"class 2"``, ... Only names: training ignores them.
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
         Class columns ``0 .. n_classes - 1`` (column ``j`` is mask value ``j + 1``).
+    class_names_ : ndarray of shape (n_classes,), object
+        Name of each class column (see ``classes``), for reports and plots:
+        ``segmentation_report(..., class_names=cam.class_names_)``,
+        ``plot_cams(record, class_names=cam.class_names_)``.
     n_classes_ : int
     network_ : sklearn_psa.nn.heads.Network
         The trained network (backbone + :class:`~sklearn_psa.nn.heads.CAMHead`).
@@ -168,6 +172,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         "backbone_options": [dict, None],
         "warm_start": ["boolean"],
         "checkpoint": [str, os.PathLike, None],
+        "classes": [None, "array-like"],
     }
 
     def __init__(
@@ -188,6 +193,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         backbone_options=None,
         warm_start=False,
         checkpoint=None,
+        classes=None,
     ):
         self.backbone = backbone
         self.pretrained = pretrained
@@ -205,6 +211,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         self.backbone_options = backbone_options
         self.warm_start = warm_start
         self.checkpoint = checkpoint
+        self.classes = classes
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -216,13 +223,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
     # ------------------------------------------------------------------ fitting
 
     def _checked_scales(self):
-        try:
-            scales = tuple(float(s) for s in np.asarray(self.scales, dtype=float).ravel())
-        except (TypeError, ValueError):
-            scales = ()
-        if not scales or not all(np.isfinite(s) and s > 0 for s in scales):
-            raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {self.scales!r}")
-        return scales
+        return checked_scales(self.scales)
 
     def _build_network(self, n_classes, seed):
         from .nn import make_backbone
@@ -243,7 +244,8 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         from ._training import weights_hash
 
         params = {k: v for k, v in self.get_params().items()
-                  if k not in ("verbose", "device", "checkpoint", "warm_start", "threshold", "scales", "flip")}
+                  if k not in ("verbose", "device", "checkpoint", "warm_start", "threshold", "scales", "flip",
+                               "classes")}
         params["backbone"], params["pretrained"], params["backbone_options"] = self._resolved_backbone()
         params["backbone"] = params["backbone"] if isinstance(params["backbone"], str) else repr(params["backbone"])
         if start is not None:
@@ -257,7 +259,15 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
 
         return F.multilabel_soft_margin_loss(net(batch["image"]).float(), batch["labels"])
 
-    def _fit(self, images, labels):
+    def _check_fit_input(self, X, y):
+        """``(images, labels, class names)`` of ``fit``'s ``X`` and ``y``."""
+        images = check_images(X)
+        classes = check_classes(self.classes)
+        targets = check_targets(y, len(images), shapes=images.shapes,
+                                n_classes=None if classes is None else len(classes))
+        return images, targets.labels, class_names_of(classes, targets.labels.shape[1], y)
+
+    def _fit(self, images, labels, class_names):
         from ._training import Augmentation, ImageSamples, TrainConfig, train
 
         self._checked_scales()
@@ -306,6 +316,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         previous = list(getattr(self, "loss_curve_", [])) if reuse else []
         self.network_ = net
         self.classes_ = np.arange(n_classes)
+        self.class_names_ = class_names
         self.n_classes_ = n_classes
         self.loss_curve_ = previous + list(result.history)
         self.epoch_seconds_ = list(result.epoch_seconds)
@@ -327,9 +338,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         -------
         self : CAMClassifier
         """
-        images = check_images(X)
-        targets = check_targets(y, len(images), shapes=images.shapes)
-        return self._fit(images, targets.labels)
+        return self._fit(*self._check_fit_input(X, y))
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit_transform(self, X, y, **fit_params):
@@ -347,10 +356,9 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         -------
         records : sklearn_psa.records.Records
         """
-        images = check_images(X)
-        targets = check_targets(y, len(images), shapes=images.shapes)
-        self._fit(images, targets.labels)
-        return self._records(images, targets.labels)
+        images, labels, class_names = self._check_fit_input(X, y)
+        self._fit(images, labels, class_names)
+        return self._records(images, labels)
 
     # ------------------------------------------------------------------ inference
 
@@ -359,56 +367,11 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
 
         ``labels`` None means the predicted classes.
         """
-        import torch
-        from torch.nn import functional as F
-
-        from ._training import progress
-
-        net = self._network()
-        device = next(net.parameters()).device
-        scales = self._checked_scales() if cams else (1.0,)
-        n = len(images)
-        logits = np.zeros((n, self.n_classes_), np.float32)
-        out = [None] * n
-        bar = progress(verbose=self.verbose, desc="CAMClassifier " + ("CAMs" if cams else "scores"), total=n)
-        with torch.inference_mode(), autocast(device), bar:
-            for idx in iter_image_batches(images.shapes, self.batch_size):
-                x = images_to_tensor([images[i] for i in idx], device)
-                N, _, H, W = x.shape
-                total = None
-                have_logits = False
-                for s in scales:
-                    xs = x
-                    if s != 1.0:
-                        size = (max(1, round(H * s)), max(1, round(W * s)))
-                        xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-                    if cams and self.flip:
-                        xs = torch.cat([xs, xs.flip(-1)])
-                    feats = net.features(xs)
-                    if s == 1.0 and not have_logits:
-                        logits[idx] = net.head(tuple(f[:N] for f in feats)).float().cpu().numpy()
-                        have_logits = True
-                    if not cams:
-                        continue
-                    maps = net.head.cams(feats).float()
-                    maps = F.interpolate(maps, size=(H, W), mode="bilinear", align_corners=False)
-                    if self.flip:
-                        maps = maps[:N] + maps[N:].flip(-1)
-                    total = maps if total is None else total + maps
-                bar.update(len(idx))
-                if not cams:
-                    continue
-                if not have_logits:  # scales without 1.0: logits from a plain pass
-                    logits[idx] = net(x).float().cpu().numpy()
-                total = total / (total.amax(dim=(2, 3), keepdim=True) + 1e-5)
-                total = total.cpu().numpy()
-                for j, i in enumerate(idx):
-                    if labels is None:
-                        present = np.flatnonzero(_sigmoid(logits[i]) >= self.threshold)
-                    else:
-                        present = np.flatnonzero(labels[i])
-                    out[i] = (present, np.ascontiguousarray(total[j, present], dtype=np.float32))
-        return logits, out
+        return multiscale_cams(
+            self._network(), images, n_classes=self.n_classes_,
+            scales=self._checked_scales() if cams else (1.0,), flip=self.flip,
+            threshold=self.threshold, batch_size=self.batch_size, verbose=self.verbose,
+            desc="CAMClassifier " + ("CAMs" if cams else "scores"), labels=labels, cams=cams)
 
     def _records(self, images, labels=None):
         from .records import Record, Records
@@ -452,7 +415,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         -------
         proba : ndarray of shape (n, n_classes)
         """
-        return _sigmoid(self.decision_function(X))
+        return sigmoid(self.decision_function(X))
 
     def predict(self, X):
         """Image-level labels: 1 where ``predict_proba >= threshold``.
@@ -513,7 +476,3 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         images = check_images(X)
         labels = check_targets(y, len(images), n_classes=self.n_classes_).labels
         return accuracy_score(labels, self.predict(images), sample_weight=sample_weight)
-
-
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))

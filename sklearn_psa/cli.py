@@ -28,9 +28,9 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["main"]
+from .io import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+__all__ = ["main"]
 
 
 class CommandError(Exception):
@@ -69,18 +69,19 @@ def _read_label_csv(csv_path, folder):
     if not rows:
         raise CommandError(f"{csv_path}: empty; expected a header 'filename,<class 1>,...'")
     header = [cell.strip() for cell in rows[0]]
-    class_names = header[1:]
-    if not class_names:
-        raise CommandError(
-            f"{csv_path}: the header {header} names no class; expected 'filename,<class 1>,...'"
-        )
-    if len(set(class_names)) != len(class_names):
-        raise CommandError(f"{csv_path}: repeated class names in the header {class_names}")
-    if len(rows) == 1:
+    class_names = _csv_class_names(header, csv_path, folder)
+    first = 1
+    if class_names is None:  # no header: the first row is an image's
+        first = 0
+        class_names = [f"class {j + 1}" for j in range(len(header) - 1)]
+        print(f"{csv_path}: no header (its first row lists an image); the {len(class_names)} "
+              f"classes are named 'class 1'..'class {len(class_names)}' (a first row "
+              "'filename,<class 1>,...' names them)", file=sys.stderr)
+    if len(rows) == first:
         raise CommandError(f"{csv_path}: has a header but no image rows")
-    paths, labels = [], np.zeros((len(rows) - 1, len(class_names)), dtype=np.uint8)
-    for i, row in enumerate(rows[1:]):
-        line = i + 2
+    paths, labels = [], np.zeros((len(rows) - first, len(class_names)), dtype=np.uint8)
+    for i, row in enumerate(rows[first:]):
+        line = i + first + 1
         if len(row) != len(header):
             raise CommandError(
                 f"{csv_path}, line {line}: {len(row)} fields, expected {len(header)} "
@@ -101,6 +102,29 @@ def _read_label_csv(csv_path, folder):
     return _image_ids(paths), paths, labels, class_names
 
 
+def _csv_class_names(header, csv_path, folder=None):
+    """The class names of a labels CSV's first row ``header``, or None where that row is no
+    header but an image's labels (its first cell names an image file)."""
+    class_names = header[1:]
+    if not class_names:
+        raise CommandError(
+            f"{csv_path}: the header {header} names no class; expected 'filename,<class 1>,...'"
+        )
+    name = header[0]
+    path = Path(name) if os.path.isabs(name) or folder is None else Path(folder) / name
+    if path.suffix.lower() in IMAGE_EXTENSIONS or path.is_file():
+        return None
+    if all(c in ("0", "1") for c in class_names):
+        raise CommandError(
+            f"{csv_path}: the header's class names are all 0 or 1 ({', '.join(class_names)}); "
+            f"expected a header 'filename,<class 1>,...' (or, without a header, a first row "
+            f"naming an image file, not {name!r})"
+        )
+    if len(set(class_names)) != len(class_names):
+        raise CommandError(f"{csv_path}: repeated class names in the header {class_names}")
+    return class_names
+
+
 def _image_ids(paths):
     """File stems, checked to be unique (they name the output masks)."""
     ids = [Path(p).stem for p in paths]
@@ -118,11 +142,9 @@ def _image_ids(paths):
 
 
 def _list_images(folder):
-    folder = Path(folder)
-    paths = sorted(
-        str(p) for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+    from .io import list_images
+
+    paths = list_images(folder)
     if not paths:
         raise CommandError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return paths
@@ -401,11 +423,13 @@ def _check_feature_affinity(affinity):
         raise CommandError(f"--affinity features: {exc}") from exc
 
 
-def _make_estimator(args):
-    """The unfitted PSASegmenter of ``sklearn-psa fit``'s options."""
+def _make_estimator(args, classes=None):
+    """The unfitted PSASegmenter of ``sklearn-psa fit``'s options (``classes``: the data's
+    class names)."""
     from .segmenter import PSASegmenter
 
     params = dict(
+        classes=classes,
         backbone=args.backbone,
         supervision=args.supervision,
         device=args.device or "auto",
@@ -413,21 +437,46 @@ def _make_estimator(args):
         verbose=0 if args.quiet else 1,
         memory=args.memory,
     )
-    if args.max_epochs is not None:
-        params["max_epochs"] = args.max_epochs
-    model = PSASegmenter(**params).set_params(cam__backbone=args.backbone)
+    model = PSASegmenter(**params)  # its backbone is the CAM and affinity steps' too
     if args.affinity == "features":
         from .feature_affinity import FeatureAffinity
 
         # its own pretrained backbone; the command's device and progress, as the other steps
         model.set_params(affinity=FeatureAffinity(device=params["device"],
                                                   verbose=params["verbose"]))
-    else:
-        model.set_params(affinity__backbone=args.backbone)
+    _set_epochs(model, args)
     try:
         return model.set_params(**dict(args.set))
     except ValueError as exc:  # scikit-learn's message holds a multi-line estimator repr
         raise CommandError(f"--set: {' '.join(str(exc).split())}") from exc
+
+
+def _set_epochs(model, args):
+    """Each network's epochs: its per-step option, else its default times ``--epoch-scale``
+    (at least 1). ``--set`` comes after and wins."""
+    features = args.affinity == "features"
+    if features and args.affinity_epochs is not None:
+        raise CommandError("--affinity-epochs: --affinity features trains no network")
+    for key, given in (("cam__max_epochs", args.cam_epochs),
+                       ("affinity__max_epochs", args.affinity_epochs),
+                       ("max_epochs", args.max_epochs)):
+        if key == "affinity__max_epochs" and features:
+            continue
+        if given is None and args.epoch_scale is not None:
+            given = max(1, round(model.get_params()[key] * args.epoch_scale))
+        if given is not None:
+            model.set_params(**{key: given})
+
+
+def _positive_float(text):
+    """argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
 
 
 def cmd_fit(args):
@@ -443,7 +492,7 @@ def cmd_fit(args):
         _check_mask_folder(args.pseudo_labels, "--pseudo-labels", inputs, data["ids"])
     if args.memory is not None:
         _writable(args.memory, f"--memory {args.memory}")
-    model = _make_estimator(args)
+    model = _make_estimator(args, classes=data["class_names"])
     for name, value in model.get_params().items():  # --set checkpoint=..., cam__checkpoint=...
         if name.split("__")[-1] == "checkpoint" and value is not None:
             path = Path(value)
@@ -565,6 +614,13 @@ def cmd_evaluate(args):
         true_dir = Path(args.truth)
     if not true_dir.is_dir():
         raise CommandError(f"{true_dir}: no such folder of true masks")
+    if args.model is not None:
+        model = _load_model(args.model, trust_pickle=args.trust_pickle)
+        names = getattr(model, "class_names_", None)
+        if names is None:  # a Pipeline: its classes parameter, where set
+            names = model.get_params(deep=False).get("classes")
+        if names is not None:
+            class_names = [str(n) for n in names]
     if args.labels is not None:
         class_names = _read_label_csv_header(args.labels)
     if args.class_names is not None:
@@ -575,10 +631,10 @@ def cmd_evaluate(args):
     true = _mask_paths(true_dir, ids, what="true mask")
     pred = [str(pred_dir / f"{i}.png") for i in ids]
     if args.output:
-        inputs = {_resolved(p) for p in true + pred + [args.labels] if p}
+        inputs = {_resolved(p) for p in true + pred + [args.labels, args.model] if p}
         if _resolved(args.output) in inputs:
-            raise CommandError(f"--output {args.output}: is an input of this run (a mask or "
-                               "the labels CSV); choose another file")
+            raise CommandError(f"--output {args.output}: is an input of this run (a mask, "
+                               "the labels CSV or the model); choose another file")
         if Path(args.output).is_dir():
             raise CommandError(f"--output {args.output}: is a folder; expected a file path")
         _writable(Path(args.output).parent, f"--output {args.output}")
@@ -595,6 +651,9 @@ def cmd_evaluate(args):
 
 
 def _read_label_csv_header(csv_path):
+    """The class names of a labels CSV's header (None for a file without a header)."""
+    if not Path(csv_path).is_file():
+        raise CommandError(f"{csv_path}: no such labels file")
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), None)
@@ -602,7 +661,7 @@ def _read_label_csv_header(csv_path):
         raise CommandError(f"{csv_path}: {_one_line(exc)}; save the CSV as UTF-8") from exc
     if not header or len(header) < 2:
         raise CommandError(f"{csv_path}: expected a header 'filename,<class 1>,...'")
-    return [c.strip() for c in header[1:]]
+    return _csv_class_names([c.strip() for c in header], csv_path)
 
 
 # --------------------------------------------------------------------------------------
@@ -634,10 +693,10 @@ def build_parser():
         "demo", help="run the whole method on synthetic shapes and write a report",
         description="Fit the CAM classifier, AffinityNet, the random walk and the segmentation "
                     "network on make_shapes images (image-level labels only), fit the same "
-                    "network on the true masks as a reference, and write report.md, grid.png "
-                    "and model.joblib to the output folder.",
+                    "network on the true masks as a reference, and write report.md, report.json, "
+                    "grid.png and model.psa to the output folder.",
     )
-    p.add_argument("--output", required=True, help="folder for report.md, grid.png, model.joblib")
+    p.add_argument("--output", required=True, help="folder for report.md, grid.png, model.psa")
     p.add_argument("--n-samples", type=_positive_int, default=None,
                    help="training images (default 160; 24 with --quick)")
     p.add_argument("--quick", action="store_true",
@@ -669,8 +728,16 @@ def build_parser():
                         "paper); features: FeatureAffinity, the distance between EfficientNet-"
                         "Lite0's ImageNet features, no training (needs the pretrained extra; "
                         "tune the walk with --set refiner__beta=...)")
-    p.add_argument("--max-epochs", type=_positive_int, default=None,
-                   help="epochs of the segmentation network")
+    p.add_argument("--epoch-scale", type=_positive_float, default=None, metavar="FACTOR",
+                   help="multiply the default epochs of all three networks (CAM classifier, "
+                        "AffinityNet, segmentation network) by FACTOR, at least 1 each: 0.1 "
+                        "for a quick look, 2 for longer training")
+    p.add_argument("--cam-epochs", type=_positive_int, default=None,
+                   help="epochs of the CAM classifier (overrides --epoch-scale)")
+    p.add_argument("--affinity-epochs", type=_positive_int, default=None,
+                   help="epochs of AffinityNet (overrides --epoch-scale)")
+    p.add_argument("--max-epochs", "--seg-epochs", type=_positive_int, default=None,
+                   help="epochs of the segmentation network (overrides --epoch-scale)")
     p.add_argument("--memory", default=None,
                    help="cache folder for the CAM and affinity steps (reused by later fits)")
     p.add_argument("--pseudo-labels", default=None,
@@ -718,6 +785,11 @@ def build_parser():
     )
     p.add_argument("predictions", help="folder of predicted masks <image id>.png")
     p.add_argument("truth", help="folder of true masks, or a VOC devkit folder")
+    p.add_argument("--model", help="a model written by 'sklearn-psa fit' or "
+                                   "sklearn_psa.io.save_model: its class names")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="also accept a joblib pickle as --model; loading a pickle runs any "
+                        "code it holds, so only for files from a source you trust")
     p.add_argument("--labels", help="CSV whose header names the classes")
     p.add_argument("--class-names", help="comma-separated class names (1..K)")
     p.add_argument("--output", help="also write the report to this file")

@@ -15,6 +15,7 @@ __all__ = [
     "dump_model",
     "image_size",
     "is_model_file",
+    "list_images",
     "load_image",
     "load_mask",
     "load_model",
@@ -201,6 +202,58 @@ def image_size(path, *, max_pixels=None):
         return (width, height) if _orientation(img) in (5, 6, 7, 8) else (height, width)
     finally:
         img.close()
+
+
+#: File name endings :func:`list_images` takes as images (compared in lower case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def list_images(folder):
+    """The image files of a folder, sorted: what to give ``fit`` or ``predict`` for a folder.
+
+    The rule of the ``sklearn-psa`` command's folders: files (not sub-folders,
+    not recursively) whose name ends in one of :data:`IMAGE_EXTENSIONS` (any
+    case), hidden files (names starting with ".") skipped, sorted by path.
+
+    Parameters
+    ----------
+    folder : str or path
+        A folder.
+
+    Returns
+    -------
+    paths : list of str
+        The images' paths (``folder`` joined with each name); empty where the
+        folder holds none.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``folder`` does not exist.
+    NotADirectoryError
+        When ``folder`` is a file.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from sklearn_psa.io import list_images
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("b.png", "a.JPG", ".hidden.png", "notes.txt"):
+    ...     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / name, format="PNG")
+    >>> [pathlib.Path(p).name for p in list_images(folder)]
+    ['a.JPG', 'b.png']
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{os.fspath(folder)}: no such folder")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{os.fspath(folder)}: is a file, expected a folder of images")
+    return sorted(
+        str(p) for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def load_mask(path):

@@ -288,6 +288,11 @@ def mean_iou_scorer(estimator, X, y):
     >>> mean_iou_scorer(Bright(), X, y)
     1.0
     """
+    from ._validation import check_score_masks
+
+    n = len(X) if hasattr(X, "__len__") else None
+    if n is not None:  # image-level labels stop a search (MasksRequiredError), not NaN
+        y = check_score_masks(y, n, scorer="mean_iou_scorer")
     return mean_iou(y, estimator.predict(X))
 
 

@@ -91,7 +91,9 @@ def plot_cams(record, *, class_names=None, background_alpha=None, axes=None, cma
         One record (e.g. ``records[0]``) of the Records from
         :meth:`CAMClassifier.transform` or ``fit_transform``.
     class_names : sequence of str, optional
-        Names of all class columns (default ``"class j"``).
+        Names of all class columns, such as a fitted estimator's
+        ``class_names_`` (default: ``"class k"`` for column ``k - 1``, named
+        after its mask value ``k`` as in the reports).
     background_alpha : float, optional
         Also draw the background CAM with this exponent (non-negative).
     axes : array of matplotlib Axes, optional
@@ -141,7 +143,7 @@ def plot_cams(record, *, class_names=None, background_alpha=None, axes=None, cma
         ax = axes[1 + k]
         ax.imshow(image)
         ax.imshow(record.cams[k], cmap=cmap, alpha=overlay, vmin=0, vmax=1)
-        ax.set_title(class_names[c] if class_names is not None else f"class {int(c)}")
+        ax.set_title(class_names[c] if class_names is not None else f"class {int(c) + 1}")
     if background_alpha is not None:
         top = record.cams.max(0) if len(labels) else np.zeros(record.shape, np.float32)
         ax = axes[-1]
@@ -154,7 +156,7 @@ def plot_cams(record, *, class_names=None, background_alpha=None, axes=None, cma
     return axes
 
 
-def plot_mask(image, mask, *, ax=None, alpha=0.5, title=None, n_classes=None):
+def plot_mask(image, mask, *, ax=None, alpha=0.5, title=None, n_classes=None, class_names=None):
     """Draw a segmentation mask in the VOC palette over its image.
 
     Parameters
@@ -171,10 +173,25 @@ def plot_mask(image, mask, *, ax=None, alpha=0.5, title=None, n_classes=None):
     n_classes : int, optional
         Number of classes K; if given, mask values above it (other than 255)
         are errors.
+    class_names : sequence of str, optional
+        Names of the classes 1..K (a fitted estimator's ``class_names_``):
+        adds a legend of the classes in the mask, in their colours. Implies
+        ``n_classes=len(class_names)``.
 
     Returns
     -------
     ax : matplotlib Axes
+
+    Examples
+    --------
+    >>> import numpy as np, matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from sklearn_psa.plotting import plot_mask
+    >>> mask = np.zeros((8, 8), np.uint8)
+    >>> mask[2:5, 2:5] = 2
+    >>> ax = plot_mask(np.zeros((8, 8, 3), np.uint8), mask, class_names=["cat", "dog"])
+    >>> [t.get_text() for t in ax.get_legend().get_texts()]
+    ['dog']
     """
     from .io import voc_palette
 
@@ -182,6 +199,15 @@ def plot_mask(image, mask, *, ax=None, alpha=0.5, title=None, n_classes=None):
         image = check_images([image], name="image")[0]
     else:
         image = _check_image_item(image, "image")
+    if class_names is not None:
+        from ._validation import check_classes
+
+        class_names = check_classes(class_names, name="class_names")
+        if n_classes is not None and n_classes != len(class_names):
+            raise ValueError(
+                f"class_names has {len(class_names)} names but n_classes is {n_classes}"
+            )
+        n_classes = len(class_names)
     if n_classes is not None:
         check_scalar_in(n_classes, "n_classes", low=1, integer=True)
     mask = _check_mask_item(mask, "mask", n_classes, image.shape[:2])
@@ -194,6 +220,13 @@ def plot_mask(image, mask, *, ax=None, alpha=0.5, title=None, n_classes=None):
     rgba[..., 3] = np.where(mask > 0, alpha, 0.0)
     ax.imshow(image)
     ax.imshow(rgba)
+    if class_names is not None:
+        from matplotlib.patches import Patch
+
+        present = [int(v) for v in np.unique(mask) if 0 < v <= len(class_names)]
+        if present:
+            ax.legend(handles=[Patch(color=palette[v] / 255.0, label=class_names[v - 1])
+                               for v in present], loc="upper right", fontsize="small")
     if title is not None:
         ax.set_title(title)
     ax.set_axis_off()
@@ -221,6 +254,7 @@ def affinity_map(affinity, offsets):
     Examples
     --------
     >>> import numpy as np
+    >>> from sklearn_psa.plotting import affinity_map
     >>> offsets = np.array([[0, 1]])              # right neighbour only
     >>> aff = np.array([[[0.5, 0.0], [1.0, 0.0]]])  # column 1 has no right neighbour
     >>> affinity_map(aff, offsets)

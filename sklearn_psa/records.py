@@ -111,6 +111,36 @@ class Record:
         return {k: _canonical(v) if isinstance(v, np.ndarray) else v
                 for k, v in self.__dict__.items()}
 
+    def transition_matrix(self, beta=8):
+        """The random walk's transition matrix of this record's affinity, sparse.
+
+        ``T = D^-1 W ** beta`` on the image's stride-8 grid, as
+        :func:`sklearn_psa.transition_matrix` gives it (a scipy CSR array of
+        shape ``(h * w, h * w)``, cell ``(y, x)`` at ``y * w + x``).
+
+        Parameters
+        ----------
+        beta : float, default=8
+            Power applied to the affinities (``RandomWalkRefiner``'s ``beta``).
+
+        Returns
+        -------
+        T : scipy.sparse.csr_array of shape (h * w, h * w)
+        """
+        from ._validation import check_records
+
+        if self.affinity is None:
+            raise ValueError(
+                "this record has no affinity: take records from AffinityEstimator.transform "
+                "(or FeatureAffinity.transform)"
+            )
+        n_classes = max(int(self.labels.max(initial=0)) + 1, 1)
+        check_records(Records([self], n_classes), require_cams=False, require_affinity=True,
+                      name="record")
+        from .walk import transition_matrix
+
+        return transition_matrix(self.affinity, beta=beta)
+
     def load_image(self):
         """The image as an (H, W, 3) uint8 array (loaded from disk when a path)."""
         from .io import load_image

@@ -23,13 +23,28 @@ from ._torch_estimator import (
     module_type,
 )
 from ._device import autocast
-from ._validation import IGNORE_INDEX, check_images, check_masks, check_targets, format_masks
+from ._validation import (
+    IGNORE_INDEX,
+    check_classes,
+    check_images,
+    check_score_masks,
+    check_targets,
+    class_names_of,
+    default_class_names,
+    format_masks,
+)
 
 __all__ = ["PSASegmenter"]
 
 _STEPS = ("cam", "affinity", "refiner")
 #: Parameters a default-made step takes from the segmenter (those it has).
-_SHARED_PARAMS = ("device", "random_state", "verbose")
+_SHARED_PARAMS = ("device", "random_state", "verbose", "backbone")
+#: Of those, the ones passed on only to steps of the default kind (CAMClassifier,
+#: AffinityEstimator): a FeatureAffinity in the affinity step keeps its own backbone.
+_SAME_KIND_PARAMS = ("backbone",)
+#: How the progress lines (verbose) call each stage of fit.
+_STAGE_NAMES = {"cam": "CAM classifier", "affinity": "affinity", "refiner": "random walk",
+                "network": "segmentation network"}
 
 
 def _same_setting(key, a, b):
@@ -38,7 +53,7 @@ def _same_setting(key, a, b):
         return str(a) == str(b)
     if a is b:
         return True
-    plain = (type(None), bool, int, np.integer)
+    plain = (type(None), bool, int, np.integer, str)
     return isinstance(a, plain) and isinstance(b, plain) and a == b
 
 
@@ -75,11 +90,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
     Parameters
     ----------
     cam : CAMClassifier or None, default=None
-        Step 1; None makes ``CAMClassifier(device=device,
+        Step 1; None makes ``CAMClassifier(backbone=backbone, device=device,
         random_state=random_state, verbose=verbose)``.
     affinity : AffinityEstimator, FeatureAffinity or None, default=None
-        Step 2; None makes ``AffinityEstimator(device=device,
-        random_state=random_state, verbose=verbose)``. Any transformer that
+        Step 2; None makes ``AffinityEstimator(backbone=backbone,
+        device=device, random_state=random_state, verbose=verbose)``. Any transformer that
         adds affinities to records fits here, such as
         :class:`~sklearn_psa.FeatureAffinity` (no training).
     refiner : RandomWalkRefiner or None, default=None
@@ -99,8 +114,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         fitted on the same images and labels is loaded from the cache), so
         that both supervisions train the same network from the same start.
     backbone : str or torch.nn.Module, default="auto"
-        Backbone of the segmentation network when ``init="scratch"`` or
-        ``pretrained`` is set: a name from
+        Backbone of every network: the default-made CAM and affinity steps
+        take it (``get_params()["cam__backbone"]`` shows it), unless a step
+        sets its own (``cam__backbone="resnet50"``, or a step passed with its
+        own backbone); the segmentation network starts from the fitted CAM
+        classifier's backbone (``init="cam"``), else builds this one. A name from
         :func:`sklearn_psa.nn.available_backbones` or a module (see
         :func:`sklearn_psa.nn.make_backbone`).
         ``"auto"`` means ``"efficientnet_lite0"`` with its ImageNet weights where
@@ -158,18 +176,34 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         Seeds the segmentation network (initial weights, data order,
         augmentation) and the default-made steps.
     verbose : int, default=0
-        Progress bars when > 0.
+        0: silent. 1: ``fit`` first prints its plan to stderr (each stage
+        with the backbone ``"auto"`` resolved to, its weights, epochs and
+        device), then a line as each stage starts, with the time so far,
+        above the steps' progress bars (erased when done). 2: the bars stay.
+        Default-made steps take it.
     checkpoint : str, path or None, default=None
         Checkpoint file of the segmentation network's training (written after
         every epoch; an interrupted fit resumes from it). The steps before it
         train again on resume (or load from ``memory``), so resuming needs
         them to give the same masks: set ``random_state`` (a warning says so
         otherwise); on a GPU, ``memory`` keeps the fitted steps themselves.
+    classes : sequence of str or None, default=None
+        Names of the class columns, in order (column ``j`` is mask value
+        ``j + 1``; for a VOC set, ``load_voc(...).class_names``). Their
+        number fixes the number of classes, also when ``y`` holds masks.
+        None: the columns of ``y`` when it is a pandas DataFrame, else
+        ``"class 1"``, ``"class 2"``, ... A CAM step whose own ``classes``
+        is None takes the same names.
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
         Class columns ``0 .. n_classes - 1`` (column ``j`` is mask value ``j + 1``).
+    class_names_ : ndarray of shape (n_classes,), object
+        Name of each class column (see ``classes``): what ``sklearn-psa
+        evaluate --model``, ``segmentation_report(...,
+        class_names=seg.class_names_)`` and ``plot_cams(...,
+        class_names=seg.class_names_)`` print.
     n_classes_ : int
     network_ : sklearn_psa.nn.heads.Network
         The segmentation network (backbone + ASPP head), ``n_classes + 1`` outputs.
@@ -244,6 +278,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "checkpoint": [str, os.PathLike, None],
+        "classes": [None, "array-like"],
     }
 
     def __init__(
@@ -272,6 +307,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         random_state=None,
         verbose=0,
         checkpoint=None,
+        classes=None,
     ):
         self.cam = cam
         self.affinity = affinity
@@ -296,21 +332,24 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.checkpoint = checkpoint
+        self.classes = classes
 
     # ------------------------------------------------------------------ steps and parameters
 
     def _default_step(self, name):
-        """A new default-made step ``name``, sharing this estimator's device and seed."""
+        """A new default-made step ``name``, sharing this estimator's backbone (the
+        networks'), device, seed and verbosity."""
         device = str(self.device)
         if name == "cam":
             from .cam import CAMClassifier
 
-            return CAMClassifier(device=device, random_state=self.random_state, verbose=self.verbose)
+            return CAMClassifier(backbone=self.backbone, device=device,
+                                 random_state=self.random_state, verbose=self.verbose)
         if name == "affinity":
             from .affinity import AffinityEstimator
 
-            return AffinityEstimator(device=device, random_state=self.random_state,
-                                     verbose=self.verbose)
+            return AffinityEstimator(backbone=self.backbone, device=device,
+                                     random_state=self.random_state, verbose=self.verbose)
         from .walk import RandomWalkRefiner
 
         return RandomWalkRefiner(device=device, verbose=self.verbose)
@@ -351,8 +390,9 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
 
         Plain parameters are set first; a nested parameter of a step left at
         None first puts the default-made step in its place. A step's
-        ``device``, ``random_state`` and ``verbose`` that equal this
-        estimator's follow it when it changes, so a step made by a nested
+        ``device``, ``random_state``, ``verbose`` and (for a CAMClassifier or
+        AffinityEstimator) ``backbone`` that equal this estimator's follow it
+        when it changes, so a step made by a nested
         parameter keeps sharing them (``set_params(cam__max_epochs=5)`` then
         ``set_params(random_state=1)`` seeds the CAM step too); a step given
         other values keeps its own.
@@ -402,6 +442,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                 current = step.get_params(deep=False)
                 if key not in current:
                     continue
+                if key in _SAME_KIND_PARAMS and type(step) is not type(self._default_step(name)):
+                    continue
                 if _same_setting(key, current[key], old):
                     step.set_params(**{key: str(new) if key == "device" else new})
 
@@ -414,7 +456,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
 
-    def _fit_records(self, X, labels, steps=("cam", "affinity")):
+    def _fit_records(self, X, labels, steps=("cam", "affinity"), classes=None, log=None):
         """Fit the CAM (and affinity) steps; return (records, fitted steps...).
 
         The records hold the training images' CAMs (of their true classes) and
@@ -423,16 +465,55 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         (the CAM step's entry is the same whether or not the affinity step
         follows it). ``X`` is passed as the caller gave it (an array or a
         list), so that the entries are those a ``Pipeline(memory=...)`` of the
-        same steps fitted on ``(X, labels)`` writes and reads.
+        same steps fitted on ``(X, labels)`` writes and reads: each step runs
+        in a Pipeline of its own, whose cache entry (the step, its input and
+        the labels) is the one it has in a Pipeline of all the steps; so
+        ``log`` (a :class:`~sklearn_psa._stages.StageLog`) can announce each.
+        ``classes`` (names other than the defaults) go to a CAM step whose own
+        are None.
         """
         from sklearn.pipeline import Pipeline
 
-        # A Pipeline ending in "passthrough": fit_transform fits (or loads from
-        # ``memory``) the steps and returns their records.
-        pipe = Pipeline([(name, self._step(name)) for name in steps]
-                        + [("records", "passthrough")], memory=self.memory)
-        records = pipe.fit_transform(X, labels)
-        return (records,) + tuple(pipe.named_steps[name] for name in steps)
+        records, fitted = X, []
+        for name in steps:
+            step = self._step(name)
+            if (classes is not None and name == "cam" and hasattr(step, "get_params")
+                    and "classes" in step.get_params(deep=False) and step.classes is None):
+                step.set_params(classes=list(classes))
+            if log is not None:
+                log.start(_STAGE_NAMES[name])
+            # A Pipeline ending in "passthrough": fit_transform fits (or loads from
+            # ``memory``) the step and returns its records.
+            pipe = Pipeline([(name, step), ("records", "passthrough")], memory=self.memory)
+            records = pipe.fit_transform(records, labels)
+            fitted.append(pipe.named_steps[name])
+        return (records,) + tuple(fitted)
+
+    def _fit_stages(self, n_images):
+        """A :class:`~sklearn_psa._stages.StageLog` of this fit: its plan, printed at
+        ``verbose >= 1``, with ``"auto"`` resolved (backbone, weights, device)."""
+        from ._stages import StageLog, describe_network, describe_step, epochs
+
+        if self.supervision == "pixel":
+            steps = ("cam",) if self._from_cam() else ()
+        else:
+            steps = _STEPS
+        stages = [(_STAGE_NAMES[name], describe_step(name, self._step(name))) for name in steps]
+        if self._from_cam():
+            network = "the fitted CAM classifier's backbone"
+        else:
+            auto = isinstance(self.backbone, str) and self.backbone == "auto"
+            network = describe_network(*self._resolved_backbone(), auto=auto)
+        on = "the synthesized masks" if self.supervision == "image" else "the true masks"
+        stages.append((_STAGE_NAMES["network"],
+                       f"segmentation network on {on}: {network}, {epochs(self.max_epochs)}, "
+                       f"on {self._fit_device()}"))
+        title = (f"PSASegmenter: {len(stages)} stage{'' if len(stages) == 1 else 's'} on "
+                 f"{n_images} images "
+                 f"({self.supervision}-level labels)")
+        if self.memory is not None and steps:
+            title += "; memory: fitted steps load from the cache"
+        return StageLog(self.verbose, title, stages)
 
     def _from_cam(self):
         return self.init == "cam" and self.pretrained in (None, False)
@@ -523,6 +604,13 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         self._checked_scale_range()
         self._checked_aspp_rates()
         checks = [(f"{name}__", self._step(name)) for name in steps]
+        cam = dict(checks).get("cam__")
+        if self._from_cam() and cam is not None and "backbone" not in cam.get_params(deep=False):
+            raise ValueError(
+                f"init='cam' starts the segmentation network from the CAM step's backbone, and "
+                f"the cam step, {type(cam).__name__}, has no backbone of ours: use "
+                "init='scratch' (the network then builds `backbone`)"
+            )
         if not self._from_cam():
             checks.append(("", self))
         for prefix, est in checks:
@@ -535,7 +623,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                     est._checked_scales()
             except ValueError as exc:
                 raise ValueError(f"{prefix}{exc}" if prefix else str(exc)) from exc
-            if hasattr(est, "_resolved_backbone"):
+            if hasattr(est, "_resolved_backbone") and "backbone" in est.get_params(deep=False):
                 est._resolved_backbone()  # "auto" with weights or options given
             weights = est.get_params(deep=False).get("pretrained") if hasattr(est, "get_params") else None
             if isinstance(weights, (str, os.PathLike)) and not os.path.isfile(weights):
@@ -608,13 +696,21 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         self : PSASegmenter
         """
         images = check_images(X)
-        targets = check_targets(y, len(images), shapes=images.shapes)
+        classes = check_classes(self.classes)
+        targets = check_targets(y, len(images), shapes=images.shapes,
+                                n_classes=None if classes is None else len(classes))
+        labels = targets.labels
+        n_classes = labels.shape[1]
+        class_names = class_names_of(classes, n_classes, y)
+        # names of the user's (classes, DataFrame columns) reach the CAM step; default
+        # ones do not, so that its cache entry is a Pipeline's of the same steps
+        step_classes = (None if list(class_names) == default_class_names(n_classes)
+                        else list(class_names))
         if self.supervision == "pixel":
             self._check_before_training(("cam",) if self._from_cam() else ())
         else:
             self._check_before_training(_STEPS)
-        labels = targets.labels
-        n_classes = labels.shape[1]
+        log = self._fit_stages(len(images))
         steps_X = X if isinstance(X, (np.ndarray, list, tuple)) else images
         for name in ("cam_", "affinity_", "refiner_", "pseudo_labels_", "pseudo_label_names_"):
             self.__dict__.pop(name, None)
@@ -626,19 +722,26 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                 )
             masks = targets.masks
             if self._from_cam():
-                _, self.cam_ = self._fit_records(steps_X, labels, steps=("cam",))
+                _, self.cam_ = self._fit_records(steps_X, labels, steps=("cam",),
+                                                 classes=step_classes, log=log)
         else:
-            records, self.cam_, self.affinity_ = self._fit_records(steps_X, labels)
+            records, self.cam_, self.affinity_ = self._fit_records(steps_X, labels,
+                                                                   classes=step_classes, log=log)
+            log.start(_STAGE_NAMES["refiner"])
             self.refiner_ = self._step("refiner").fit(records)
             masks = list(self.refiner_.predict(records))
             del records
             self.pseudo_labels_ = masks
             self.pseudo_label_names_ = _image_names(images)
+        log.start(_STAGE_NAMES["network"])
         self.network_, result = self._train_network(images, masks, n_classes)
+        log.done()
         self.classes_ = np.arange(n_classes)
+        self.class_names_ = class_names
         self.n_classes_ = n_classes
-        # an indicator declares every class; masks give a lower bound (a fold may lack one)
-        self._classes_declared = targets.masks is None
+        # an indicator (or `classes`) declares every class; masks give a lower bound (a
+        # fold may lack one)
+        self._classes_declared = targets.masks is None or classes is not None
         self.loss_curve_ = list(result.history)
         self.epoch_seconds_ = list(result.epoch_seconds)
         return self
@@ -723,8 +826,9 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             True masks. A class the estimator was not fitted on (one absent
             from a cross-validation training fold, where ``fit`` derived the
             classes from masks) counts as missed; where ``fit`` was given an
-            indicator of ``n_classes_`` classes, a mask value above it (255
-            aside) is a ``ValueError``: no class the model knows.
+            indicator of ``n_classes_`` classes, or ``classes`` named them, a
+            mask value above it (255 aside) is a ``ValueError``: no class the
+            model knows.
         sample_weight : None
             Not supported (mean IoU counts pixels over all images).
 
@@ -732,6 +836,14 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         -------
         score : float
             Mean IoU in [0, 1].
+
+        Raises
+        ------
+        sklearn_psa.exceptions.MasksRequiredError
+            When ``y`` holds image-level labels. It is no ``Exception``, so
+            that ``GridSearchCV(...).fit(X, Y)`` stops with it instead of
+            scoring NaN: fit the search on the masks,
+            ``GridSearchCV(...).fit(X, masks)``.
         """
         from .metrics import mean_iou
 
@@ -740,11 +852,12 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         check_is_fitted(self, "network_")
         images = check_images(X)
         # a true class beyond the fitted ones (absent from a cross-validation training
-        # fold) is a miss, not an error; beyond the classes of a fitting indicator, it is
-        # a class this model cannot know
+        # fold) is a miss, not an error; beyond the classes of a fitting indicator (or of
+        # `classes`), it is a class this model cannot know
         declared = getattr(self, "_classes_declared", False)
-        masks = check_masks(y, len(images), shapes=images.shapes,
-                            n_classes=self.n_classes_ if declared else None)
+        masks = check_score_masks(y, len(images), shapes=images.shapes,
+                                  n_classes=self.n_classes_ if declared else None,
+                                  scorer=f"{type(self).__name__}.score")
         return mean_iou(masks, self.predict(images))
 
     # ------------------------------------------------------------------ output

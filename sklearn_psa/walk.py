@@ -2,6 +2,7 @@
 
 - :func:`neighbor_offsets` lists the pairs of grid cells an affinity is given for;
 - :func:`random_walk` applies ``T^t``, ``T = D^-1 W ** beta``, to score maps;
+- :func:`transition_matrix` gives ``T`` itself, a scipy CSR array, for one's own propagation;
 - :class:`RandomWalkRefiner` turns records (CAMs and affinities) into masks.
 
 The reference implementation builds the dense ``n x n`` transition matrix and
@@ -24,9 +25,9 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 from ._affinity_labels import STRIDE, score_stack
-from ._validation import check_masks, check_records, format_masks
+from ._validation import check_records, check_score_masks, format_masks
 
-__all__ = ["neighbor_offsets", "random_walk", "RandomWalkRefiner"]
+__all__ = ["neighbor_offsets", "random_walk", "transition_matrix", "RandomWalkRefiner"]
 
 # STRIDE (8): the affinity grid of an (H, W) image is (ceil(H / 8), ceil(W / 8)).
 _BACKENDS = {"auto", "torch", "scipy"}
@@ -130,8 +131,6 @@ def _first_bad(mask):
 def _check_walk_inputs(scores, affinity):
     import torch
 
-    from ._walk_kernels import inside_mask
-
     if scores.ndim != 3:
         raise ValueError(f"scores must be (C, h, w), got shape {tuple(scores.shape)}")
     if affinity.ndim != 3:
@@ -145,6 +144,17 @@ def _check_walk_inputs(scores, affinity):
     if bool(bad.any()):
         idx = _first_bad(bad)
         raise ValueError(f"scores{list(idx)} is {float(scores[idx])}: scores must be finite")
+    return _check_affinity(affinity)
+
+
+def _check_affinity(affinity):
+    """The offsets of a ``(K, h, w)`` affinity tensor, checked finite and non-negative on the grid."""
+    import torch
+
+    from ._walk_kernels import inside_mask
+
+    if affinity.ndim != 3:
+        raise ValueError(f"affinity must be (K, h, w), got shape {tuple(affinity.shape)}")
     offsets = _offsets(_radius_for_k(affinity.shape[0]))
     inside = inside_mask(offsets, *affinity.shape[1:], device=affinity.device)
     bad = inside & ~torch.isfinite(affinity)
@@ -304,6 +314,75 @@ def random_walk(scores, affinity, *, beta=8, t=256, backend="auto", device=None)
     if scores_is_tensor:
         return out.to(S.device)
     return out.cpu().numpy()
+
+
+def transition_matrix(affinity, *, beta=8):
+    """The random walk's transition matrix ``T = D^-1 W ** beta``, sparse.
+
+    For users who run their own propagation (a personalised PageRank, a
+    different number of steps per class, an eigen-analysis): ``T`` is the
+    matrix :func:`random_walk` applies ``t`` times, ``W`` the symmetric
+    affinity matrix of the ``n = h * w`` grid cells with self-loops 1
+    (``W[p, p + o_k] = W[p + o_k, p] = affinity[k, p]``, pairs taken at all
+    borders, entries whose neighbour is off the grid ignored), raised to the
+    power ``beta`` element-wise, and ``D`` its row sums. Each row sums to 1.
+
+    Parameters
+    ----------
+    affinity : ndarray or torch.Tensor of shape (K, h, w)
+        As for :func:`random_walk` (``K = len(neighbor_offsets(radius))``);
+        a record's ``affinity`` (:meth:`sklearn_psa.records.Record.transition_matrix`).
+    beta : float, default=8
+        Power applied to the affinities, >= 0.
+
+    Returns
+    -------
+    T : scipy.sparse.csr_array of shape (h * w, h * w)
+        float64 when ``affinity`` is float64, else float32. Cell ``(y, x)``
+        is row and column ``y * w + x`` (``scores.reshape(C, -1)`` order); at
+        most ``2K + 1`` non-zeros per row, weights below the dtype's smallest
+        normal number dropped (as the walk's kernels do). Being an array,
+        ``T @ x`` is the product and ``T ** 2`` element-wise: use
+        ``scipy.sparse.linalg.matrix_power(T, k)`` for ``T^k``.
+
+    Raises
+    ------
+    ValueError
+        For a K that matches no radius, NaN, infinite or negative affinities,
+        a negative ``beta``, or ``affinity ** beta`` overflowing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_psa import random_walk, transition_matrix
+    >>> affinity = np.ones((4, 1, 4), np.float32)  # radius 2 on a 1 x 4 grid
+    >>> T = transition_matrix(affinity, beta=1)
+    >>> T.shape, T.format
+    ((4, 4), 'csr')
+    >>> T.toarray().round(3)[0]  # cell 0: itself and its right neighbour
+    array([0.5, 0.5, 0. , 0. ], dtype=float32)
+    >>> scores = np.array([[[1.0, 0, 0, 0]]], np.float32)
+    >>> walked = (T @ (T @ scores.reshape(1, -1).T)).T.reshape(scores.shape)
+    >>> np.allclose(walked, random_walk(scores, affinity, beta=1, t=2))
+    True
+    """
+    import scipy.sparse as sp
+    import torch
+
+    from ._device import flush_denormal
+    from ._validation import check_scalar_in
+    from ._walk_kernels import transition_csr
+
+    check_scalar_in(beta, "beta", low=0)
+    A, _ = _as_tensor(affinity, "affinity")
+    with torch.no_grad():
+        A = A.cpu()
+        offsets = _check_affinity(A)
+        dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
+        with flush_denormal():
+            crow, col, values, _ = transition_csr(A, offsets, float(beta), dtype)
+    n = A.shape[1] * A.shape[2]
+    return sp.csr_array((values.numpy(), col.numpy(), crow.numpy()), shape=(n, n))
 
 
 def _average_pool(scores, stride):
@@ -521,12 +600,21 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         -------
         score : float
             Mean IoU in [0, 1].
+
+        Raises
+        ------
+        sklearn_psa.exceptions.MasksRequiredError
+            When ``y`` holds image-level labels. It is no ``Exception``, so
+            that ``GridSearchCV(...).fit(X, Y)`` stops with it instead of
+            scoring NaN: fit the search on the masks,
+            ``GridSearchCV(...).fit(X, masks)``.
         """
         from .metrics import mean_iou
 
         X = check_records(X, require_affinity=False, name="X")
         # a true class beyond X's (absent from a cross-validation training fold) is a miss
-        masks = check_masks(y, len(X), shapes=[r.shape for r in X.records], name="y")
+        masks = check_score_masks(y, len(X), shapes=[r.shape for r in X.records],
+                                  scorer=f"{type(self).__name__}.score")
         return mean_iou(masks, self.predict(X))
 
     def __sklearn_tags__(self):

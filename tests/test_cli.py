@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -14,9 +15,9 @@ from PIL import Image
 from sklearn_psa import PSASegmenter
 from sklearn_psa._demo import format_report, run_demo
 from sklearn_psa._device import resolve_device
-from sklearn_psa.cli import _make_estimator, build_parser, main
+from sklearn_psa.cli import CommandError, _make_estimator, build_parser, main
 from sklearn_psa.datasets import make_shapes
-from sklearn_psa.io import load_mask, load_model, save_mask, save_model
+from sklearn_psa.io import dump_model, is_model_file, load_mask, load_model, save_mask, save_model
 from sklearn_psa.metrics import segmentation_report
 
 CLASSES = ["disc", "square", "triangle", "cross"]
@@ -43,9 +44,8 @@ def demo_dir(demo_run):
 
 @pytest.fixture(scope="session")
 def demo_model(demo_dir, tmp_path_factory):
-    """The quick demo's model (a joblib pickle), converted to the safe model format."""
-    path = tmp_path_factory.mktemp("model") / "demo.psa"
-    return save_model(joblib.load(demo_dir / "model.joblib"), path)
+    """The quick demo's model, in the safe model format (``save_model``)."""
+    return str(demo_dir / "model.psa")
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +77,15 @@ def test_demo_writes_report_grid_and_model(demo_dir):
     assert "Weakly / fully supervised mIoU" in report
     with Image.open(demo_dir / "grid.png") as grid:
         assert grid.format == "PNG" and grid.width > 600
-    model = joblib.load(demo_dir / "model.joblib")
+    numbers = json.loads((demo_dir / "report.json").read_text())
+    assert set(numbers) >= {"cam_miou", "walk_miou", "segmenter_miou", "reference_miou", "seconds"}
+    for key in ("cam_miou", "walk_miou", "segmenter_miou", "reference_miou"):
+        # the same numbers as the Markdown summary (percentages with one decimal there)
+        assert 0 <= numbers[key] <= 1 and f"| {100 * numbers[key]:.1f} |" in report, key
+    assert numbers["walk_gain"] == pytest.approx(numbers["walk_miou"] - numbers["cam_miou"], abs=2e-4)
+    assert numbers["seconds"] > 0 and numbers["settings"]["setting"] == "quick"
+    assert is_model_file(demo_dir / "model.psa")  # the safe format: no pickle
+    model = load_model(demo_dir / "model.psa")
     assert isinstance(model, PSASegmenter) and len(model.pseudo_labels_) == 24
     X, _, _ = make_shapes(2, image_size=64, random_state=9)
     assert model.predict(X).shape == (2, 64, 64)
@@ -183,7 +191,7 @@ def test_evaluate_needs_a_truth_for_each_prediction(folder, tmp_path, capsys):
     assert "1 of 1 true masks are missing" in capsys.readouterr().err
 
 
-def test_fit_image_and_pixel_supervision(folder, tmp_path):
+def test_fit_image_and_pixel_supervision(folder, tmp_path, capsys):
     model, pseudo = tmp_path / "m.joblib", tmp_path / "pseudo"
     pseudo.mkdir()
     # left by an earlier fit
@@ -194,6 +202,11 @@ def test_fit_image_and_pixel_supervision(folder, tmp_path):
     assert code == 0
     fitted = load_model(model)
     assert fitted.cam_.max_epochs == 1 and fitted.n_classes_ == 4
+    assert list(fitted.class_names_) == CLASSES  # the CSV header's
+    capsys.readouterr()
+    assert main(["evaluate", str(pseudo), str(folder / "masks"), "--model", str(model)]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"\n{name} " in printed for name in CLASSES)
     assert sorted(p.stem for p in pseudo.glob("*.png")) == [f"img{i}" for i in range(6)]
     for i in range(6):  # this model's masks, the stale one replaced
         np.testing.assert_array_equal(load_mask(pseudo / f"img{i}.png"), fitted.pseudo_labels_[i])
@@ -264,6 +277,30 @@ def test_bad_label_csv_is_a_clear_error(folder, tmp_path, capsys, csv, message):
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("sklearn-psa fit: error:")
+
+
+def test_a_labels_csv_without_header_keeps_its_first_image(folder, tmp_path, capsys):
+    from sklearn_psa.cli import CommandError, _read_label_csv_header, load_data
+
+    rows = (folder / "labels.csv").read_text().splitlines()
+    headerless = tmp_path / "noheader.csv"
+    headerless.write_text("\n".join(rows[1:]) + "\n")
+    named = load_data(folder / "images", labels=folder / "labels.csv")
+    data = load_data(folder / "images", labels=headerless)
+    assert data["ids"] == named["ids"] and len(data["ids"]) == 6
+    np.testing.assert_array_equal(data["labels"], named["labels"])
+    assert data["class_names"] == ["class 1", "class 2", "class 3", "class 4"]
+    assert "no header" in capsys.readouterr().err
+    assert _read_label_csv_header(headerless) is None  # evaluate: no names to take
+    # a bad cell of a headerless file is on line 1, as the file says
+    bad = tmp_path / "bad.csv"
+    bad.write_text("img0.png,0,2\n")
+    with pytest.raises(CommandError, match="line 1, column 'class 2': '2' is not 0 or 1"):
+        load_data(folder / "images", labels=bad)
+    # a first row of 0/1 class names that names no image file: refused, not guessed
+    bad.write_text("filename,0,1\nimg0.png,0,1\n")
+    with pytest.raises(CommandError, match="class names are all 0 or 1"):
+        load_data(folder / "images", labels=bad)
 
 
 def test_usage_errors(folder, tmp_path, capsys):
@@ -337,9 +374,14 @@ def test_predict_refuses_pickles_unless_trusted(demo_dir, folder, tmp_path, caps
     err = capsys.readouterr().err
     assert "pickle" in err and "--trust-pickle" in err and err.count("\n") == 1
     assert not flag.exists() and not (tmp_path / "p").exists()
-    # the demo's joblib model, trusted explicitly
-    assert main(args + [str(demo_dir / "model.joblib"), "--trust-pickle"]) == 0
+    # a pickle of the demo's model, trusted explicitly
+    dump_model(load_model(demo_dir / "model.psa"), tmp_path / "demo.joblib")
+    assert main(args + [str(tmp_path / "demo.joblib"), "--trust-pickle"]) == 0
     assert len(list((tmp_path / "p").glob("*.png"))) == 6
+    # the demo's own model file needs no trust
+    assert main(args[:3] + [str(tmp_path / "p2")] + args[4:]
+                + [str(demo_dir / "model.psa")]) == 0
+    assert len(list((tmp_path / "p2").glob("*.png"))) == 6
 
 
 def test_predict_with_a_pipeline_saved_in_a_notebook(folder, tmp_path, capsys):
@@ -394,8 +436,8 @@ def test_demo_without_matplotlib_writes_the_report_and_model(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as without the plot extra
     printed = io.StringIO()
     summary = run_demo(tmp_path / "demo", quick=True, device="cpu", out=printed)
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["model.joblib", "report.md"]
-    assert set(summary["files"]) == {"report", "model"}
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["model.psa", "report.json", "report.md"]
+    assert set(summary["files"]) == {"report", "report_json", "model"}
     assert "matplotlib is not installed" in printed.getvalue()
 
 
@@ -416,6 +458,44 @@ def test_feature_affinity_gets_the_command_device_and_verbosity():
     affinity = _make_estimator(build_parser().parse_args(fit)).affinity
     assert affinity.device == "cpu" and affinity.verbose == 1
     assert _make_estimator(build_parser().parse_args(fit + ["-q"])).affinity.verbose == 0
+
+
+def test_one_option_scales_every_network_s_epochs_and_each_has_its_own():
+    from sklearn_psa import AffinityEstimator, CAMClassifier
+
+    def epochs(*options):
+        args = build_parser().parse_args(["fit", "data", "--model", "m", *options])
+        params = _make_estimator(args).get_params()
+        return params["cam__max_epochs"], params["affinity__max_epochs"], params["max_epochs"]
+
+    defaults = (CAMClassifier().max_epochs, AffinityEstimator().max_epochs,
+                PSASegmenter().max_epochs)
+    assert epochs() == defaults
+    assert epochs("--epoch-scale", "0.5") == tuple(max(1, round(n * 0.5)) for n in defaults)
+    assert epochs("--epoch-scale", "0.001") == (1, 1, 1)
+    assert epochs("--epoch-scale", "2", "--cam-epochs", "3", "--seg-epochs", "4") == (
+        3, defaults[1] * 2, 4)
+    assert epochs("--affinity-epochs", "5", "--max-epochs", "6") == (defaults[0], 5, 6)
+    assert epochs("--epoch-scale", "2", "--set", "cam__max_epochs=7")[0] == 7  # --set wins
+    with pytest.raises(SystemExit):
+        epochs("--epoch-scale", "0")
+    with pytest.raises(CommandError, match="trains no network"):
+        epochs("--affinity", "features", "--affinity-epochs", "2")
+
+
+def test_fit_says_what_it_chose_before_training(folder, tmp_path, capsys):
+    assert main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
+                 "--model", str(tmp_path / "m.joblib"), "--device", "cpu", "--seg-epochs", "1"]
+                + TINY) == 0
+    err = capsys.readouterr().err
+    plan = ["PSASegmenter: 4 stages on 6 images (image-level labels)",
+            "1/4 CAM classifier: tiny backbone from scratch, 1 epoch, on cpu",
+            "2/4 AffinityNet: tiny backbone from scratch, 1 epoch, on cpu",
+            "4/4 segmentation network on the synthesized masks: the fitted CAM classifier's "
+            "backbone, 1 epoch, on cpu", "[1/4] CAM classifier"]
+    at = [err.find(line) for line in plan]
+    assert -1 not in at and at == sorted(at), err
+    assert at[-1] < err.find("CAMClassifier: ")  # before the first network trains
 
 
 def test_python_dash_m():

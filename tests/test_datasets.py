@@ -18,10 +18,25 @@ from sklearn_psa.io import load_mask, save_mask
 # --------------------------------------------------------------------------- make_shapes
 
 
+#: The first generator, kept bit for bit: make_shapes(..., **HARD).
+HARD = {"body_class_strength": 0.0, "distractors": "bodies"}
+
+
 @pytest.fixture(scope="module")
-def shapes_with_parts():
-    """60 default-size images with the instance and part maps the generator drew."""
+def hard_with_parts():
+    """60 default-size images of the hard case with the instance and part maps drawn."""
+    return _generate(60, 4, 128, 3, seed=0, return_parts=True, **HARD)
+
+
+@pytest.fixture(scope="module")
+def default_with_parts():
+    """60 default-size images of the default setting with the instance and part maps drawn."""
     return _generate(60, 4, 128, 3, seed=0, return_parts=True)
+
+
+@pytest.fixture(params=["default", "hard"])
+def shapes_with_parts(request, default_with_parts, hard_with_parts):
+    return default_with_parts if request.param == "default" else hard_with_parts
 
 
 def test_make_shapes_shapes_and_dtypes():
@@ -124,8 +139,8 @@ def test_parts_are_much_smaller_than_objects(shapes_with_parts):
     assert ratios.min() > 0.01  # the part is not negligible either
 
 
-def test_parts_carry_the_class_and_bodies_do_not(shapes_with_parts):
-    X, masks, instances, parts = shapes_with_parts
+def test_parts_carry_the_class_and_hard_case_bodies_do_not(hard_with_parts):
+    X, masks, instances, parts = hard_with_parts
     body_colours = []
     for j in range(4):
         in_class = masks == j + 1
@@ -154,16 +169,152 @@ def _body_coloured_background(X, masks, body_colour, radius=40.0):
     return np.array(largest)
 
 
-def test_background_has_body_like_clutter(shapes_with_parts):
+def test_hard_case_background_has_body_like_clutter(hard_with_parts):
     """Most backgrounds hold a body-coloured region as large as a small body (150 px at
     128 px), i.e. a distractor; without distractors far fewer do (the test can fail)."""
-    X, masks, instances, parts = shapes_with_parts
+    X, masks, instances, parts = hard_with_parts
     body_colour = np.median(X[(masks > 0) & ~parts].astype(np.float32), axis=0)
     with_clutter = _body_coloured_background(X, masks, body_colour)
     assert np.mean(with_clutter >= 150) >= 0.9
-    Xc, masks_c = _generate(60, 4, 128, 3, seed=0, n_distractors=0)
+    Xc, masks_c = _generate(60, 4, 128, 3, seed=0, n_distractors=0, **HARD)
     without = _body_coloured_background(Xc, masks_c, body_colour)
     assert np.mean(without >= 150) <= np.mean(with_clutter >= 150) - 0.3
+
+
+def test_hard_case_is_the_first_generator_bit_for_bit():
+    """make_shapes(..., body_class_strength=0, distractors="bodies") reproduces the arrays of
+    the first generator (SHA-256 of X, Y and masks recorded before it changed), so that
+    earlier benchmark tables stay comparable."""
+    import hashlib
+
+    expected = {
+        (20, 4, 128, 3, 0): "c4cc8d9a393120d02c845a166cf79dd88c79f16debcf42941516377e326887a9",
+        (12, 7, 64, 4, 3): "5c13eb23e9543d092123624ceb6485baba422d8b3a856b7143ffcd26077c7b4e",
+        (5, 4, 200, 3, 11): "684a1567c8048679ae09a2acc07f8b349d3de6bbdcab2b2e798d24bee5c4fa6b",
+    }
+    for (n, k, size, most, seed), digest in expected.items():
+        X, Y, masks = make_shapes(n, n_classes=k, image_size=size, max_objects=most, random_state=seed, **HARD)
+        assert hashlib.sha256(X.tobytes() + Y.tobytes() + masks.tobytes()).hexdigest() == digest
+    # The default is another generator.
+    X, Y, masks = make_shapes(20, random_state=0)
+    assert hashlib.sha256(X.tobytes() + Y.tobytes() + masks.tobytes()).hexdigest() != expected[(20, 4, 128, 3, 0)]
+
+
+def _part_gaps(X, instances, parts):
+    """Per object: how deep inside its object its part lies (px from the object's edge)."""
+    gaps = []
+    for i in range(len(X)):
+        for k in range(1, instances[i].max() + 1):
+            obj = instances[i] == k
+            part = parts[i] & obj
+            depth = ndimage.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
+            gaps.append(depth[part].min())
+    return np.array(gaps)
+
+
+def test_parts_anywhere_on_the_body(default_with_parts, hard_with_parts):
+    """Hard case: every part at the edge of its body. Default: part within the body, at the
+    edge or inside it (a part more than 4 px from the body's edge for some objects)."""
+    hard = _part_gaps(hard_with_parts[0], *hard_with_parts[2:])
+    assert hard.max() <= 4.5
+    X, masks, instances, parts = default_with_parts
+    assert not np.any(parts & (masks == 0))
+    default = _part_gaps(X, instances, parts)
+    assert np.mean(default > 4.5) >= 0.15
+    assert np.mean(default <= 2.5) >= 0.3  # the edge is still possible
+
+
+def _blob_histograms(X, maps, min_pixels=40):
+    """4x4x4 colour histogram of each labelled blob (label k > 0 of each map)."""
+    feats = []
+    for img, m in zip(X, maps):
+        q = (img // 64).astype(np.int64)
+        code = q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]
+        for k in np.unique(m[m > 0]):
+            where = m == k
+            if where.sum() >= min_pixels:
+                h = np.bincount(code[where], minlength=64).astype(np.float64)
+                feats.append(h / h.sum())
+    return np.array(feats)
+
+
+def _body_class_accuracy(strength, n=150, size=64, seed=0):
+    """3-fold accuracy of a colour-histogram classifier of the class of bodies alone."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    X, masks, instances, parts = _generate(n, 4, size, 3, seed, return_parts=True, body_class_strength=strength)
+    bodies = np.where(parts, 0, instances)
+    feats, ys = [], []
+    for img, m, b in zip(X, masks, bodies):
+        for k in np.unique(b[b > 0]):
+            if (b == k).sum() >= 20:
+                feats.append(_blob_histograms(img[None], (b == k)[None].astype(np.uint8), 20)[0])
+                ys.append(int(np.bincount(m[b == k]).argmax()))
+    clf = LogisticRegression(C=10.0, max_iter=2000)
+    return cross_val_score(clf, np.array(feats), np.array(ys), cv=3).mean()
+
+
+def test_class_evidence_of_bodies_grows_with_body_class_strength():
+    acc = [_body_class_accuracy(s) for s in (0.0, 0.5, 1.0)]
+    assert acc[0] < 0.45  # four classes: chance is 0.25, one look for every class
+    assert acc[0] + 0.2 < acc[1] < acc[2]
+    assert acc[2] > 0.9
+
+
+def test_body_class_styles_interpolate():
+    for j in range(_shapes.MAX_CLASSES):
+        colour0, texture, p0, ratio0 = _shapes.body_style(j, 0.0)
+        colour1, _, p1, ratio1 = _shapes.body_style(j, 1.0)
+        np.testing.assert_array_equal(colour0, _shapes._BODY_COLOUR)
+        assert p0 == 0.0 and p1 == 1.0 and ratio0 == _shapes._BODY_AXIS_RATIO
+        half, _, _, _ = _shapes.body_style(j, 0.5)
+        np.testing.assert_allclose(half, (colour0 + colour1) / 2, atol=1e-4)
+    # At strength 1 the first eight classes have eight distinct colours.
+    assert len({tuple(_shapes.body_style(j, 1.0)[0]) for j in range(8)}) == 8
+
+
+def test_clutter_kinds():
+    """"bodies": clutter a colour histogram cannot tell from bodies; "background": clutter
+    that it tells apart easily; None: no clutter."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    def separability(**kw):
+        X, masks, instances, parts, clutter = _generate(120, 4, 64, 3, 1, return_parts=True, return_clutter=True,
+                                                        **kw)
+        bodies = _blob_histograms(X, np.where(parts, 0, instances), 20)
+        blobs = _blob_histograms(X, clutter, 20)
+        n = min(len(bodies), len(blobs))
+        feats = np.concatenate([bodies[:n], blobs[:n]])
+        y = np.r_[np.zeros(n), np.ones(n)]
+        return cross_val_score(LogisticRegression(C=10.0, max_iter=2000), feats, y, cv=3).mean()
+
+    assert separability(**HARD) < 0.65
+    assert separability(body_class_strength=0.0, distractors="background") > 0.85
+    *_, clutter = _generate(30, 4, 64, 3, 1, return_clutter=True, distractors=None)
+    assert not clutter.any()
+    *_, clutter = _generate(30, 4, 64, 3, 1, return_clutter=True)
+    assert clutter.any()
+
+
+def test_every_class_is_reachable():
+    for n_classes in (1, 7, 20):
+        _, Y, _ = make_shapes(200, n_classes=n_classes, image_size=48, random_state=3)
+        assert np.all(Y.sum(axis=0) > 0), n_classes
+
+
+@pytest.mark.parametrize("kw", [{}, HARD, {"body_class_strength": 1.0, "distractors": None},
+                                {"body_class_strength": 0.3, "distractors": "bodies"}])
+def test_every_setting_is_deterministic_and_consistent(kw):
+    a = make_shapes(6, image_size=48, random_state=4, **kw)
+    b = make_shapes(6, image_size=48, random_state=4, **kw)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    X, Y, masks = a
+    np.testing.assert_array_equal(Y, labels_from_masks(masks, 4))
+    prefix = make_shapes(3, image_size=48, random_state=4, **kw)
+    np.testing.assert_array_equal(prefix[0], X[:3])
 
 
 @given(
@@ -201,6 +352,9 @@ def test_make_shapes_properties(n_classes, image_size, max_objects, seed):
         ({"image_size": "big"}, "image_size"),
         ({"max_objects": 0}, "max_objects"),
         ({"random_state": "seed"}, "random_state"),
+        ({"body_class_strength": -0.1}, "body_class_strength"),
+        ({"body_class_strength": 1.5}, "body_class_strength"),
+        ({"distractors": "noise"}, "distractors"),
     ],
 )
 def test_make_shapes_parameter_errors(params, match):
@@ -486,20 +640,24 @@ def test_docstring_examples_run(module):
     assert result.attempted > 0 and result.failed == 0
 
 
-def test_clutter_maps_mark_the_body_like_distractors():
-    X, masks = _generate(40, 4, 128, 3, seed=3)
-    X2, masks2, clutter = _generate(40, 4, 128, 3, seed=3, return_clutter=True)
+@pytest.mark.parametrize("kw", [{}, HARD])
+def test_clutter_maps_mark_the_distractors(kw):
+    X, masks = _generate(40, 4, 128, 3, seed=3, **kw)
+    X2, masks2, clutter = _generate(40, 4, 128, 3, seed=3, return_clutter=True, **kw)
     np.testing.assert_array_equal(X, X2)  # asking for the maps does not change the images
     np.testing.assert_array_equal(masks, masks2)
     assert clutter.dtype == np.uint8 and set(np.unique(clutter)) <= {0, 1, 2}
     assert not np.any((clutter > 0) & (masks > 0))  # distractors are background, under objects
     assert np.mean([(c > 0).any() for c in clutter]) > 0.9
-    # distractor pixels are painted like bodies: tan with stripes, not the background's colours
+    if kw != HARD:
+        return
+    # hard case: distractor pixels are painted like bodies: tan with stripes, not the
+    # background's colours
     body = X[(clutter > 0)].astype(float).mean(axis=0)
     np.testing.assert_allclose(body, [176, 132, 84], atol=15)
     rest = X[(clutter == 0) & (masks == 0)].astype(float).mean(axis=0)
     assert np.abs(rest - [176, 132, 84]).max() > 20
     # with parts too, the clutter maps come last
-    out = _generate(5, 4, 128, 3, seed=3, return_parts=True, return_clutter=True)
+    out = _generate(5, 4, 128, 3, seed=3, return_parts=True, return_clutter=True, **HARD)
     assert len(out) == 5
     np.testing.assert_array_equal(out[4], clutter[:5])

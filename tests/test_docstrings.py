@@ -9,7 +9,8 @@ import importlib
 
 import pytest
 
-MODULES = ["records", "walk", "cam", "affinity", "feature_affinity", "segmenter"]
+MODULES = ["records", "walk", "cam", "classifier_cam", "affinity", "feature_affinity", "segmenter",
+           "exceptions"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -23,3 +24,10 @@ def test_docstring_examples(name):
         torch.set_num_threads(threads)
     assert result.attempted > 0, f"sklearn_psa.{name} has no examples"
     assert result.failed == 0
+
+
+def test_plotting_examples():
+    pytest.importorskip("matplotlib")
+    module = importlib.import_module("sklearn_psa.plotting")
+    result = doctest.testmod(module, globs={}, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -213,7 +213,9 @@ def test_imagenet_features_follow_the_bodies_of_make_shapes():
     from sklearn_psa._validation import check_random_state_seed
     from sklearn_psa.datasets._shapes import _generate
 
-    X, masks, clutter = _generate(24, 4, 128, 3, check_random_state_seed(0), return_clutter=True)
+    # the hard case: striped bodies of one look for every class among body-like clutter
+    X, masks, clutter = _generate(24, 4, 128, 3, check_random_state_seed(0), return_clutter=True,
+                                  body_class_strength=0.0, distractors="bodies")
     segments = np.where(clutter > 0, 100 + clutter, masks).astype(np.uint8)  # distractors apart
     records = Records.from_arrays(X, np.ones((len(X), 1), np.uint8), [np.ones((1, 128, 128), np.float32)] * len(X))
 

@@ -408,3 +408,34 @@ def test_a_16_bit_png_opened_as_mode_i_keeps_converting(tmp_path):
     as_i.format = None  # a 32-bit image made in memory: its range is unknown
     with pytest.raises(ValueError, match="32-bit integer pixels"):
         to_rgb(as_i)
+
+
+def test_list_images_takes_the_command_s_rule(tmp_path):
+    from sklearn_psa.io import list_images
+
+    pixels = np.zeros((3, 3, 3), np.uint8)
+    for name in ("b.png", "a.JPG", "c.tiff", ".hidden.png", "notes.txt", "z.png.bak"):
+        Image.fromarray(pixels).save(tmp_path / name, format="PNG")
+    (tmp_path / "sub.png").mkdir()  # a folder named like an image
+    Image.fromarray(pixels).save(tmp_path / "sub.png" / "inner.png")
+    assert list_images(tmp_path) == [str(tmp_path / n) for n in ("a.JPG", "b.png", "c.tiff")]
+    assert list_images(tmp_path / "sub.png") == [str(tmp_path / "sub.png" / "inner.png")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert list_images(empty) == []
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        list_images(tmp_path / "missing")
+    with pytest.raises(NotADirectoryError, match="expected a folder of images"):
+        list_images(tmp_path / "b.png")
+
+
+def test_a_folder_given_as_images_points_to_list_images(tmp_path):
+    from sklearn_psa._validation import check_images
+    from sklearn_psa.io import list_images
+
+    Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(TypeError, match=r"X is a folder .*sklearn_psa\.io\.list_images\("):
+        check_images(str(tmp_path))
+    with pytest.raises(IsADirectoryError, match=r"X\[1\] is a folder .*list_images\("):
+        check_images([str(tmp_path / "a.png"), tmp_path])
+    assert len(check_images(list_images(tmp_path))) == 1  # the fix works

@@ -22,6 +22,7 @@ TINY_STEPS = dict(cam__backbone="tiny", cam__max_epochs=1, cam__scales=(1.0,),
                   cam__batch_size=4, affinity__backbone="tiny", affinity__max_epochs=1,
                   affinity__crf=False, affinity__crop_size=32, affinity__batch_size=4,
                   refiner__t=16)
+CLASSES = ["disc", "square", "triangle", "cross"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,8 @@ def data():
 @pytest.fixture(scope="module")
 def segmenter(data):
     X, Y, _ = data
-    seg = PSASegmenter(backbone="tiny", max_epochs=1, batch_size=4, random_state=0)
+    seg = PSASegmenter(backbone="tiny", max_epochs=1, batch_size=4, random_state=0,
+                       classes=CLASSES[:Y.shape[1]])
     return seg.set_params(**TINY_STEPS).fit(X, Y)
 
 
@@ -115,6 +117,50 @@ def test_a_user_module_backbone_is_refused_with_the_attribute_named(data, tmp_pa
     module = nn.Sequential(nn.Conv2d(3, 8, 3, stride=8, padding=1))
     cam = CAMClassifier(backbone=module, max_epochs=1, scales=(1.0,), random_state=0)
     with pytest.raises(TypeError, match=r"model\.backbone: .*Sequential.*dump_model"):
+        save_model(cam, tmp_path / "cam.psa")
+    assert not os.listdir(tmp_path)
+
+
+def test_class_names_and_classes_round_trip(segmenter, data, tmp_path):
+    # what `sklearn-psa evaluate --model` prints: the names a model was fitted with
+    loaded = load_model(save_model(segmenter, tmp_path / "seg.psa"))
+    n = data[1].shape[1]
+    assert loaded.classes == CLASSES[:n] and loaded.get_params()["classes"] == CLASSES[:n]
+    for a, b in ((segmenter, loaded), (segmenter.cam_, loaded.cam_)):
+        assert b.class_names_.dtype == object and a.class_names_.dtype == object
+        assert list(b.class_names_) == list(a.class_names_) == CLASSES[:n]
+        assert all(type(name) is str for name in b.class_names_)
+    # declared classes: a mask value beyond them is no class of this model
+    X, _, masks = data
+    bad = [m.copy() for m in masks[:2]]
+    bad[0][0, 0] = n + 1
+    with pytest.raises(ValueError):
+        loaded.score(X[:2], bad)
+
+
+def test_a_classifier_cam_is_refused_naming_the_fix(data, tmp_path):
+    from torch import nn
+
+    from sklearn_psa import ClassifierCAM
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.body(x).mean(dim=(2, 3)))
+
+    cam = ClassifierCAM(Net(), feature_layer="body", linear_layer="fc", device="cpu")
+    for model, where in ((cam, r"model"), (PSASegmenter(cam=cam), r"model\.cam"),
+                         (Pipeline([("cam", cam), ("rw", RandomWalkRefiner())]), r"model\.steps")):
+        with pytest.raises(TypeError, match=where + r".*ClassifierCAM wraps a network of yours.*"
+                                            r"sklearn_psa\.io\.dump_model"):
+            save_model(model, tmp_path / "cam.psa")
+    X, Y, _ = data
+    cam.fit(X[:2], Y[:2])  # fitted too
+    with pytest.raises(TypeError, match="ClassifierCAM wraps a network of yours"):
         save_model(cam, tmp_path / "cam.psa")
     assert not os.listdir(tmp_path)
 

