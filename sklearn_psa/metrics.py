@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, validate_params
 
 from ._validation import IGNORE_INDEX, check_masks
 
-__all__ = ["confusion_matrix", "mean_iou", "mean_iou_scorer", "segmentation_report"]
+__all__ = ["affinity_report", "confusion_matrix", "mean_iou", "mean_iou_scorer", "segmentation_report"]
 
 # Largest number of classes: values 0..254 are labels, 255 is reserved for "ignore".
 _MAX_CLASSES = IGNORE_INDEX - 1
@@ -443,4 +443,149 @@ def segmentation_report(
     lines.append("")
     lines.append(line("mean", [fmt(means["iou"]), fmt(means["precision"]),
                                fmt(means["recall"]), means["support"]]))
+    return "\n".join(lines)
+
+
+def _auc(same, score):
+    """ROC AUC of ``score`` at telling ``same`` pairs from the others (nan with one kind)."""
+    if same.size == 0 or same.all() or not same.any():
+        return float("nan")
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(same, score))
+
+
+def affinity_report(records, masks, *, alpha_low=4, alpha_high=32, crf=False, output_dict=False):
+    """How good the affinity labels and the learned affinities of records are, against true masks.
+
+    Reads the two things that decide the walk's gain: the pair labels an
+    :class:`~sklearn_psa.AffinityEstimator` trains on (derived from the
+    records' CAMs, as it derives them) and the affinities it predicted. Both
+    are judged on the stride-8 grid against the true masks brought there by
+    majority vote, over the pairs within the records' radius.
+
+    - **labels**: the share of grid cells labelled confident foreground and
+      confident background, how many of them the truth agrees with (a
+      confident-foreground cell is right when the truth holds that class
+      there, a background cell when it holds background), and for each kind
+      of pair (background-positive, foreground-positive, negative) its number
+      per image and the share whose truth agrees (same label for positives,
+      different labels for negatives);
+    - **affinity** (records with affinities): the ROC AUC of the affinity at
+      telling pairs of one true label from pairs across labels, and the mean
+      affinity of each kind, over every pair within the radius.
+
+    Parameters
+    ----------
+    records : Records
+        From ``CAMClassifier.transform`` (labels only) or
+        ``AffinityEstimator.transform`` (labels and affinities).
+    masks : sequence of (H, W) masks or (n, H, W) array
+        True masks, one per record (0 background, ``j + 1`` class ``j``, 255
+        ignored).
+    alpha_low, alpha_high : float, default=4, 32
+        The confident regions' background powers, as in ``AffinityEstimator``
+        (pass the fitted estimator's values).
+    crf : bool or dict, default=False
+        The dense CRF on the confident regions, as ``AffinityEstimator(crf=...)``
+        (its default is True; False is faster and shows the CAMs' own labels).
+    output_dict : bool, default=False
+        Return a dict instead of a text table.
+
+    Returns
+    -------
+    report : str or dict
+        With ``output_dict``: ``{"labels": {"fg_cells", "fg_precision",
+        "bg_cells", "bg_precision", "true_fg_as_bg", "pairs": {kind: {"per_image",
+        "precision"}}}, "affinity": {"pair_auc", "same_mean",
+        "different_mean"} or None, "radius", "n_images"}``; shares are fractions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_psa.metrics import affinity_report
+    >>> from sklearn_psa.records import Records
+    >>> mask = np.zeros((32, 32), np.uint8); mask[8:24, 8:24] = 1
+    >>> cams = [mask[None].astype(np.float32)]            # a CAM exactly on the object
+    >>> records = Records.from_arrays(np.zeros((1, 32, 32, 3), np.uint8), [[1]], cams)
+    >>> report = affinity_report(records, [mask], output_dict=True)
+    >>> report["labels"]["fg_precision"], report["labels"]["bg_precision"]
+    (1.0, 1.0)
+    """
+    from ._affinity_labels import _shifted_pairs, affinity_pairs, affinity_label_map, downsample_mask
+    from ._validation import check_records
+    from .crf import check_crf_options, dense_crf
+    from .walk import neighbor_offsets
+
+    records = check_records(records, require_cams=True, require_affinity=False, name="records")
+    masks = check_masks(masks, len(records), shapes=[r.shape for r in records])
+    options = check_crf_options(crf)
+    crf_fn = None if options is None else (lambda image, scores: dense_crf(image, scores, **options))
+    radius = next((r.radius for r in records if r.radius is not None), 5)
+    offsets = neighbor_offsets(radius)
+    cells = fg = fg_ok = bg = bg_ok = true_fg = true_fg_bg = 0
+    pairs, pairs_ok = np.zeros(3), np.zeros(3)
+    same_all, score_all = [], []
+    with_affinity = all(r.affinity is not None for r in records)
+    for r, m in zip(records, masks):
+        image = r.load_image() if crf_fn is not None else None
+        g = affinity_label_map(r.cams, r.labels, alpha_low=alpha_low, alpha_high=alpha_high, image=image,
+                               crf=crf_fn)
+        t = downsample_mask(np.asarray(m))
+        known = t != IGNORE_INDEX
+        frm, to, inside = _shifted_pairs(t, offsets)
+        inside = inside & (frm != IGNORE_INDEX) & (to != IGNORE_INDEX)
+        for i, kind in enumerate(affinity_pairs(g, offsets)):
+            kind = kind & inside
+            right = (frm == to)[kind] if i < 2 else (frm != to)[kind]
+            pairs[i] += kind.sum()
+            pairs_ok[i] += right.sum()
+        is_fg, is_bg = (g > 0) & (g != IGNORE_INDEX) & known, (g == 0) & known
+        cells += int(known.sum())
+        fg += int(is_fg.sum()); fg_ok += int((is_fg & (g == t)).sum())  # noqa: E702
+        bg += int(is_bg.sum()); bg_ok += int((is_bg & (t == 0)).sum())  # noqa: E702
+        true_fg += int(((t > 0) & known).sum()); true_fg_bg += int(((t > 0) & known & is_bg).sum())  # noqa: E702
+        if with_affinity:
+            if r.affinity.shape != inside.shape:
+                raise ValueError(f"records[{len(same_all)}]: affinity of shape {r.affinity.shape} does not match "
+                                 f"its grid {inside.shape[1:]} and radius {radius}")
+            same_all.append((frm == to)[inside])
+            score_all.append(np.asarray(r.affinity)[inside])
+    n = len(records)
+
+    def share(a, b):
+        return float(a / b) if b else float("nan")
+
+    out = {
+        "n_images": n,
+        "radius": int(radius),
+        "labels": {
+            "fg_cells": share(fg, cells), "fg_precision": share(fg_ok, fg),
+            "bg_cells": share(bg, cells), "bg_precision": share(bg_ok, bg),
+            "true_fg_as_bg": share(true_fg_bg, true_fg),
+            "pairs": {kind: {"per_image": float(pairs[i] / n), "precision": share(pairs_ok[i], pairs[i])}
+                      for i, kind in enumerate(("bg_positive", "fg_positive", "negative"))},
+        },
+        "affinity": None,
+    }
+    if with_affinity:
+        same, score = np.concatenate(same_all), np.concatenate(score_all).astype(np.float64)
+        out["affinity"] = {"pair_auc": _auc(same, score),
+                           "same_mean": float(score[same].mean()) if same.any() else float("nan"),
+                           "different_mean": float(score[~same].mean()) if (~same).any() else float("nan")}
+    if output_dict:
+        return out
+    lab = out["labels"]
+    lines = [f"Affinity labels (alpha {alpha_low:g} / {alpha_high:g}, CRF {'on' if crf_fn else 'off'}) against "
+             f"the true masks, {n} images, radius {radius}:",
+             f"  confident foreground: {lab['fg_cells']:.1%} of the cells, {lab['fg_precision']:.1%} right",
+             f"  confident background: {lab['bg_cells']:.1%} of the cells, {lab['bg_precision']:.1%} right "
+             f"({lab['true_fg_as_bg']:.1%} of the object cells called background)",
+             f"  {'pairs':<22}{'per image':>10}{'right':>9}"]
+    for kind, v in lab["pairs"].items():
+        lines.append(f"  {kind.replace('_', '-'):<22}{v['per_image']:>10.1f}{v['precision']:>9.1%}")
+    if out["affinity"] is not None:
+        a = out["affinity"]
+        lines.append(f"Affinity: pair AUC {a['pair_auc']:.3f} (same-label pairs against the others); mean "
+                     f"{a['same_mean']:.3f} within a label, {a['different_mean']:.3f} across labels")
     return "\n".join(lines)

@@ -359,7 +359,8 @@ def plot_affinity(record, ax=None, *, show_image=True):
     return ax
 
 
-def plot_synthesized(records, masks, true_masks=None, *, indices=None, max_images=4, figsize=None):
+def plot_synthesized(records, masks, true_masks=None, *, indices=None, max_images=4, figsize=None,
+                     label_alphas=None):
     """The paper's Figure 5: image, ground truth, CAMs, affinities, synthesized mask.
 
     Parameters
@@ -376,13 +377,25 @@ def plot_synthesized(records, masks, true_masks=None, *, indices=None, max_image
     max_images : int, default=4
         At least 1; used when ``indices`` is None.
     figsize : tuple, optional
+    label_alphas : (float, float), optional
+        ``(alpha_low, alpha_high)`` of the affinity step (e.g. the fitted
+        ``AffinityEstimator``'s): adds a column of the confident labels it
+        trains on, on the stride-8 grid without the CRF (object colours,
+        black background, cream "ignored"); with ``true_masks`` beside it,
+        wrong labels are easy to see (``sklearn_psa.metrics.affinity_report``
+        counts them).
 
     Returns
     -------
     fig : matplotlib Figure
     """
     plt = _pyplot()
-    check_records(records, require_cams=False, require_affinity=True, name="records")
+    check_records(records, require_cams=label_alphas is not None, require_affinity=True, name="records")
+    if label_alphas is not None:
+        try:
+            alpha_low, alpha_high = (float(a) for a in label_alphas)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"label_alphas: expected (alpha_low, alpha_high), got {label_alphas!r}") from exc
     n = len(records)
     masks = _check_mask_column(masks, records, "masks")
     if true_masks is not None:
@@ -404,8 +417,8 @@ def plot_synthesized(records, masks, true_masks=None, *, indices=None, max_image
             raise ValueError("indices is empty: expected at least one record index")
         for k, i in enumerate(indices):
             check_scalar_in(i, f"indices[{k}]", low=-n, high=n - 1, integer=True)
-    columns = ["image"] + (["ground truth"] if true_masks is not None else []) + [
-        "CAMs", "affinities", "synthesized"]
+    columns = ["image"] + (["ground truth"] if true_masks is not None else []) + ["CAMs"] + (
+        ["affinity labels"] if label_alphas is not None else []) + ["affinities", "synthesized"]
     fig, axes = plt.subplots(len(indices), len(columns), squeeze=False,
                              figsize=figsize or (2.2 * len(columns), 2.2 * len(indices)))
     for row, i in enumerate(indices):
@@ -415,6 +428,11 @@ def plot_synthesized(records, masks, true_masks=None, *, indices=None, max_image
         if true_masks is not None:
             panels.append(_color_mask(true_masks[i]))
         panels.append(_color_cams(image, record))
+        if label_alphas is not None:
+            from ._affinity_labels import affinity_label_map
+
+            grid = affinity_label_map(record.cams, record.labels, alpha_low=alpha_low, alpha_high=alpha_high)
+            panels.append(_color_mask(_upsample(grid, record.shape)))
         for col, panel in enumerate(panels):
             axes[row, col].imshow(panel)
             axes[row, col].set_axis_off()

@@ -511,3 +511,85 @@ def test_docstring_examples():
     result = doctest.testmod(metrics, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 4
     assert result.failed == 0
+
+
+# --------------------------------------------------------------------------- affinity_report
+
+
+def _square_records(n=3, size=40, bleed=0, affinity=None):
+    """Records of one object (class column 0) per image, whose CAM covers the object grown by
+    ``bleed`` px; ``affinity(mask) -> (K, h, w)`` adds affinities (radius 5)."""
+    from sklearn_psa.records import Records
+
+    masks, cams = [], []
+    for i in range(n):
+        m = np.zeros((size, size), np.uint8)
+        m[8 + i: 24 + i, 8:24] = 1
+        c = np.zeros((1, size, size), np.float32)
+        c[0, max(8 + i - bleed, 0): 24 + i + bleed, max(8 - bleed, 0): 24 + bleed] = 1.0
+        masks.append(m)
+        cams.append(c)
+    affs = None if affinity is None else [affinity(m) for m in masks]
+    records = Records.from_arrays(np.zeros((n, size, size, 3), np.uint8), np.ones((n, 1), np.uint8), cams,
+                                  affinities=affs, radius=None if affinity is None else 5)
+    return records, masks
+
+
+def test_affinity_report_labels_against_a_hand_count():
+    from sklearn_psa import neighbor_offsets
+    from sklearn_psa._affinity_labels import affinity_label_map, downsample_mask, pair_counts
+    from sklearn_psa.metrics import affinity_report
+
+    exact, masks = _square_records(bleed=0)
+    rep = affinity_report(exact, masks, output_dict=True)
+    assert rep["labels"]["fg_precision"] == 1.0 and rep["labels"]["bg_precision"] == 1.0
+    assert rep["labels"]["true_fg_as_bg"] == 0.0 and rep["affinity"] is None
+    for kind in ("bg_positive", "fg_positive", "negative"):
+        assert rep["labels"]["pairs"][kind]["precision"] == 1.0
+    # a CAM 8 px wider on every side: its confident foreground takes background cells
+    bled, _ = _square_records(bleed=8)
+    rep = affinity_report(bled, masks, output_dict=True)
+    fg = fg_ok = cells = 0
+    counts = np.zeros(3)
+    for r, m in zip(bled, masks):
+        g, t = affinity_label_map(r.cams, r.labels), downsample_mask(m)
+        fg += ((g > 0) & (g != 255)).sum()
+        fg_ok += ((g > 0) & (g != 255) & (g == t)).sum()
+        cells += t.size
+        counts += pair_counts(g, neighbor_offsets(5))
+    assert rep["labels"]["fg_precision"] == pytest.approx(fg_ok / fg) and fg_ok < fg
+    assert rep["labels"]["fg_cells"] == pytest.approx(fg / cells)
+    per_image = [rep["labels"]["pairs"][k]["per_image"] for k in ("bg_positive", "fg_positive", "negative")]
+    np.testing.assert_allclose(per_image, counts / len(masks))
+    assert rep["labels"]["pairs"]["fg_positive"]["precision"] < 1.0
+
+
+def test_affinity_report_scores_affinities():
+    from sklearn_psa import neighbor_offsets
+    from sklearn_psa._affinity_labels import oracle_affinity
+    from sklearn_psa.metrics import affinity_report
+
+    offsets = neighbor_offsets(5)
+    oracle, masks = _square_records(affinity=lambda m: oracle_affinity(m, offsets))
+    rep = affinity_report(oracle, masks, output_dict=True)
+    assert rep["affinity"]["pair_auc"] == 1.0 and rep["radius"] == 5
+    assert rep["affinity"]["same_mean"] == 1.0 and rep["affinity"]["different_mean"] == 0.0
+    inverted, _ = _square_records(affinity=lambda m: 1.0 - oracle_affinity(m, offsets))
+    assert affinity_report(inverted, masks, output_dict=True)["affinity"]["pair_auc"] == 0.0
+    rng = np.random.default_rng(0)
+    noise, _ = _square_records(affinity=lambda m: rng.random((len(offsets), 5, 5)).astype(np.float32))
+    assert abs(affinity_report(noise, masks, output_dict=True)["affinity"]["pair_auc"] - 0.5) < 0.1
+    text = affinity_report(oracle, masks)
+    assert "confident foreground" in text and "pair AUC 1.000" in text
+
+
+def test_affinity_report_checks_its_inputs():
+    from sklearn_psa.metrics import affinity_report
+
+    records, masks = _square_records()
+    with pytest.raises(ValueError, match="mask"):
+        affinity_report(records, masks[:2])
+    with pytest.raises(TypeError, match="records"):
+        affinity_report(list(records), masks)
+    with pytest.raises(ValueError, match="unknown dense_crf options"):
+        affinity_report(records, masks, crf={"sxy": 3})

@@ -66,6 +66,21 @@ def test_plot_synthesized_draws_every_column():
     assert [ax.get_title() for ax in fig.axes[:5]] == [
         "image", "ground truth", "CAMs", "affinities", "synthesized"]
     plt.close(fig)
+    # with the affinity labels: a column after the CAMs, coloured as the labels on the grid
+    fig = plotting.plot_synthesized(recs, masks, true_masks=masks, label_alphas=(4, 32))
+    assert [ax.get_title() for ax in fig.axes[:6]] == [
+        "image", "ground truth", "CAMs", "affinity labels", "affinities", "synthesized"]
+    from sklearn_psa._affinity_labels import affinity_label_map
+    from sklearn_psa.io import voc_palette
+
+    shown = fig.axes[6 + 3].get_images()[0].get_array()  # second image's labels panel
+    grid = affinity_label_map(recs[1].cams, recs[1].labels, alpha_low=4, alpha_high=32)
+    np.testing.assert_array_equal(shown[0, 0], voc_palette()[grid[0, 0]])
+    np.testing.assert_array_equal(shown[0, -1], voc_palette()[grid[0, -1]])
+    assert grid[0, -1] == 2 and grid[0, 0] == 0
+    plt.close(fig)
+    with pytest.raises(TypeError, match="label_alphas"):
+        plotting.plot_synthesized(recs, masks, label_alphas=4)
     with pytest.raises(ValueError, match="no affinity"):
         plotting.plot_affinity(Records.from_arrays(images[:1], [[0, 0]], [np.zeros((0, 24, 40))])[0])
 
