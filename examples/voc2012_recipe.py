@@ -23,7 +23,8 @@ names); ``resnet38d`` takes the reference code's converted ImageNet weights (its
 See ``sklearn_psa.nn.make_backbone``.
 
 It writes to ``--output``: checkpoints of the CAM and segmentation training (an interrupted
-run resumes from them), ``model.joblib`` (the fitted ``PSASegmenter``), ``pseudo/`` (the
+run resumes from them), ``model.psa`` (the fitted ``PSASegmenter``, written with
+``sklearn_psa.io.save_model``: no code, ``sklearn-psa predict --model`` reads it), ``pseudo/`` (the
 synthesized training masks, as VOC-palette PNGs), ``val/`` (predictions on the val split,
 resumable) and ``report.md`` (per-class tables: the synthesized labels against the training
 masks, as in the paper's Table 1, and the predictions on val, as in its Table 2).
@@ -37,11 +38,9 @@ import argparse
 import time
 from pathlib import Path
 
-import joblib
-
 from sklearn_psa import AffinityEstimator, CAMClassifier, PSASegmenter, RandomWalkRefiner
 from sklearn_psa.datasets import load_voc
-from sklearn_psa.io import atomic_write, save_mask
+from sklearn_psa.io import atomic_write, load_model, save_mask, save_model
 from sklearn_psa.metrics import segmentation_report
 
 
@@ -104,17 +103,16 @@ def main():
     names = train.class_names
     print(f"{len(train.ids)} training images (image-level labels), {len(val.ids)} val images")
 
-    model_path = output / "model.joblib"
+    model_path = output / "model.psa"
     if model_path.exists():
-        model = joblib.load(model_path)
+        model = load_model(model_path)
         print(f"loaded {model_path}")
     else:
         model = build(args.backbone, args.weights, args.device, output, args.seg_epochs)
         start = time.perf_counter()
         model.fit(train.images, train.labels)
         print(f"fitted in {(time.perf_counter() - start) / 3600:.1f} h")
-        with atomic_write(model_path) as f:
-            joblib.dump(model, f)
+        save_model(model, model_path)
     model.set_params(device=args.device)
     model.save_pseudo_labels(output / "pseudo", names=train.ids)
 

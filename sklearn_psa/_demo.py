@@ -14,7 +14,9 @@ paper's Table 4), and writes to the output folder:
 - ``grid.png``: training images with their CAMs, the CAM masks, the
   synthesized masks, the two networks' predictions and the true masks
   (where matplotlib is installed);
-- ``model.joblib``: the fitted weakly supervised :class:`PSASegmenter`.
+- ``model.psa``: the fitted weakly supervised :class:`PSASegmenter`, written by
+  :func:`~sklearn_psa.io.save_model` (holds no code: ``sklearn-psa predict
+  --model model.psa`` reads it).
 """
 
 import contextlib
@@ -311,7 +313,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     ----------
     output : str or path
         Folder for ``report.md``, ``report.json`` (the headline numbers, see
-        :func:`report_numbers`), ``grid.png`` and ``model.joblib`` (created).
+        :func:`report_numbers`), ``grid.png`` and ``model.psa`` (created).
     n_samples : int, optional
         Training images (default 160, or 24 with ``quick``); the test set has
         its own fixed size and seed.
@@ -346,7 +348,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     from ._device import resolve_device
     from ._optional import installed
     from .datasets import make_shapes
-    from .io import atomic_write, dump_model
+    from .io import atomic_write, save_model
 
     start, cpu_start = time.perf_counter(), time.process_time()
     setting = demo_setting(quick, backbone)
@@ -358,7 +360,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     can_plot = installed("matplotlib")  # the plot extra
     if not can_plot:
         _log(out, "matplotlib is not installed (pip install \"sklearn-psa[plot]\"): the demo writes "
-                  "report.md and model.joblib, not grid.png")
+                  "report.md and model.psa, not grid.png")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     size, n_test = settings["image_size"], settings["n_test"]
@@ -411,7 +413,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
                   "random_state": random_state, "setting": setting, **settings["params"]},
     )
     files = {"report": output / "report.md", "report_json": output / "report.json",
-             "model": output / "model.joblib"}
+             "model": output / "model.psa"}
     with atomic_write(files["report"], "w") as f:
         f.write(text)
     numbers = report_numbers(scores, ratio, time.perf_counter() - start, setting=setting, n_train=n_train,
@@ -419,7 +421,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
     with atomic_write(files["report_json"], "w") as f:
         json.dump(numbers, f, indent=2)
         f.write("\n")
-    dump_model(seg, files["model"])
+    save_model(seg, files["model"])
     if can_plot:
         files["grid"] = output / "grid.png"
         plot_grid(files["grid"], [

@@ -207,7 +207,13 @@ class PermutohedralLattice:
         # canonical[r][k] = r for k <= d - r, else r - (d + 1); only the first d
         # coordinates identify it (they sum to 0). Pack them in mixed radix,
         # with margins so that neighbour keys pack by adding a constant.
-        rem0 = rem0[:d].to(torch.int64)
+        rem0 = rem0[:d]
+        if not bool(torch.isfinite(rem0).all()) or float(rem0.abs().max()) > 2.0 ** 52:
+            raise ValueError(
+                "the lattice coordinates are beyond 2**52 (or not finite): the features span "
+                "too wide a range for their standard deviations (use larger standard deviations)"
+            )
+        rem0 = rem0.to(torch.int64)
         low = rem0.amin(1) - 2 * d1
         span = rem0.amax(1) + 2 * d1 - low + 1
         key_bits = float(torch.log2(span.double()).sum())

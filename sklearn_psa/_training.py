@@ -546,6 +546,22 @@ def _to_device_batch(images, maps, targets, factors, device, channels_last, pad_
     return batch
 
 
+class TrainingDiverged(FloatingPointError, ValueError):
+    """Training diverged: the loss or the weights became non-finite, or the loss exploded.
+
+    The message names the network, the epoch and the learning rate to lower.
+    """
+
+
+#: A loss this many times the first one (and above 1e4) means the training has diverged:
+#: the losses of these networks start near 1 and only fall when training works.
+DIVERGENCE_FACTOR = 1e4
+
+
+def _diverged_above(first_loss):
+    return DIVERGENCE_FACTOR * max(1.0, abs(first_loss))
+
+
 def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", seed=0, verbose=0,
           checkpoint=None, fingerprint=None, fingerprint_params=None, desc="training"):
     """Train ``net`` in place on ``samples``; see the module docstring.
@@ -632,7 +648,7 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
         start_epoch, step = int(state["epoch"]), int(state["step"])
         history = list(state.get("history", []))
 
-    epoch_seconds = []
+    epoch_seconds, first_loss = [], None
     bar = progress(verbose=verbose, desc=desc, total=max_step, initial=min(step, max_step), unit="step")
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
@@ -662,10 +678,14 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
                         g["lr"] = poly_lr(g["initial_lr"], step, max_step, config.power)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                         loss = loss_fn(net, batch)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}, step "
-                            f"{step + 1}; lower learning_rate"
+                    value = float(loss.detach())
+                    first_loss = value if first_loss is None else first_loss
+                    if not math.isfinite(value) or value > _diverged_above(first_loss):
+                        raise TrainingDiverged(
+                            f"{desc} diverged at epoch {epoch + 1}, step {step + 1}: the loss "
+                            f"became {value:.4g} (the first was {first_loss:.4g}); lower "
+                            f"learning_rate (it was {config.learning_rate:g}; try "
+                            f"{config.learning_rate / 10:g})"
                         )
                     optimizer.zero_grad(set_to_none=True)
                     if scaler is not None:
@@ -676,9 +696,16 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
                         loss.backward()
                         optimizer.step()
                     step += 1
-                    total += float(loss.detach()) * len(idx)
+                    total += value * len(idx)
                     count += len(idx)
                     bar.update(1)
+                if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
+                    raise TrainingDiverged(
+                        f"{desc} diverged at epoch {epoch + 1}: the network's weights are no "
+                        f"longer finite (NaN or infinite outputs would follow); lower "
+                        f"learning_rate (it was {config.learning_rate:g}; try "
+                        f"{config.learning_rate / 10:g})"
+                    )
                 history.append(total / count)
                 epoch_seconds.append(time.perf_counter() - t0)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")

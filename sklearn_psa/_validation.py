@@ -78,7 +78,10 @@ def _check_image_item(item, where):
                 f"{where}: {_IMAGE_EXPECTED}, got a PIL image of mode 'F' (float pixels); "
                 "convert it to 8-bit first"
             )
-        return to_rgb(item)
+        try:
+            return to_rgb(item)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
     if not isinstance(item, np.ndarray):
         original = item
         try:
@@ -316,7 +319,7 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y",
     ]
 
 
-def check_score_masks(y, n_samples, *, shapes=None, scorer="score"):
+def check_score_masks(y, n_samples, *, shapes=None, n_classes=None, scorer="score"):
     """Validate the true masks of a ``score`` (mean IoU); refuse image-level labels.
 
     Image-level labels (an ``(n_samples, n_classes)`` indicator, dense, sparse
@@ -333,6 +336,9 @@ def check_score_masks(y, n_samples, *, shapes=None, scorer="score"):
         Number of images scored.
     shapes : list of (H, W), optional
         The images' shapes.
+    n_classes : int, optional
+        If given, mask values above it (other than 255) are errors (passed to
+        :func:`check_masks`).
     scorer : str, default="score"
         The method's name for the message (``"RandomWalkRefiner.score"``).
 
@@ -365,7 +371,7 @@ def check_score_masks(y, n_samples, *, shapes=None, scorer="score"):
             "labels derived from the masks and scores on the masks; or give the search a "
             "scoring= of your own that takes image-level labels"
         )
-    return check_masks(y, n_samples, shapes=shapes, name="y")
+    return check_masks(y, n_samples, n_classes=n_classes, shapes=shapes, name="y")
 
 
 def labels_from_masks(masks, n_classes=None):
@@ -517,6 +523,10 @@ def check_scalar_in(value, name, low=None, high=None, integer=False):
     return value
 
 
+#: How far above 1 a CAM may be (float rounding of the normalisation).
+CAM_TOLERANCE = 1e-5
+
+
 def check_records(records, *, require_cams=True, require_affinity=False, name="X"):
     """Validate :class:`~sklearn_psa.records.Records` coming from an earlier step."""
     from ._store import stored_path
@@ -548,6 +558,12 @@ def check_records(records, *, require_cams=True, require_affinity=False, name="X
             # would page the whole dataset in
             if not stored_path(r.cams) and not np.all(np.isfinite(r.cams)):
                 raise ValueError(f"{where}: cams contain NaN or infinite values")
+            if r.cams.size and (r.cams.min() < 0 or r.cams.max() > 1 + CAM_TOLERANCE):
+                raise ValueError(
+                    f"{where}: cams must lie in [0, 1] (each class's map divided by its "
+                    f"maximum, as CAMClassifier makes them), got values in "
+                    f"[{float(r.cams.min()):.4g}, {float(r.cams.max()):.4g}]"
+                )
         if require_affinity or r.affinity is not None:
             if r.affinity is None:
                 raise ValueError(

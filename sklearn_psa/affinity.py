@@ -351,6 +351,37 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
 
     # ------------------------------------------------------------------ helpers
 
+    def _check_settings(self):
+        """Check the settings that parameter validation cannot (how parameters relate, the
+        CRF options); return the scale range. ``PSASegmenter`` calls it before any training."""
+        from .crf import check_crf_options
+
+        if self.alpha_high < self.alpha_low:
+            raise ValueError(
+                f"alpha_high ({self.alpha_high}) must be >= alpha_low ({self.alpha_low}): the "
+                "high exponent weakens the background to find confident background"
+            )
+        if self.crop_size is not None and self.crop_size % STRIDE:
+            raise ValueError(f"crop_size must be a multiple of {STRIDE}, got {self.crop_size}")
+        try:
+            scale_range = tuple(float(s) for s in np.asarray(self.scale_range, dtype=float).ravel())
+        except (TypeError, ValueError):
+            scale_range = ()
+        if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range!r}")
+        check_crf_options(self.crf)
+        self._checked_head_widths()
+        return scale_range
+
+    def _checked_head_widths(self):
+        try:
+            widths = tuple(int(w) for w in np.asarray(self.head_widths).ravel())
+        except (TypeError, ValueError):
+            widths = ()
+        if len(widths) != 3 or min(widths) < 1:
+            raise ValueError(f"head_widths must be three positive ints, got {self.head_widths!r}")
+        return widths
+
     def _crf_function(self):
         """``(crf(image, scores) -> probs, on_cuda)`` from the ``crf`` parameter.
 
@@ -389,9 +420,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         from .nn import make_backbone
         from .nn.affinity_head import AffinityNet
 
-        widths = tuple(int(w) for w in self.head_widths)
-        if len(widths) != 3 or min(widths) < 1:
-            raise ValueError(f"head_widths must be three positive ints, got {self.head_widths!r}")
+        widths = self._checked_head_widths()
         state = None
         if self.init == "cam" and self.pretrained in (None, False):
             source = getattr(records, "source", None) or {}
@@ -444,16 +473,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         from .walk import neighbor_offsets
 
         records = check_records(X, name="X")
-        if self.alpha_high < self.alpha_low:
-            raise ValueError(
-                f"alpha_high ({self.alpha_high}) must be >= alpha_low ({self.alpha_low}): the "
-                "high exponent weakens the background to find confident background"
-            )
-        if self.crop_size is not None and self.crop_size % STRIDE:
-            raise ValueError(f"crop_size must be a multiple of {STRIDE}, got {self.crop_size}")
-        scale_range = tuple(float(s) for s in self.scale_range)
-        if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range!r}")
+        scale_range = self._check_settings()
         device = self._fit_device()
         seed = self._fit_seed()
         self.n_classes_ = records.n_classes

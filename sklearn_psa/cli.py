@@ -61,8 +61,11 @@ def _read_label_csv(csv_path, folder):
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise CommandError(f"{csv_path}: no such labels file")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{csv_path}: {_one_line(exc)}; save the CSV as UTF-8") from exc
     if not rows:
         raise CommandError(f"{csv_path}: empty; expected a header 'filename,<class 1>,...'")
     header = [cell.strip() for cell in rows[0]]
@@ -263,23 +266,146 @@ def _check_folder(path, option):
         raise CommandError(f"{option} {path}: expected a folder, but {found} is a file")
 
 
-def _load_model(path):
-    import joblib
+def _resolved(path):
+    return Path(os.path.realpath(path))
+
+
+def _input_files(data, *extra):
+    """The resolved paths of the data files a run reads: images, masks, CSVs."""
+    paths = list(data["images"]) + list(data.get("masks") or []) + [p for p in extra if p]
+    return {_resolved(p) for p in paths}
+
+
+def _writable(folder, what):
+    """Fail unless files can be created in ``folder``; ``what`` names the option and path."""
+    from .io import check_writable
+
+    try:
+        check_writable(folder)
+    except OSError as exc:
+        raise CommandError(
+            f"{what}: cannot write in {folder} ({exc.strerror or exc}: {exc.filename})"
+        ) from exc
+
+
+def _check_mask_folder(folder, option, inputs, ids):
+    """Before any work: ``folder`` holds no input of this run, can be written, and every
+    ``<id>.png`` already there is a mask sklearn-psa wrote as an output (only those are
+    skipped as done or replaced); removes what killed saves left there."""
+    from .io import output_mark, remove_stale_temporaries
+
+    if folder is None:
+        return
+    where = _resolved(folder)
+    held = sorted(str(p) for p in inputs if p.parent == where or p == where)
+    if held:
+        raise CommandError(
+            f"{option} {folder}: holds {len(held)} input file(s) of this run (first: {held[0]}), "
+            "which the masks written there could replace; choose another folder"
+        )
+    _writable(folder, f"{option} {folder}")
+    foreign = [p for p in (Path(folder) / f"{i}.png" for i in ids)
+               if p.exists() and output_mark(p) is None]
+    if foreign:
+        raise CommandError(
+            f"{option} {folder}: {len(foreign)} file(s) there are not masks that sklearn-psa "
+            f"wrote (first: {foreign[0]}); they are never replaced or taken for finished "
+            "masks: choose an empty folder or move them"
+        )
+    remove_stale_temporaries(folder)
+
+
+def _check_model_output(path, inputs):
+    """Before training: ``--model`` is not an input, replaces only a model file, can be written."""
+    from .io import is_model_file
+
+    path = Path(path)
+    if _resolved(path) in inputs:
+        raise CommandError(f"--model {path}: is an input of this run; choose another path")
+    if path.exists() and not is_model_file(path):
+        raise CommandError(
+            f"--model {path}: exists and is not a model file of sklearn_psa.io.save_model "
+            "(a pickle of an earlier version, or a file of yours); it is never replaced: "
+            "choose another path or remove it"
+        )
+    _writable(path.parent, f"--model {path}")
+
+
+def _load_model(path, *, trust_pickle=False):
+    """The fitted PSASegmenter or Pipeline in ``path``: a file of ``sklearn_psa.io.save_model``
+    (holds no code), or with ``trust_pickle`` a joblib pickle."""
+    from .io import is_model_file, load_model
 
     path = Path(path)
     if not path.is_file():
         raise CommandError(f"{path}: no such model file (write one with 'sklearn-psa fit')")
-    try:
-        model = joblib.load(path)
-    except Exception as exc:  # a CSV, an image, a truncated file: whatever unpickling raises
-        raise CommandError(
-            f"{path}: not a model written by 'sklearn-psa fit' (joblib could not read it: "
-            f"{type(exc).__name__}: {exc})"
-        ) from exc
+    if is_model_file(path):
+        try:
+            model = load_model(path)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+    elif not trust_pickle:
+        from ._model_file import _looks_like_pickle
+
+        if _looks_like_pickle(path):
+            raise CommandError(
+                f"{path}: a pickle (joblib) file, which can run any code when loaded: refused. "
+                "If you trust its source, pass --trust-pickle, or convert it once with "
+                "sklearn_psa.io.save_model(joblib.load(path), 'model.psa')"
+            )
+        raise CommandError(f"{path}: not a model written by 'sklearn-psa fit' "
+                           "(or sklearn_psa.io.save_model)")
+    else:
+        import joblib
+
+        try:
+            model = joblib.load(path)
+        except Exception as exc:  # a CSV, an image, a truncated file: whatever unpickling raises
+            raise CommandError(
+                f"{path}: not a model written by 'sklearn-psa fit' (joblib could not read it: "
+                f"{type(exc).__name__}: {exc})"
+            ) from exc
+    from sklearn.pipeline import Pipeline
+    from sklearn.utils.validation import check_is_fitted
+
     from .segmenter import PSASegmenter
 
-    if not isinstance(model, PSASegmenter):
-        raise CommandError(f"{path}: holds a {type(model).__name__}, not a fitted PSASegmenter")
+    if not isinstance(model, (PSASegmenter, Pipeline)) or not hasattr(model, "predict"):
+        raise CommandError(
+            f"{path}: holds a {type(model).__name__}, not a fitted PSASegmenter or Pipeline"
+        )
+    try:
+        check_is_fitted(model)
+    except Exception as exc:
+        raise CommandError(f"{path}: holds an unfitted {type(model).__name__}") from exc
+    return model
+
+
+def _set_predict_options(model, device, crf, n_jobs=None):
+    """Apply ``--device``, ``--crf`` and ``--n-jobs`` to a PSASegmenter or to each step of a
+    Pipeline (``--n-jobs``: the steps that have ``n_jobs``)."""
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(model, Pipeline):
+        params = model.get_params()
+        if crf is not None:
+            raise CommandError(
+                "--crf / --no-crf: the model is a Pipeline, whose masks come from the random "
+                "walk; the dense CRF at prediction belongs to PSASegmenter"
+            )
+        if device is not None:
+            names = [k for k in params if k.endswith("__device") and k.count("__") == 1]
+            model.set_params(**{k: device for k in names})
+        if n_jobs is not None:
+            names = [k for k in params if k.endswith("__n_jobs") and k.count("__") == 1]
+            model.set_params(**{k: n_jobs for k in names})
+        return model
+    if device is not None:
+        model.set_params(device=device)
+    if crf is not None:
+        model.set_params(crf=crf)
+    if n_jobs is not None:  # the CRF's workers
+        model.set_params(n_jobs=n_jobs)
     return model
 
 
@@ -381,16 +507,28 @@ def cmd_fit(args):
     _check_folder(args.store, "--store")
     data = load_data(args.data, labels=args.labels, masks=args.masks, split=args.split,
                      need_masks=args.supervision == "pixel")
+    inputs = _input_files(data, args.labels)
+    _check_model_output(args.model, inputs)
+    if args.supervision == "image":
+        _check_mask_folder(args.pseudo_labels, "--pseudo-labels", inputs, data["ids"])
+    if args.memory is not None:
+        _writable(args.memory, f"--memory {args.memory}")
     model = _make_estimator(args, classes=data["class_names"])
+    for name, value in model.get_params().items():  # --set checkpoint=..., cam__checkpoint=...
+        if name.split("__")[-1] == "checkpoint" and value is not None:
+            path = Path(value)
+            if _resolved(path) in inputs:
+                raise CommandError(f"--set {name}={value}: is an input of this run")
+            _writable(path.parent, f"--set {name}={value}")
     if args.affinity == "features" and args.supervision == "image":
         _check_feature_affinity(model.affinity)
     y = data["masks"] if args.supervision == "pixel" else data["labels"]
     print(f"fitting on {len(data['images'])} images from {args.data} "
           f"({args.supervision}-level supervision)", file=sys.stderr)
     model.fit(data["images"], y)
-    from .io import dump_model
+    from .io import save_model
 
-    dump_model(model, args.model)
+    save_model(model, args.model)
     print(f"model written to {args.model}")
     if args.pseudo_labels and args.supervision == "image":
         # this model's masks replace any left there by an earlier fit
@@ -399,18 +537,23 @@ def cmd_fit(args):
     return 0
 
 
+#: What one image can raise in ``predict`` (unreadable, too large for the memory, bad pixels):
+#: reported by name, and skipped with ``--on-error skip``.
+_PER_IMAGE_ERRORS = (ValueError, OSError, MemoryError, RuntimeError)
+
+
 def cmd_predict(args):
-    from .io import save_mask
+    from .io import image_size, save_mask
 
     _check_folder(args.output, "--output")
-    model = _load_model(args.model)
-    if args.device is not None:
-        model.set_params(device=args.device)
-    if args.crf is not None:
-        model.set_params(crf=args.crf)
-    if args.n_jobs is not None:  # the CRF's workers
-        model.set_params(n_jobs=args.n_jobs)
+    if not Path(args.model).is_file():
+        raise CommandError(f"{args.model}: no such model file (write one with 'sklearn-psa fit')")
     data = load_data(args.data, labels=args.labels, split=args.split, need_labels=False)
+    # (the model may share the folder: no mask is named like it, and were one to be, the
+    # model carries no output mark and is never replaced)
+    _check_mask_folder(args.output, "--output", _input_files(data, args.labels), data["ids"])
+    model = _set_predict_options(_load_model(args.model, trust_pickle=args.trust_pickle),
+                                 args.device, args.crf, args.n_jobs)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     todo = [(i, p) for i, p in zip(data["ids"], data["images"])
@@ -422,14 +565,55 @@ def cmd_predict(args):
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=args.quiet, file=sys.stderr)
-    for start in range(0, len(todo), args.batch_size):
-        chunk = todo[start:start + args.batch_size]
-        preds = model.predict([p for _, p in chunk])
+    failed, written = [], 0
+
+    def fail(path, exc):
+        """Report one image that cannot be predicted; stop the run with --on-error stop."""
+        message = _one_line(exc)
+        if not message.startswith(str(path)):
+            message = f"{path}: {message}"
+        if args.on_error == "stop":
+            raise CommandError(f"{message} (--on-error skip goes on with the other images)")
+        failed.append(path)
+        bar.clear()
+        print(f"sklearn-psa predict: skipped {message}", file=sys.stderr)
+
+    readable = []
+    for image_id, path in todo:  # from the headers: size, pixel format, readable at all
+        try:
+            image_size(path)
+        except (ValueError, OSError) as exc:
+            fail(path, exc)
+            bar.update(1)
+        else:
+            readable.append((image_id, path))
+    for start in range(0, len(readable), args.batch_size):
+        chunk = readable[start:start + args.batch_size]
+        try:
+            preds = list(model.predict([p for _, p in chunk]))
+        except _PER_IMAGE_ERRORS as exc:
+            if len(chunk) == 1:
+                fail(chunk[0][1], exc)
+                preds = [None]
+            else:
+                preds = []  # find the image that failed: one at a time
+                for _, path in chunk:
+                    try:
+                        preds.append(model.predict([path])[0])
+                    except _PER_IMAGE_ERRORS as exc:
+                        fail(path, exc)
+                        preds.append(None)
         for (image_id, _), mask in zip(chunk, preds):
-            save_mask(out / f"{image_id}.png", mask)
+            if mask is not None:
+                save_mask(out / f"{image_id}.png", mask, output_of="predict")
+                written += 1
         bar.update(len(chunk))
     bar.close()
-    print(f"{len(todo)} masks written to {out}")
+    print(f"{written} masks written to {out}")
+    if failed:
+        print(f"sklearn-psa predict: {len(failed)} of {len(todo)} images failed (listed above; "
+              f"first: {failed[0]})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -452,9 +636,9 @@ def cmd_evaluate(args):
     if not true_dir.is_dir():
         raise CommandError(f"{true_dir}: no such folder of true masks")
     if args.model is not None:
-        model = _load_model(args.model)
+        model = _load_model(args.model, trust_pickle=args.trust_pickle)
         names = getattr(model, "class_names_", None)
-        if names is None:  # not fitted: its classes parameter, where set
+        if names is None:  # a Pipeline: its classes parameter, where set
             names = model.get_params(deep=False).get("classes")
         if names is not None:
             class_names = [str(n) for n in names]
@@ -467,6 +651,14 @@ def cmd_evaluate(args):
         raise CommandError(f"{pred_dir}: no predicted masks (*.png)")
     true = _mask_paths(true_dir, ids, what="true mask")
     pred = [str(pred_dir / f"{i}.png") for i in ids]
+    if args.output:
+        inputs = {_resolved(p) for p in true + pred + [args.labels, args.model] if p}
+        if _resolved(args.output) in inputs:
+            raise CommandError(f"--output {args.output}: is an input of this run (a mask, "
+                               "the labels CSV or the model); choose another file")
+        if Path(args.output).is_dir():
+            raise CommandError(f"--output {args.output}: is a folder; expected a file path")
+        _writable(Path(args.output).parent, f"--output {args.output}")
     try:
         report = segmentation_report(true, pred, class_names=class_names)
     except ValueError as exc:
@@ -483,8 +675,11 @@ def _read_label_csv_header(csv_path):
     """The class names of a labels CSV's header (None for a file without a header)."""
     if not Path(csv_path).is_file():
         raise CommandError(f"{csv_path}: no such labels file")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        header = next(csv.reader(f), None)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), None)
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{csv_path}: {_one_line(exc)}; save the CSV as UTF-8") from exc
     if not header or len(header) < 2:
         raise CommandError(f"{csv_path}: expected a header 'filename,<class 1>,...'")
     return _csv_class_names([c.strip() for c in header], csv_path)
@@ -511,15 +706,18 @@ def build_parser():
         p.add_argument("--device", default=None,
                        help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--max-pixels", type=_positive_int, default=None,
+                       help="largest image (width x height) read; larger files are refused "
+                            "by name (default 40000000: sklearn_psa.io.MAX_PIXELS)")
 
     p = sub.add_parser(
         "demo", help="run the whole method on synthetic shapes and write a report",
         description="Fit the CAM classifier, AffinityNet, the random walk and the segmentation "
                     "network on make_shapes images (image-level labels only), fit the same "
-                    "network on the true masks as a reference, and write report.md, grid.png "
-                    "and model.joblib to the output folder.",
+                    "network on the true masks as a reference, and write report.md, report.json, "
+                    "grid.png and model.psa to the output folder.",
     )
-    p.add_argument("--output", required=True, help="folder for report.md, grid.png, model.joblib")
+    p.add_argument("--output", required=True, help="folder for report.md, grid.png, model.psa")
     p.add_argument("--n-samples", type=_positive_int, default=None,
                    help="training images (default 160; 24 with --quick)")
     p.add_argument("--quick", action="store_true",
@@ -533,10 +731,11 @@ def build_parser():
 
     p = sub.add_parser(
         "fit", help="fit a PSASegmenter on a VOC devkit or a folder of images",
-        description="Fit a PSASegmenter and write it to --model (joblib).",
+        description="Fit a PSASegmenter and write it to --model (a model file that holds "
+                    "no code: parameters as JSON, arrays as .npy; see sklearn_psa.io.save_model).",
     )
     p.add_argument("data", help="VOC devkit folder, or a folder of images (with --labels)")
-    p.add_argument("--model", required=True, help="where to write the fitted model (.joblib)")
+    p.add_argument("--model", required=True, help="where to write the fitted model (by convention .psa)")
     p.add_argument("--labels", help="CSV of image labels: 'filename,<class 1>,...' then 0/1 rows")
     p.add_argument("--masks", help="folder of true masks <image id>.png (--supervision pixel)")
     p.add_argument("--split", default="train", help="VOC split (default train)")
@@ -586,7 +785,12 @@ def build_parser():
                     "interrupted run resumes.",
     )
     p.add_argument("data", help="VOC devkit folder, or a folder of images")
-    p.add_argument("--model", required=True, help="a model written by 'sklearn-psa fit'")
+    p.add_argument("--model", required=True,
+                   help="a model written by 'sklearn-psa fit' or sklearn_psa.io.save_model "
+                        "(a fitted PSASegmenter or Pipeline)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="also accept a joblib pickle as --model; loading a pickle runs any "
+                        "code it holds, so only for files from a source you trust")
     p.add_argument("--output", required=True, help="folder for the predicted masks")
     p.add_argument("--labels", help="CSV naming the images to predict (default: all images)")
     p.add_argument("--split", default="val", help="VOC split (default val)")
@@ -596,7 +800,12 @@ def build_parser():
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per predict call")
     p.add_argument("--overwrite", action="store_true", help="redo masks already written")
     p.add_argument("--n-jobs", type=_n_jobs, default=None,
-                   help="processes for the dense CRF (--crf; -1: all cores)")
+                   help="processes for the dense CRF (--crf), or for a Pipeline model's random "
+                        "walk (-1: all cores)")
+    p.add_argument("--on-error", choices=("skip", "stop"), default="skip",
+                   help="an image that cannot be read or predicted (corrupt, too large, float "
+                        "pixels): skip (default) reports it by name, goes on and exits with "
+                        "status 1; stop ends the run at it (status 2)")
     common(p)
     p.set_defaults(func=cmd_predict)
 
@@ -607,12 +816,32 @@ def build_parser():
     )
     p.add_argument("predictions", help="folder of predicted masks <image id>.png")
     p.add_argument("truth", help="folder of true masks, or a VOC devkit folder")
-    p.add_argument("--model", help="a model written by 'sklearn-psa fit': its class names")
+    p.add_argument("--model", help="a model written by 'sklearn-psa fit' or "
+                                   "sklearn_psa.io.save_model: its class names")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="also accept a joblib pickle as --model; loading a pickle runs any "
+                        "code it holds, so only for files from a source you trust")
     p.add_argument("--labels", help="CSV whose header names the classes")
     p.add_argument("--class-names", help="comma-separated class names (1..K)")
     p.add_argument("--output", help="also write the report to this file")
+    p.add_argument("--max-pixels", type=_positive_int, default=None,
+                   help="largest mask (width x height) read; larger files are refused by name "
+                        "(default 40000000: sklearn_psa.io.MAX_PIXELS)")
     p.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def _one_line(exc):
+    """The error as one line; an ``OSError`` names its path first."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+        if exc.filename2 is not None:
+            text += f" (to {exc.filename2})"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
 
 
 def main(argv=None):
@@ -626,19 +855,28 @@ def main(argv=None):
     Returns
     -------
     status : int
-        0 on success, 2 on a usage or input error (printed to stderr).
+        0 on success, 1 when ``predict`` skipped images it could not read or
+        predict (``--on-error skip``; each is named on stderr), 2 on a usage or
+        input error (printed to stderr).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    from . import io
+
+    limit = io.MAX_PIXELS
+    if getattr(args, "max_pixels", None) is not None:
+        io.MAX_PIXELS = args.max_pixels
     try:
         return args.func(args)
-    except (CommandError, FileNotFoundError, ValueError, TypeError) as exc:
+    except (CommandError, OSError, ValueError, TypeError) as exc:
         if os.environ.get("SKLEARN_PSA_TRACEBACK"):
             raise
-        print(f"sklearn-psa {args.command}: error: {exc}", file=sys.stderr)
-        if not isinstance(exc, CommandError):
+        print(f"sklearn-psa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        if not isinstance(exc, (CommandError, OSError)):
             print("(set SKLEARN_PSA_TRACEBACK=1 to see where it came from)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sklearn-psa {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        io.MAX_PIXELS = limit

@@ -152,6 +152,28 @@ def _check_kernels(gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb,
     )
 
 
+#: Largest (feature range / standard deviation) of a kernel: a finer lattice than
+#: 2**20 cells per dimension only costs memory and ends in integer overflow.
+_MAX_SPAN = 2.0 ** 20
+
+
+def _check_kernel_spans(kernels, shape):
+    """Each standard deviation against the range it divides: the image size, 0..255."""
+    size = float(max(shape))
+    spans = {"gaussian_sxy": size, "bilateral_sxy": size, "bilateral_srgb": 255.0}
+    if kernels["gaussian_compat"] == 0:
+        del spans["gaussian_sxy"]
+    if kernels["bilateral_compat"] == 0:
+        del spans["bilateral_sxy"], spans["bilateral_srgb"]
+    for name, span in spans.items():
+        if span / kernels[name] > _MAX_SPAN:
+            what = "the colour range 0..255" if name == "bilateral_srgb" else f"a {size:.0f} px image"
+            raise ValueError(
+                f"{name}={kernels[name]!r} is too small for {what}: at least "
+                f"{span / _MAX_SPAN:.3g} (the range / {name} may be at most 2**20)"
+            )
+
+
 def _prepare_probs(probs, shape, device):
     """Validated probs as a float32 tensor (C, H, W) on ``device``."""
     import torch
@@ -394,6 +416,7 @@ def dense_crf(
     _check_probs(probs, shape)
     n_iter = _check_n_iter(n_iter)
     kernels = _check_kernels(gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb, bilateral_compat)
+    _check_kernel_spans(kernels, shape)
     if not isinstance(backend, str) or backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if device is None:
@@ -468,8 +491,9 @@ def check_crf_options(crf, name="crf"):
     """The ``crf`` parameter of an estimator as :func:`dense_crf` options.
 
     Returns None for False, ``{}`` for True and a copy of a dict whose keys
-    are all options of :func:`dense_crf` (their values are checked when it
-    runs); anything else is an error naming ``name``.
+    are all options of :func:`dense_crf` with values in their ranges (checked
+    here, before any training; the kernels' widths against the image size when
+    it runs); anything else is an error naming ``name`` and the option.
     """
     if crf is False:
         return None
@@ -482,6 +506,17 @@ def check_crf_options(crf, name="crf"):
     unknown = sorted(set(crf) - set(allowed))
     if unknown:
         raise ValueError(f"{name}: unknown dense_crf options {unknown}; expected some of {allowed}")
+    checks = {"n_iter": lambda v, _: _check_n_iter(v), "gaussian_sxy": _check_positive,
+              "bilateral_sxy": _check_positive, "bilateral_srgb": _check_positive,
+              "gaussian_compat": _check_real, "bilateral_compat": _check_real}
+    for key, check in checks.items():
+        if key in crf:
+            try:
+                check(crf[key], key)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from exc
+    if "backend" in crf and crf["backend"] not in _BACKENDS:
+        raise ValueError(f"{name}: backend must be one of {_BACKENDS}, got {crf['backend']!r}")
     return dict(crf)
 
 

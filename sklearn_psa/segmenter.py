@@ -168,7 +168,9 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         L2 penalty on convolution weights.
     memory : str, joblib.Memory or None, default=None
         Caches the fitted CAM and affinity steps (and the records they
-        return), as ``Pipeline(memory=...)`` does.
+        return), as ``Pipeline(memory=...)`` does. The cache holds joblib
+        pickles, which run code when loaded: use only a folder that nobody
+        untrusted can write to, and never a cache from elsewhere.
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU.
     random_state : int, RandomState instance or None, default=None
@@ -545,7 +547,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         from .nn.heads import Network
         from .nn.seg_head import ASPPHead
 
-        rates = tuple(int(r) for r in np.asarray(self.aspp_rates, dtype=int).ravel())
+        rates = self._checked_aspp_rates()
         with seeded(seed):
             if self._from_cam():
                 backbone = make_backbone(self.cam_.network_.backbone)  # a copy, moved to CPU
@@ -587,6 +589,16 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         sources = [s if isinstance(s, str) else joblib.hash(s) for s in images.sources]
         return joblib.hash((params, sources, [joblib.hash(m) for m in masks])), params
 
+    def _checked_aspp_rates(self):
+        try:
+            values = np.asarray(self.aspp_rates, dtype=float).ravel()
+        except (TypeError, ValueError):
+            values = np.array([0.0])
+        if not np.all((values >= 1) & (values == np.round(values))):
+            raise ValueError(
+                f"aspp_rates must be positive integers (dilations), got {self.aspp_rates!r}")
+        return tuple(int(r) for r in values)
+
     def _checked_scale_range(self):
         scale_range = tuple(float(s) for s in np.asarray(self.scale_range, dtype=float).ravel())
         if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
@@ -605,6 +617,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         """
         self._crf_options()
         self._checked_scale_range()
+        self._checked_aspp_rates()
         checks = [(f"{name}__", self._step(name)) for name in steps]
         cam = dict(checks).get("cam__")
         if self._from_cam() and cam is not None and "backbone" not in cam.get_params(deep=False):
@@ -618,6 +631,13 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         for prefix, est in checks:
             if est is not self and hasattr(est, "_validate_params"):
                 est._validate_params()
+            try:
+                if hasattr(est, "_check_settings"):
+                    est._check_settings()  # how a step's parameters relate (alpha_low, crf)
+                if hasattr(est, "_checked_scales"):
+                    est._checked_scales()
+            except ValueError as exc:
+                raise ValueError(f"{prefix}{exc}" if prefix else str(exc)) from exc
             if hasattr(est, "_resolved_backbone") and "backbone" in est.get_params(deep=False):
                 est._resolved_backbone()  # "auto" with weights or options given
             weights = est.get_params(deep=False).get("pretrained") if hasattr(est, "get_params") else None
@@ -734,6 +754,9 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         self.classes_ = np.arange(n_classes)
         self.class_names_ = class_names
         self.n_classes_ = n_classes
+        # an indicator (or `classes`) declares every class; masks give a lower bound (a
+        # fold may lack one)
+        self._classes_declared = targets.masks is None or classes is not None
         self.loss_curve_ = list(result.history)
         self.epoch_seconds_ = list(result.epoch_seconds)
         return self
@@ -841,7 +864,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         X : sequence of images or paths, or ndarray of shape (n, H, W, 3)
         y : sequence of (H, W) masks or mask paths, or ndarray of shape (n, H, W)
             True masks. A class the estimator was not fitted on (one absent
-            from a cross-validation training fold) counts as missed.
+            from a cross-validation training fold, where ``fit`` derived the
+            classes from masks) counts as missed; where ``fit`` was given an
+            indicator of ``n_classes_`` classes, or ``classes`` named them, a
+            mask value above it (255 aside) is a ``ValueError``: no class the
+            model knows.
         sample_weight : None
             Not supported (mean IoU counts pixels over all images).
 
@@ -865,8 +892,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         check_is_fitted(self, "network_")
         images = check_images(X)
         # a true class beyond the fitted ones (absent from a cross-validation training
-        # fold) is a miss, not an error
+        # fold) is a miss, not an error; beyond the classes of a fitting indicator (or of
+        # `classes`), it is a class this model cannot know
+        declared = getattr(self, "_classes_declared", False)
         masks = check_score_masks(y, len(images), shapes=images.shapes,
+                                  n_classes=self.n_classes_ if declared else None,
                                   scorer=f"{type(self).__name__}.score")
         return mean_iou(masks, self.predict(images))
 
@@ -877,7 +907,10 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
 
         Each file is written atomically (a reader never sees half a file) and
         files already in ``folder`` are skipped, so an interrupted call
-        resumes where it stopped.
+        resumes where it stopped. Only masks that sklearn-psa wrote as outputs
+        (:func:`sklearn_psa.io.output_mark`) are skipped or replaced: any other
+        file of a name to write (an image, a true mask) is a ``ValueError``
+        before anything is written.
 
         Parameters
         ----------
@@ -887,14 +920,14 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             File names without ``.png`` (no folders), one per training image
             (default: :attr:`pseudo_label_names_`).
         overwrite : bool, default=False
-            Rewrite files that exist.
+            Rewrite the masks of an earlier call that exist.
 
         Returns
         -------
         written : list of str
             Paths written by this call (skipped files are not listed).
         """
-        from .io import save_mask
+        from .io import output_mark, save_mask
 
         check_is_fitted(self, "network_")
         if not hasattr(self, "pseudo_labels_"):
@@ -916,13 +949,21 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"folder {os.fspath(folder)!r} is a file: expected a folder")
+        foreign = [folder / f"{n}.png" for n in names if (folder / f"{n}.png").exists()]
+        foreign = [p for p in foreign if output_mark(p) is None]
+        if foreign:
+            raise ValueError(
+                f"{len(foreign)} file(s) in {os.fspath(folder)!r} are not masks that sklearn-psa "
+                f"wrote (first: {os.fspath(foreign[0])!r}); they are never replaced or taken for "
+                "finished masks: choose an empty folder or move them"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         for name, mask in zip(names, self.pseudo_labels_):
             path = folder / f"{name}.png"
             if not overwrite and path.exists():
                 continue
-            save_mask(path, mask)
+            save_mask(path, mask, output_of="pseudo-labels")
             written.append(str(path))
         return written
 

@@ -17,7 +17,7 @@ from sklearn_psa._demo import format_report, run_demo
 from sklearn_psa._device import resolve_device
 from sklearn_psa.cli import CommandError, _make_estimator, build_parser, main
 from sklearn_psa.datasets import make_shapes
-from sklearn_psa.io import load_mask, save_mask
+from sklearn_psa.io import dump_model, is_model_file, load_mask, load_model, save_mask, save_model
 from sklearn_psa.metrics import segmentation_report
 
 CLASSES = ["disc", "square", "triangle", "cross"]
@@ -40,6 +40,12 @@ def demo_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_dir(demo_run):
     return demo_run[0]
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_dir, tmp_path_factory):
+    """The quick demo's model, in the safe model format (``save_model``)."""
+    return str(demo_dir / "model.psa")
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +84,8 @@ def test_demo_writes_report_grid_and_model(demo_dir):
         assert 0 <= numbers[key] <= 1 and f"| {100 * numbers[key]:.1f} |" in report, key
     assert numbers["walk_gain"] == pytest.approx(numbers["walk_miou"] - numbers["cam_miou"], abs=2e-4)
     assert numbers["seconds"] > 0 and numbers["settings"]["setting"] == "quick"
-    model = joblib.load(demo_dir / "model.joblib")
+    assert is_model_file(demo_dir / "model.psa")  # the safe format: no pickle
+    model = load_model(demo_dir / "model.psa")
     assert isinstance(model, PSASegmenter) and len(model.pseudo_labels_) == 24
     X, _, _ = make_shapes(2, image_size=64, random_state=9)
     assert model.predict(X).shape == (2, 64, 64)
@@ -108,9 +115,9 @@ def test_report_ratio_needs_a_reference_that_scores_a_class():
     assert ratio == pytest.approx(0.375 / 1.0) and "supervised mIoU: **38%**" in text
 
 
-def test_predict_writes_masks_and_resumes(demo_dir, folder, tmp_path, capsys):
+def test_predict_writes_masks_and_resumes(demo_model, folder, tmp_path, capsys):
     out = tmp_path / "pred"
-    args = ["predict", str(folder / "images"), "--model", str(demo_dir / "model.joblib"),
+    args = ["predict", str(folder / "images"), "--model", demo_model,
             "--output", str(out), "--device", "cpu", "-q"]
     assert main(args) == 0
     files = sorted(out.glob("*.png"))
@@ -164,11 +171,11 @@ def _tiny_voc(root, ids):
     return voc
 
 
-def test_voc_devkit_predict_and_evaluate(demo_dir, tmp_path, capsys):
+def test_voc_devkit_predict_and_evaluate(demo_model, tmp_path, capsys):
     ids = ["2007_000032", "2007_000039", "2007_000063"]
     _tiny_voc(tmp_path, ids)
     out = tmp_path / "pred"
-    assert main(["predict", str(tmp_path), "--model", str(demo_dir / "model.joblib"),
+    assert main(["predict", str(tmp_path), "--model", demo_model,
                  "--output", str(out), "--split", "val", "--device", "cpu", "-q"]) == 0
     assert sorted(p.stem for p in out.glob("*.png")) == ids
     assert all(load_mask(p).shape == (40, 48) for p in out.glob("*.png"))
@@ -187,12 +194,13 @@ def test_evaluate_needs_a_truth_for_each_prediction(folder, tmp_path, capsys):
 def test_fit_image_and_pixel_supervision(folder, tmp_path, capsys):
     model, pseudo = tmp_path / "m.joblib", tmp_path / "pseudo"
     pseudo.mkdir()
-    save_mask(pseudo / "img0.png", np.full((8, 8), 3, np.uint8))  # left by an earlier fit
+    # left by an earlier fit
+    save_mask(pseudo / "img0.png", np.full((8, 8), 3, np.uint8), output_of="pseudo-labels")
     code = main(["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"),
                  "--model", str(model), "--max-epochs", "1", "--device", "cpu",
                  "--pseudo-labels", str(pseudo), "-q"] + TINY)
     assert code == 0
-    fitted = joblib.load(model)
+    fitted = load_model(model)
     assert fitted.cam_.max_epochs == 1 and fitted.n_classes_ == 4
     assert list(fitted.class_names_) == CLASSES  # the CSV header's
     capsys.readouterr()
@@ -207,7 +215,7 @@ def test_fit_image_and_pixel_supervision(folder, tmp_path, capsys):
                  "--model", str(tmp_path / "full.joblib"), "--max-epochs", "1", "--device", "cpu",
                  "-q"] + TINY)
     assert code == 0
-    full = joblib.load(tmp_path / "full.joblib")
+    full = load_model(tmp_path / "full.joblib")
     assert full.supervision == "pixel"
     assert full.cam_.backbone == full.affinity.backbone == full.backbone == "tiny"
 
@@ -221,7 +229,7 @@ def test_fit_with_feature_affinity(folder, tmp_path):
                  "--model", str(model), "--max-epochs", "1", "--device", "cpu", "-q",
                  "--affinity", "features", "--set", "affinity__input_scale=1.0"] + TINY_CAM)
     assert code == 0
-    fitted = joblib.load(model)
+    fitted = load_model(model)
     assert isinstance(fitted.affinity_, FeatureAffinity)
     assert fitted.affinity_.input_scale == 1.0 and fitted.affinity_.distance_scale_ > 0
     assert fitted.affinity_.device == "cpu"
@@ -314,7 +322,7 @@ def test_usage_errors(folder, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["demo", "predict", "fit --memory", "fit --pseudo-labels",
                                      "fit --model"])
-def test_output_path_of_the_wrong_kind_fails_before_any_work(demo_dir, folder, tmp_path, capsys,
+def test_output_path_of_the_wrong_kind_fails_before_any_work(demo_model, folder, tmp_path, capsys,
                                                               command):
     afile = tmp_path / "afile"
     afile.touch()
@@ -323,7 +331,7 @@ def test_output_path_of_the_wrong_kind_fails_before_any_work(demo_dir, folder, t
            str(model), "--device", "cpu", "-q"] + TINY
     argv = {
         "demo": ["demo", "--quick", "--output", str(afile)],
-        "predict": ["predict", str(folder / "images"), "--model", str(demo_dir / "model.joblib"),
+        "predict": ["predict", str(folder / "images"), "--model", demo_model,
                     "--output", str(afile / "sub"), "-q"],
         "fit --memory": fit + ["--memory", str(afile)],
         "fit --pseudo-labels": fit + ["--pseudo-labels", str(afile)],
@@ -343,8 +351,64 @@ def test_predict_with_a_file_that_is_not_a_model(folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a model written by 'sklearn-psa fit'" in err and err.count("\n") == 1
     joblib.dump({"a": 1}, tmp_path / "dict.joblib")
-    assert main(args + [str(tmp_path / "dict.joblib")]) == 2
+    assert main(args + [str(tmp_path / "dict.joblib"), "--trust-pickle"]) == 2
     assert "holds a dict, not a fitted PSASegmenter" in capsys.readouterr().err
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted model file does."""
+
+    def __init__(self, flag):
+        self.flag = flag
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.flag}",)
+
+
+def test_predict_refuses_pickles_unless_trusted(demo_dir, folder, tmp_path, capsys):
+    flag = tmp_path / "ran"
+    joblib.dump(_RunsCode(flag), tmp_path / "evil.joblib")
+    args = ["predict", str(folder / "images"), "--output", str(tmp_path / "p"), "-q",
+            "--device", "cpu", "--model"]
+    assert main(args + [str(tmp_path / "evil.joblib")]) == 2
+    err = capsys.readouterr().err
+    assert "pickle" in err and "--trust-pickle" in err and err.count("\n") == 1
+    assert not flag.exists() and not (tmp_path / "p").exists()
+    # a pickle of the demo's model, trusted explicitly
+    dump_model(load_model(demo_dir / "model.psa"), tmp_path / "demo.joblib")
+    assert main(args + [str(tmp_path / "demo.joblib"), "--trust-pickle"]) == 0
+    assert len(list((tmp_path / "p").glob("*.png"))) == 6
+    # the demo's own model file needs no trust
+    assert main(args[:3] + [str(tmp_path / "p2")] + args[4:]
+                + [str(demo_dir / "model.psa")]) == 0
+    assert len(list((tmp_path / "p2").glob("*.png"))) == 6
+
+
+def test_predict_with_a_pipeline_saved_in_a_notebook(folder, tmp_path, capsys):
+    from sklearn.pipeline import Pipeline
+
+    from sklearn_psa import AffinityEstimator, CAMClassifier, RandomWalkRefiner
+    from sklearn_psa.io import load_image
+
+    images = sorted((folder / "images").iterdir())
+    X = [load_image(p) for p in images]
+    M = [load_mask(folder / "masks" / f"{p.stem}.png") for p in images]
+    pipe = Pipeline([
+        ("cam", CAMClassifier(backbone="tiny", max_epochs=1, scales=(1.0,), batch_size=4,
+                              random_state=0)),
+        ("affinity", AffinityEstimator(backbone="tiny", max_epochs=1, crf=False, crop_size=32,
+                                       batch_size=4, random_state=0)),
+        ("rw", RandomWalkRefiner(t=16)),
+    ]).fit(X, M)
+    path = save_model(pipe, tmp_path / "pipe.psa")
+    out = tmp_path / "pred"
+    assert main(["predict", str(folder / "images"), "--model", path, "--output", str(out),
+                 "--device", "cpu", "-q"]) == 0
+    for x, p in zip(pipe.predict(X), images):
+        np.testing.assert_array_equal(load_mask(out / f"{p.stem}.png"), x)
+    assert main(["predict", str(folder / "images"), "--model", path, "--output", str(out),
+                 "--crf", "-q"]) == 2
+    assert "Pipeline" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [
@@ -372,7 +436,7 @@ def test_demo_without_matplotlib_writes_the_report_and_model(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as without the plot extra
     printed = io.StringIO()
     summary = run_demo(tmp_path / "demo", quick=True, device="cpu", out=printed)
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["model.joblib", "report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["model.psa", "report.json", "report.md"]
     assert set(summary["files"]) == {"report", "report_json", "model"}
     assert "matplotlib is not installed" in printed.getvalue()
 
@@ -476,9 +540,12 @@ def test_fit_with_a_store_and_n_jobs(folder, tmp_path, capsys):
             "--model", str(tmp_path / "m.joblib"), "--max-epochs", "1", "--device", "cpu",
             "--store", str(store), "--n-jobs", "2", "-q"] + TINY
     assert main(argv) == 0
-    fitted = joblib.load(tmp_path / "m.joblib")
+    fitted = load_model(tmp_path / "m.joblib")
     assert fitted.cam_.store == fitted.affinity_.store == str(store)
     assert fitted.refiner_.n_jobs == 2
+    # the model file holds the pseudo-labels' values, not references to the store
+    assert isinstance(fitted.pseudo_labels_, list) and len(fitted.pseudo_labels_) == 6
+    assert all(type(m) is np.ndarray and m.dtype == np.uint8 for m in fitted.pseudo_labels_)
     for kind in ("cams", "affinity", "affinity-labels"):
         assert len(list((store / kind).glob("*.npy"))) == 6, kind
     code = main(["predict", str(folder / "images"), "--model", str(tmp_path / "m.joblib"),
@@ -489,3 +556,216 @@ def test_fit_with_a_store_and_n_jobs(folder, tmp_path, capsys):
     assert "--store" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(argv[:6] + ["--n-jobs", "0"])
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_predict_never_writes_into_the_images_folder(demo_model, folder, tmp_path, capsys,
+                                                     overwrite):
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in (folder / "images").iterdir():
+        (images / p.name).write_bytes(p.read_bytes())
+    before = _snapshot(images)
+    argv = ["predict", str(images), "--model", demo_model, "--output", str(images), "-q",
+            "--device", "cpu"] + (["--overwrite"] if overwrite else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds 6 input file(s)" in err and err.count("\n") == 1
+    assert _snapshot(images) == before
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_predict_neither_replaces_nor_skips_files_it_did_not_write(demo_model, folder, tmp_path,
+                                                                   capsys, overwrite):
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.fromarray(np.full((4, 4), 7, np.uint8)).save(out / "img3.png")  # the user's file
+    save_mask(out / "img4.png", np.zeros((4, 4), np.uint8))  # a mask, but no prediction
+    before = _snapshot(out)
+    argv = ["predict", str(folder / "images"), "--model", demo_model, "--output", str(out), "-q",
+            "--device", "cpu"] + (["--overwrite"] if overwrite else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "2 file(s) there are not masks that sklearn-psa wrote" in err and "img3.png" in err
+    assert _snapshot(out) == before
+
+
+def test_fit_never_writes_pseudo_labels_over_its_inputs(folder, tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "masks").mkdir(parents=True)
+    for p in (folder / "images").iterdir():
+        (data / p.name).write_bytes(p.read_bytes())
+    for p in (folder / "masks").iterdir():
+        Image.fromarray(load_mask(p)).save(data / "masks" / p.name)  # the user's true masks
+    (data / "labels.csv").write_bytes((folder / "labels.csv").read_bytes())
+    before = {"": _snapshot(data), "masks": _snapshot(data / "masks")}
+    fit = ["fit", str(data), "--labels", str(data / "labels.csv"), "--model",
+           str(tmp_path / "m.psa"), "--device", "cpu", "-q"] + TINY
+    for pseudo, message in [(data, "holds 7 input file(s)"),
+                            (data / "masks", "6 file(s) there are not masks that sklearn-psa")]:
+        assert main(fit + ["--pseudo-labels", str(pseudo)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    # the masks are inputs of a pixel-supervised fit
+    assert main(fit + ["--masks", str(data / "masks"), "--supervision", "pixel", "--model",
+                       str(data / "masks" / "img0.png")]) == 2
+    assert "is an input of this run" in capsys.readouterr().err
+    # --model replaces a model file only
+    assert main(fit + ["--model", str(data / "labels.csv")]) == 2
+    assert "is an input of this run" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(fit + ["--model", str(tmp_path / "notes.txt")]) == 2
+    assert "is not a model file of sklearn_psa.io.save_model" in capsys.readouterr().err
+    assert {"": _snapshot(data), "masks": _snapshot(data / "masks")} == before
+    assert not (tmp_path / "m.psa").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("option", ["--model", "--pseudo-labels", "--memory", "--set"])
+def test_unwritable_outputs_fail_before_training(folder, tmp_path, capsys, monkeypatch, option):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the outputs")
+
+    monkeypatch.setattr("sklearn_psa._training.train", no_training)
+    # /proc takes no new files, even for root (chmod does not stop root)
+    target = {"--model": "/proc/sklearn-psa-test/m.psa",
+              "--set": "cam__checkpoint=/proc/sklearn-psa-test/cam.pt"}.get(
+        option, "/proc/sklearn-psa-test")
+    argv = ["fit", str(folder / "images"), "--labels", str(folder / "labels.csv"), "--model",
+            str(tmp_path / "m.psa"), "--device", "cpu", "-q", option, target] + TINY
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sklearn-psa fit: error: {option} {target}: cannot write in /proc")
+    assert err.count("\n") == 1 and "/proc" in err
+
+
+def test_os_errors_are_one_line_naming_the_path(folder, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "labels.csv"
+    bad.write_bytes("filename,caf\xe9\nimg0.png,1\n".encode("latin-1"))
+    assert main(["fit", str(folder / "images"), "--labels", str(bad), "--model",
+                 str(tmp_path / "m.psa")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and "UTF-8" in err
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/somewhere/x.png")
+
+    monkeypatch.setattr("sklearn_psa.cli.load_data", denied)
+    assert main(["predict", str(folder / "images"), "--model", str(tmp_path / "none"),
+                 "--output", str(tmp_path / "o")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    assert main(["fit", str(folder / "images"), "--model", str(tmp_path / "m.psa")]) == 2
+    assert capsys.readouterr().err == (
+        "sklearn-psa fit: error: /somewhere/x.png: Permission denied\n")
+
+
+def _folder_with_bad_files(folder, root):
+    images = root / "images"
+    images.mkdir()
+    for p in (folder / "images").iterdir():
+        (images / p.name).write_bytes(p.read_bytes())
+    Image.new("1", (12000, 12000)).save(images / "bomb.png")  # 17 kB, 144 million pixels
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(images / "float.tif")
+    whole = (folder / "images" / "img3.jpg").read_bytes()
+    (images / "cut.jpg").write_bytes(whole[: len(whole) // 2])  # header fine, data truncated
+    return images
+
+
+def test_predict_skips_bad_files_by_name_and_says_so_in_its_status(demo_model, folder, tmp_path,
+                                                                     capsys):
+    images = _folder_with_bad_files(folder, tmp_path)
+    out = tmp_path / "out"
+    argv = ["predict", str(images), "--model", demo_model, "--output", str(out), "-q",
+            "--device", "cpu"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    skipped = sorted(line for line in err if line.startswith("sklearn-psa predict: skipped "))
+    assert len(skipped) == 3
+    assert "bomb.png: 12000 x 12000 = 144000000 pixels, more than the limit" in skipped[0]
+    assert "cut.jpg: " in skipped[1] and "float.tif: float pixels" in skipped[2]
+    assert "3 of 9 images failed" in err[-1]
+    assert "6 masks written" in captured.out
+    assert sorted(p.stem for p in out.glob("*.png")) == [f"img{i}" for i in range(6)]
+    # stop: the first bad file ends the run, by name
+    assert main(argv + ["--output", str(tmp_path / "o2"), "--on-error", "stop"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bomb.png" in err and "--on-error skip" in err
+    # the limit is a parameter
+    assert main(argv + ["--output", str(tmp_path / "o3"), "--max-pixels", "2000"]) == 1
+    assert "6 of 9 images failed" in capsys.readouterr().err  # 40 x 44 = 1760 px pass
+
+
+def test_fit_names_a_bad_file_before_training(folder, tmp_path, capsys, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the images")
+
+    monkeypatch.setattr("sklearn_psa._training.train", no_training)
+    images = _folder_with_bad_files(folder, tmp_path)
+    labels = tmp_path / "labels.csv"
+    labels.write_text((folder / "labels.csv").read_text() + "float.tif,1,0,0,0\n")
+    assert main(["fit", str(images), "--labels", str(labels), "--model", str(tmp_path / "m.psa"),
+                 "--device", "cpu", "-q"] + TINY) == 2
+    err = capsys.readouterr().err
+    assert "float.tif: float pixels" in err and not (tmp_path / "m.psa").exists()
+
+
+def test_predict_into_the_folder_of_its_model(demo_model, folder, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    model = run / "psa.psa"
+    model.write_bytes(open(demo_model, "rb").read())
+    assert main(["predict", str(folder / "images"), "--model", str(model), "--output", str(run),
+                 "-q", "--device", "cpu"]) == 0
+    assert len(list(run.glob("*.png"))) == 6 and model.read_bytes() == open(demo_model, "rb").read()
+
+
+def test_predict_reports_an_image_the_model_cannot_process(demo_model, folder, tmp_path, capsys,
+                                                           monkeypatch):
+    from sklearn_psa.segmenter import PSASegmenter
+
+    predict = PSASegmenter.predict
+
+    def out_of_memory_on_img2(self, X):
+        if any("img2" in str(p) for p in X):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        return predict(self, X)
+
+    monkeypatch.setattr(PSASegmenter, "predict", out_of_memory_on_img2)
+    argv = ["predict", str(folder / "images"), "--model", demo_model, "-q", "--device", "cpu"]
+    assert main(argv + ["--output", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "skipped " in err and "img2.png: DefaultCPUAllocator" in err
+    assert sorted(p.stem for p in (tmp_path / "a").glob("*.png")) == [
+        f"img{i}" for i in (0, 1, 3, 4, 5)]
+    assert main(argv + ["--output", str(tmp_path / "b"), "--on-error", "stop",
+                        "--batch-size", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "img2.png: DefaultCPUAllocator" in err
+
+
+def test_evaluate_refuses_a_mask_beyond_max_pixels(folder, tmp_path, capsys):
+    pred = tmp_path / "pred"
+    for i in range(2):
+        save_mask(pred / f"img{i}.png", load_mask(folder / "masks" / f"img{i}.png"))
+    assert main(["evaluate", str(pred), str(folder / "masks"), "--max-pixels", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "more than the limit of 100" in err
+    assert main(["evaluate", str(pred), str(folder / "masks")]) == 0
+
+
+def test_predict_n_jobs_reaches_a_segmenter_or_a_pipelines_steps():
+    from sklearn.pipeline import Pipeline
+
+    from sklearn_psa import AffinityEstimator, CAMClassifier, PSASegmenter, RandomWalkRefiner
+    from sklearn_psa.cli import _set_predict_options
+
+    pipe = Pipeline([("cam", CAMClassifier()), ("affinity", AffinityEstimator()),
+                     ("rw", RandomWalkRefiner())])
+    _set_predict_options(pipe, None, None, 2)
+    assert pipe.named_steps["rw"].n_jobs == 2 and pipe.named_steps["affinity"].n_jobs == 2
+    assert _set_predict_options(PSASegmenter(), None, None, 3).n_jobs == 3
+    assert _set_predict_options(PSASegmenter(), None, None).n_jobs is None

@@ -527,3 +527,35 @@ def test_reversed_and_read_only_arrays_are_accepted(rng):
                                       expected)
         np.testing.assert_array_equal(DenseCRF(image[:, ::-1][:, ::-1], device="cpu")(probs[::-1], 3),
                                       expected)
+
+
+@pytest.mark.parametrize("name", ["bilateral_srgb", "bilateral_sxy", "gaussian_sxy"])
+def test_widths_too_small_for_the_image_name_the_parameter(name):
+    image = np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    probs = np.full((2, 20, 20), 0.5, np.float32)
+    with pytest.raises(ValueError, match=rf"{name}=1e-30 is too small for .* at least"):
+        dense_crf(image, probs, **{name: 1e-30})
+    # a kernel switched off (compat 0) needs no width check
+    compat = "gaussian_compat" if name == "gaussian_sxy" else "bilateral_compat"
+    assert dense_crf(image, probs, **{name: 1e-30, compat: 0}).shape == (2, 20, 20)
+
+
+def test_lattice_coordinates_beyond_exact_floats_are_refused():
+    features = torch.tensor([[0.0, 0.0], [1e30, 1e30]])
+    with pytest.raises(ValueError, match="beyond 2\\*\\*52"):
+        PermutohedralLattice(features)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"n_iter": -5}, "crf: n_iter must be a non-negative integer"),
+    ({"bilateral_srgb": 0}, "crf: bilateral_srgb must be a positive number"),
+    ({"gaussian_compat": float("nan")}, "crf: gaussian_compat must be a finite number"),
+    ({"backend": "opencv"}, "crf: backend must be one of"),
+])
+def test_crf_option_values_are_checked_up_front(options, match):
+    from sklearn_psa.crf import check_crf_options
+
+    with pytest.raises(ValueError, match=match):
+        check_crf_options(options)
+    assert check_crf_options({"n_iter": 3, "bilateral_srgb": 5.0}) == {"n_iter": 3,
+                                                                        "bilateral_srgb": 5.0}

@@ -297,6 +297,119 @@ def test_dump_model_round_trips_and_leaves_no_temporary_file(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.joblib"]
 
 
+def test_a_killed_save_leaves_temporaries_that_the_next_save_removes(tmp_path):
+    import time
+
+    from sklearn_psa.io import atomic_write, remove_stale_temporaries
+
+    path = tmp_path / "model.psa"
+    old = tmp_path / ".model.psa.abcd1234.tmp"  # what a save killed by SIGKILL leaves
+    young = tmp_path / ".model.psa.efgh5678.tmp"  # a save in progress elsewhere
+    other = tmp_path / ".other.png.abcd1234.tmp"  # another file's, left as long ago
+    user = tmp_path / ".model.psa.notes.tmp"  # not a name atomic_write makes
+    for p in (old, young, other, user):
+        p.write_bytes(b"x")
+    long_ago = time.time() - 3600
+    for p in (old, other, user):
+        os.utime(p, (long_ago, long_ago))
+    with atomic_write(path) as f:
+        f.write(b"done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, young.name, user.name])
+    # the folder is scanned once per process; a later scan is explicit
+    os.utime(young, (long_ago, long_ago))
+    with atomic_write(tmp_path / "again") as f:
+        f.write(b"done")
+    assert young.exists()
+    assert remove_stale_temporaries(tmp_path, "model.psa") == [str(young)]
+    assert user.exists()
+
+
+def test_check_writable_probes_and_leaves_nothing(tmp_path):
+    from sklearn_psa.io import check_writable
+
+    check_writable(tmp_path / "a" / "b")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError) as info:
+        check_writable(tmp_path / "file" / "sub")
+    assert str(tmp_path / "file") in str(info.value.filename)
+    with pytest.raises(OSError) as info:
+        check_writable("/proc/sklearn-psa-probe")
+    assert info.value.filename.startswith("/proc")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_output_masks_are_marked(tmp_path):
+    from sklearn_psa.io import output_mark
+
+    save_mask(tmp_path / "a.png", np.ones((3, 3), np.uint8), output_of="predict")
+    save_mask(tmp_path / "b.png", np.ones((3, 3), np.uint8))
+    Image.fromarray(np.ones((3, 3), np.uint8)).save(tmp_path / "c.png")
+    (tmp_path / "d.png").write_bytes(b"not a png")
+    assert [output_mark(tmp_path / f"{n}.png") for n in "abcd"] == ["predict", None, None, None]
+    np.testing.assert_array_equal(load_mask(tmp_path / "a.png"), np.ones((3, 3)))
+
+
+def test_a_failed_write_names_its_file_and_leaves_nothing(tmp_path):
+    from sklearn_psa.cli import _one_line
+    from sklearn_psa.io import atomic_write
+
+    path = tmp_path / "model.psa"
+    with pytest.raises(OSError) as info:
+        with atomic_write(path) as f:
+            f.write(b"half")
+            raise OSError(28, "No space left on device")
+    assert info.value.filename == str(path)
+    assert _one_line(info.value) == f"{path}: No space left on device"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("array, match", [
+    (np.full((6, 7), 0.5, np.float32), "float pixels"),
+    ((np.arange(42).reshape(6, 7) * 100000).astype(np.int32), "32-bit integer pixels"),
+])
+def test_images_of_unknown_scale_are_refused_by_name(tmp_path, array, match):
+    from sklearn_psa.io import image_size
+
+    path = tmp_path / "scan.tif"
+    Image.fromarray(array).save(path)
+    for read in (load_image, image_size):
+        with pytest.raises(ValueError, match=rf"scan.tif: {match}"):
+            read(path)
+    # 16-bit images keep converting (their 8 most significant bits)
+    Image.fromarray((np.arange(42).reshape(6, 7) * 1000).astype(np.uint16)).save(path)
+    assert load_image(path).shape == (6, 7, 3)
+
+
+def test_max_pixels_refuses_large_files_before_decoding(tmp_path, monkeypatch):
+    import sklearn_psa.io as sio
+
+    path = tmp_path / "wide.png"
+    Image.new("L", (300, 200)).save(path)
+    with pytest.raises(ValueError, match=r"wide.png: 300 x 200 = 60000 pixels, more than the "
+                                         r"limit of 59999"):
+        load_image(path, max_pixels=59999)
+    assert load_image(path, max_pixels=60000).shape == (200, 300, 3)
+    monkeypatch.setattr(sio, "MAX_PIXELS", 1000)
+    with pytest.raises(ValueError, match="more than the limit of 1000"):
+        sio.image_size(path)
+    monkeypatch.setattr(sio, "MAX_PIXELS", None)  # no limit
+    assert sio.image_size(path) == (200, 300)
+
+
+def test_a_16_bit_png_opened_as_mode_i_keeps_converting(tmp_path):
+    # older Pillows open 16-bit grayscale PNGs as mode "I" (32-bit integers)
+    values = (np.arange(42).reshape(6, 7) * 1500).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        as_i = im.convert("I")
+    as_i.format = "PNG"
+    np.testing.assert_array_equal(to_rgb(as_i)[..., 0], (values >> 8).astype(np.uint8))
+    as_i.format = None  # a 32-bit image made in memory: its range is unknown
+    with pytest.raises(ValueError, match="32-bit integer pixels"):
+        to_rgb(as_i)
+
+
 def test_list_images_takes_the_command_s_rule(tmp_path):
     from sklearn_psa.io import list_images
 

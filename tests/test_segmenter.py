@@ -385,6 +385,22 @@ def test_save_pseudo_labels_resumes(fitted, tmp_path):
         fitted.save_pseudo_labels(tmp_path / "afile")
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_save_pseudo_labels_never_replaces_or_skips_the_users_files(fitted, tmp_path, overwrite):
+    from PIL import Image
+
+    from sklearn_psa.io import save_mask
+
+    truth = tmp_path / "SegmentationClass"
+    truth.mkdir()
+    save_mask(truth / "000003.png", np.ones((64, 64), np.uint8))  # the user's true mask
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(truth / "000007.png")  # an image
+    before = {p.name: p.read_bytes() for p in truth.iterdir()}
+    with pytest.raises(ValueError, match=r"2 file\(s\) in .* are not masks that sklearn-psa wrote"):
+        fitted.save_pseudo_labels(truth, overwrite=overwrite)
+    assert {p.name: p.read_bytes() for p in truth.iterdir()} == before
+
+
 def test_bad_settings_of_any_stage_fail_before_training(shapes, tmp_path, monkeypatch):
     X, Y, masks = shapes
     import sklearn_psa._training as training
@@ -574,11 +590,17 @@ def test_auto_learning_rates_follow_where_the_weights_come_from(shapes, monkeypa
     assert calls[0][0] == 0.2 and calls[2] == (0.05, [1.0, 2.0])
 
 
-def test_a_class_missing_from_the_training_folds_is_scored_as_missed(fitted, shapes, tmp_path):
+def test_a_class_missing_from_the_training_folds_is_scored_as_missed(fitted, fitted_pixel,
+                                                                      shapes, tmp_path):
     X, _, masks = shapes
     unseen = [m.copy() for m in masks[:4]]
     unseen[0][:8, :8] = 5  # a fifth class the segmenter was never fitted on
-    assert fitted.score(X[:4], unseen) == pytest.approx(mean_iou(unseen, fitted.predict(X[:4])))
+    # fitted on masks, whose classes a training fold may lack: a miss
+    assert fitted_pixel.score(X[:4], unseen) == pytest.approx(
+        mean_iou(unseen, fitted_pixel.predict(X[:4])))
+    # fitted on an indicator of 4 classes, which names every class: no class it knows
+    with pytest.raises(ValueError, match=r"y\[0\]: mask value 5 is beyond the 4 classes"):
+        fitted.score(X[:4], unseen)
     # cross-validation whose first training fold lacks the highest class scores every fold
     from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import Pipeline
@@ -594,6 +616,25 @@ def test_a_class_missing_from_the_training_folds_is_scored_as_missed(fitted, sha
     ], memory=str(tmp_path))
     search = GridSearchCV(pipe, {"rw__beta": [8, 16]}, cv=2, error_score="raise").fit(X8, masks8)
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"affinity__alpha_low": 40}, r"affinity__alpha_high \(32\) must be >= alpha_low \(40\)"),
+    ({"affinity__crf": {"n_iter": -5}}, "affinity__crf: n_iter must be a non-negative integer"),
+    ({"crf": {"n_iter": -5}}, "crf: n_iter must be a non-negative integer"),
+    ({"cam__scales": (0,)}, "cam__scales must be a non-empty sequence of positive numbers"),
+    ({"affinity__head_widths": (1, 2)}, "affinity__head_widths must be three positive ints"),
+    ({"aspp_rates": (0,)}, "aspp_rates must be positive integers"),
+    ({"aspp_rates": (1.5, 2)}, "aspp_rates must be positive integers"),
+])
+def test_settings_of_late_stages_fail_before_any_training(shapes, monkeypatch, params, match):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a network trained before the settings were checked")
+
+    monkeypatch.setattr("sklearn_psa._training.train", no_training)
+    X, Y, _ = shapes
+    with pytest.raises(ValueError, match=match):
+        tiny_segmenter().set_params(**params).fit(X[:4], Y[:4])
 
 
 def test_a_search_on_image_level_labels_stops_naming_the_fix(shapes, tmp_path):

@@ -396,6 +396,41 @@ def test_a_diverging_loss_is_reported():
         _fit(loss=nan_loss, epochs=1)
 
 
+def test_an_exploding_finite_loss_stops_the_training_naming_the_epoch():
+    calls = []
+
+    def exploding(net, batch):
+        calls.append(1)
+        return _loss(net, batch) * (1e13 if len(calls) > 4 else 1.0)
+
+    # 24 samples in batches of 8: step 5 is the second of epoch 2
+    with pytest.raises(ValueError, match=r"diverged at epoch 2, step 5: the loss became "
+                                         r"\S+e\+12.*lower learning_rate \(it was 0.1; try 0.01\)"):
+        _fit(loss=exploding, epochs=3)
+
+
+def test_weights_that_turn_non_finite_in_the_last_step_are_reported():
+    with seeded(0):
+        net = _Net()
+    first = next(net.parameters())
+    first.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    with pytest.raises(ValueError, match="diverged at epoch 1: the network's weights are no "
+                                         "longer finite"):
+        _fit(net=net, epochs=1, samples=_colour_samples(8))
+
+
+def test_a_diverging_estimator_fit_fails_with_the_epoch():
+    from sklearn_psa import CAMClassifier
+    from sklearn_psa.datasets import make_shapes
+
+    X, Y, _ = make_shapes(8, image_size=32, random_state=0)
+    cam = CAMClassifier(backbone="tiny", learning_rate=1e3, max_epochs=3, batch_size=4,
+                        scales=(1.0,), random_state=0)
+    with pytest.raises(ValueError, match=r"CAMClassifier diverged at epoch \d.*lower learning_rate"):
+        cam.fit(X, Y)
+    assert not hasattr(cam, "network_")
+
+
 def test_batch_contents_maps_targets_and_channels_last():
     seen = {}
 

@@ -564,6 +564,17 @@ def test_paths_are_not_opened_on_disk_twice(tmp_path, monkeypatch):
     assert os.path.exists(path)
 
 
+@pytest.mark.parametrize("low, high", [(-0.1, 0.5), (0.0, 1.5)])
+def test_cams_outside_the_unit_interval_are_refused(low, high):
+    cams = np.full((1, 8, 8), 0.5)
+    cams[0, 0, 0], cams[0, 1, 1] = low, high
+    recs = Records([Record(np.zeros((8, 8, 3), np.uint8), [0], cams)], n_classes=1)
+    with pytest.raises(ValueError, match=r"X\[0\]: cams must lie in \[0, 1\]"):
+        check_records(recs)
+    recs = Records([Record(np.zeros((8, 8, 3), np.uint8), [0], np.clip(cams, 0, 1))], n_classes=1)
+    assert check_records(recs) is recs
+
+
 def test_check_score_masks_refuses_image_level_labels_in_every_form():
     from sklearn_psa._validation import check_score_masks
     from sklearn_psa.exceptions import MasksRequiredError

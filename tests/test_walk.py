@@ -194,6 +194,24 @@ def test_t_zero_returns_input_unchanged():
     assert torch.equal(random_walk(tensor, affinity, t=0), tensor)
 
 
+@pytest.mark.parametrize("t", [1000, 10**6, 10**9])
+def test_long_walks_keep_float32_accuracy(t):
+    # a slowly mixing grid (second eigenvalue 0.99984): far from stationary at t = 1000,
+    # reached by t = 10**6; float32 products lost 3e-3 at 10**6 and everything at 10**9
+    rng = np.random.default_rng(0)
+    affinity = rng.uniform(0.05, 0.6, (len(neighbor_offsets(2)), 4, 5)).astype(np.float32)
+    scores = rng.uniform(0, 1, (2, 4, 5)).astype(np.float32)
+    W = dense_weights(affinity.astype(np.float64), 8)
+    d = W.sum(axis=1)
+    lam, V = np.linalg.eigh(W / np.sqrt(np.outer(d, d)))  # M = D^-1/2 W D^-1/2, similar to T
+    power = np.sign(lam) ** (t % 2) * np.abs(lam) ** t
+    S = scores.reshape(2, -1).T.astype(np.float64)
+    expected = ((V * power) @ (V.T @ (np.sqrt(d)[:, None] * S)) / np.sqrt(d)[:, None]).T
+    out = random_walk(scores, affinity, beta=8, t=t, backend="torch")
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.reshape(2, -1), expected, atol=2e-7)
+
+
 def test_keeps_kind_dtype_and_inputs():
     rng = np.random.default_rng(2)
     scores, affinity = random_inputs(rng, 2, 6, 7, 5)

@@ -257,8 +257,13 @@ def make_backbone(backbone="tiny", *, pretrained=None, **options):
             f"{', '.join(available_backbones())} or an nn.Module"
         )
     try:
-        return _REGISTRY[backbone](pretrained=pretrained, **options)
+        module = _REGISTRY[backbone](pretrained=pretrained, **options)
     except TypeError as exc:
         if options and "unexpected keyword" in str(exc):
             raise ValueError(f"backbone {backbone!r} does not accept options {sorted(options)}: {exc}") from exc
         raise
+    # How to build this architecture again without code from a file: read by
+    # sklearn_psa.io.save_model (copies and pickles of the module keep it).
+    module.build_recipe = {"name": backbone, "options": dict(options),
+                           "pretrained": pretrained not in (None, False)}
+    return module

@@ -147,6 +147,11 @@ class AffinityNet(nn.Module):
     def __init__(self, backbone, widths=(64, 128, 256), out_channels=None, stride=8,
                  input_scale=1.0):
         super().__init__()
+        # the constructor's arguments but the backbone, so that sklearn_psa.io.save_model
+        # can rebuild it
+        self.init_args = {"widths": [int(w) for w in widths],
+                          "out_channels": None if out_channels is None else int(out_channels),
+                          "stride": int(stride), "input_scale": float(input_scale)}
         self.backbone = backbone
         self.head = AffinityHead(backbone.out_channels, widths, out_channels)
         self.stride = int(stride)

@@ -32,6 +32,9 @@ class CAMHead(nn.Module):
 
     def __init__(self, in_channels, n_classes, dropout=0.0):
         super().__init__()
+        # the constructor's arguments, so that sklearn_psa.io.save_model can rebuild it
+        self.init_args = {"in_channels": int(in_channels), "n_classes": int(n_classes),
+                          "dropout": float(dropout)}
         self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
         self.classifier = nn.Conv2d(in_channels, n_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)

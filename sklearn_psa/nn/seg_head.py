@@ -75,6 +75,10 @@ class ASPPHead(nn.Module):
         rates = tuple(int(r) for r in rates)
         if any(r < 1 for r in rates):
             raise ValueError(f"ASPP rates must be positive integers, got {rates}")
+        # the constructor's arguments, so that sklearn_psa.io.save_model can rebuild it
+        self.init_args = {"in_channels": int(in_channels), "n_outputs": int(n_outputs),
+                          "channels": int(channels), "rates": list(rates),
+                          "image_pool": bool(image_pool), "dropout": float(dropout)}
         branches = [_conv_bn_relu(in_channels, channels, 1)]
         branches += [_conv_bn_relu(in_channels, channels, 3, r) for r in rates]
         if image_pool:
