@@ -43,7 +43,11 @@ def describe_network(backbone, pretrained, options, *, auto=False):
 
 
 def epochs(n):
-    """``"1 epoch"``, ``"20 epochs"``."""
+    """``"1 epoch"``, ``"20 epochs"``, ``"epochs auto (at least 1600 steps)"``."""
+    if isinstance(n, str) and n == "auto":
+        from .affinity import AUTO_MIN_EPOCHS, AUTO_MIN_STEPS
+
+        return f"epochs auto (at least {AUTO_MIN_EPOCHS} and {AUTO_MIN_STEPS} steps)"
     return f"{n} epoch{'' if n == 1 else 's'}"
 
 

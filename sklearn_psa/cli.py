@@ -440,7 +440,7 @@ def _check_feature_affinity(affinity):
         raise CommandError(f"--affinity features: {exc}") from exc
 
 
-def _make_estimator(args, classes=None):
+def _make_estimator(args, classes=None, n_images=None):
     """The unfitted PSASegmenter of ``sklearn-psa fit``'s options (``classes``: the data's
     class names)."""
     from .segmenter import PSASegmenter
@@ -464,16 +464,17 @@ def _make_estimator(args, classes=None):
                                                   verbose=params["verbose"]))
     if args.store is not None:  # per-image CAMs, affinities and label maps on disk
         model.set_params(cam__store=args.store, affinity__store=args.store)
-    _set_epochs(model, args)
+    _set_epochs(model, args, n_images)
     try:
         return model.set_params(**dict(args.set))
     except ValueError as exc:  # scikit-learn's message holds a multi-line estimator repr
         raise CommandError(f"--set: {' '.join(str(exc).split())}") from exc
 
 
-def _set_epochs(model, args):
+def _set_epochs(model, args, n_images=None):
     """Each network's epochs: its per-step option, else its default times ``--epoch-scale``
-    (at least 1). ``--set`` comes after and wins."""
+    (at least 1; AffinityNet's ``"auto"`` counts as :func:`~sklearn_psa.affinity.auto_epochs`
+    of ``n_images``, the training images). ``--set`` comes after and wins."""
     features = args.affinity == "features"
     if features and args.affinity_epochs is not None:
         raise CommandError("--affinity-epochs: --affinity features trains no network")
@@ -483,7 +484,13 @@ def _set_epochs(model, args):
         if key == "affinity__max_epochs" and features:
             continue
         if given is None and args.epoch_scale is not None:
-            given = max(1, round(model.get_params()[key] * args.epoch_scale))
+            default = model.get_params()[key]
+            if isinstance(default, str) and default == "auto":  # AffinityNet: by the data's size
+                from .affinity import AUTO_MIN_EPOCHS, auto_epochs
+
+                default = (auto_epochs(n_images, model.get_params()["affinity__batch_size"]) if n_images
+                           else AUTO_MIN_EPOCHS)
+            given = max(1, round(default * args.epoch_scale))
         if given is not None:
             model.set_params(**{key: given})
 
@@ -513,7 +520,7 @@ def cmd_fit(args):
         _check_mask_folder(args.pseudo_labels, "--pseudo-labels", inputs, data["ids"])
     if args.memory is not None:
         _writable(args.memory, f"--memory {args.memory}")
-    model = _make_estimator(args, classes=data["class_names"])
+    model = _make_estimator(args, classes=data["class_names"], n_images=len(data["ids"]))
     for name, value in model.get_params().items():  # --set checkpoint=..., cam__checkpoint=...
         if name.split("__")[-1] == "checkpoint" and value is not None:
             path = Path(value)

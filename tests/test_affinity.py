@@ -258,3 +258,30 @@ def test_end_to_end_on_make_shapes():
     assert np.isfinite(est.train_result_.history).all()
     pred = RandomWalkRefiner(t=16).predict(out)
     assert len(pred) == 20 and all(p.shape == (64, 64) and p.dtype == np.uint8 for p in pred)
+
+
+def test_auto_epochs_reach_a_number_of_steps():
+    from sklearn_psa.affinity import AUTO_MIN_EPOCHS, AUTO_MIN_STEPS, auto_epochs
+
+    assert AffinityEstimator().max_epochs == "auto"
+    assert auto_epochs(200, 8) == 64 and auto_epochs(10582, 8) == AUTO_MIN_EPOCHS
+    for n in (1, 7, 8, 9, 100, 201, 5000, 20000):
+        for batch in (1, 4, 8, 16):
+            epochs = auto_epochs(n, batch)
+            steps_per_epoch = -(-n // batch)
+            assert epochs >= AUTO_MIN_EPOCHS and epochs * steps_per_epoch >= AUTO_MIN_STEPS
+            # the fewest such epochs
+            assert epochs == AUTO_MIN_EPOCHS or (epochs - 1) * steps_per_epoch < AUTO_MIN_STEPS
+
+
+def test_fit_trains_the_auto_epochs(squares, monkeypatch):
+    import sklearn_psa.affinity as affinity
+
+    records, _ = squares
+    monkeypatch.setattr(affinity, "AUTO_MIN_STEPS", 5 * len(records))  # 5 epochs of batch 1 ...
+    monkeypatch.setattr(affinity, "AUTO_MIN_EPOCHS", 2)
+    est = AffinityEstimator(max_epochs="auto", **{**FAST, "batch_size": 1}).fit(records)
+    assert est.n_epochs_ == 5 and len(est.train_result_.history) == 5
+    assert AffinityEstimator(max_epochs=3, **FAST).fit(records).n_epochs_ == 3
+    with pytest.raises(ValueError, match="max_epochs"):
+        AffinityEstimator(max_epochs="long", **FAST).fit(records)

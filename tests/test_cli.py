@@ -468,9 +468,9 @@ def test_one_option_scales_every_network_s_epochs_and_each_has_its_own():
         params = _make_estimator(args).get_params()
         return params["cam__max_epochs"], params["affinity__max_epochs"], params["max_epochs"]
 
-    defaults = (CAMClassifier().max_epochs, AffinityEstimator().max_epochs,
-                PSASegmenter().max_epochs)
-    assert epochs() == defaults
+    assert AffinityEstimator().max_epochs == "auto"  # resolved by the training set's size
+    defaults = (CAMClassifier().max_epochs, 8, PSASegmenter().max_epochs)  # "auto" counts as 8 here
+    assert epochs() == (defaults[0], "auto", defaults[2])
     assert epochs("--epoch-scale", "0.5") == tuple(max(1, round(n * 0.5)) for n in defaults)
     assert epochs("--epoch-scale", "0.001") == (1, 1, 1)
     assert epochs("--epoch-scale", "2", "--cam-epochs", "3", "--seg-epochs", "4") == (
