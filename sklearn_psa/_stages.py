@@ -51,8 +51,9 @@ def epochs(n):
     return f"{n} epoch{'' if n == 1 else 's'}"
 
 
-def describe_step(name, step):
-    """One line on what step ``name`` (``"cam"``, ``"affinity"``, ``"refiner"``) will do."""
+def describe_step(name, step, n_images=None):
+    """One line on what step ``name`` (``"cam"``, ``"affinity"``, ``"refiner"``) will do
+    (``max_epochs="auto"`` resolved where ``n_images``, the training images, is given)."""
     params = step.get_params(deep=False) if hasattr(step, "get_params") else {}
     kind = type(step).__name__
     if name == "refiner":
@@ -74,7 +75,14 @@ def describe_step(name, step):
         network = describe_network(*step._resolved_backbone(), auto=auto)
     else:
         network = "its own network"
-    return f"{title}: {network}, {epochs(params['max_epochs'])}, on {_device(step)}"
+    n_epochs = params["max_epochs"]
+    if isinstance(n_epochs, str) and n_epochs == "auto" and n_images:
+        from .affinity import AUTO_MIN_STEPS, auto_epochs
+
+        n_epochs = auto_epochs(n_images, params.get("batch_size", 8))
+        return (f"{title}: {network}, {epochs(n_epochs)} (auto: at least {AUTO_MIN_STEPS} steps), "
+                f"on {_device(step)}")
+    return f"{title}: {network}, {epochs(n_epochs)}, on {_device(step)}"
 
 
 class StageLog:

@@ -513,7 +513,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             steps = ("cam",) if self._from_cam() else ()
         else:
             steps = _STEPS
-        stages = [(_STAGE_NAMES[name], describe_step(name, self._step(name))) for name in steps]
+        stages = [(_STAGE_NAMES[name], describe_step(name, self._step(name), n_images)) for name in steps]
         if self._from_cam():
             network = "the fitted CAM classifier's backbone"
         else:
