@@ -298,8 +298,6 @@ def test_dump_model_round_trips_and_leaves_no_temporary_file(tmp_path):
 
 
 def test_a_killed_save_leaves_temporaries_that_the_next_save_removes(tmp_path):
-    import time
-
     from sklearn_psa.io import atomic_write, remove_stale_temporaries
 
     path = tmp_path / "model.psa"
@@ -309,7 +307,7 @@ def test_a_killed_save_leaves_temporaries_that_the_next_save_removes(tmp_path):
     user = tmp_path / ".model.psa.notes.tmp"  # not a name atomic_write makes
     for p in (old, young, other, user):
         p.write_bytes(b"x")
-    long_ago = time.time() - 3600
+    long_ago = 1_000_000_000  # 2001: a fixed time far in the past, without reading the clock
     for p in (old, other, user):
         os.utime(p, (long_ago, long_ago))
     with atomic_write(path) as f:
