@@ -145,19 +145,11 @@ def _clutter_maps(masks, n_classes, image_size, seed, shapes=None):
 
 
 def _pair_auc(records, masks, radius):
-    from sklearn.metrics import roc_auc_score
+    """Pair AUC of the records' affinities against the true masks (``metrics.affinity_report``)."""
+    from sklearn_psa.metrics import affinity_report
 
-    from sklearn_psa import neighbor_offsets
-    from sklearn_psa._affinity_labels import _shifted_pairs, downsample_mask
-
-    offsets = neighbor_offsets(radius)
-    same, score = [], []
-    for r, m in zip(records.records, masks):
-        frm, to, inside = _shifted_pairs(downsample_mask(m), offsets)
-        same.append((frm == to)[inside])
-        score.append(r.affinity[inside])
-    same, score = np.concatenate(same), np.concatenate(score)
-    return roc_auc_score(same, score) if 0 < same.mean() < 1 else float("nan")
+    assert all(r.radius == radius for r in records.records), "records of another radius"
+    return affinity_report(records, masks, output_dict=True)["affinity"]["pair_auc"]
 
 
 def _walk_grid(records, masks, alphas, betas, device, t=256):
@@ -176,32 +168,19 @@ def _best_walk(records, masks, alphas, betas, device):
 
 
 def _label_quality(records, masks, crf, alpha_low=4, alpha_high=32):
-    from sklearn_psa import neighbor_offsets
-    from sklearn_psa._affinity_labels import _shifted_pairs, affinity_label_map, affinity_pairs, downsample_mask
+    """The affinity labels against the true masks (``metrics.affinity_report``), as the table's
+    columns; ``crf``: True for the dense CRF's defaults, else None."""
+    from sklearn_psa.metrics import affinity_report
 
-    fg = fg_ok = bg = bg_ok = true_fg = true_fg_bg = 0
-    pairs, pairs_ok = np.zeros(3), np.zeros(3)  # bg-positive, fg-positive, negative
-    offsets = neighbor_offsets(5)
     t0 = time.perf_counter()
-    for r, m in zip(records.records, masks):
-        g = affinity_label_map(r.cams, r.labels, alpha_low=alpha_low, alpha_high=alpha_high,
-                               image=r.load_image(), crf=crf)
-        tg = downsample_mask(m)
-        frm, to, inside = _shifted_pairs(tg, offsets)
-        for i, kind in enumerate(affinity_pairs(g, offsets)):
-            kind = kind.astype(bool) & inside
-            right = (frm == to)[kind] if i < 2 else (frm != to)[kind]
-            pairs[i] += kind.sum()
-            pairs_ok[i] += right.sum()
-        isfg, isbg = (g > 0) & (g != 255), g == 0
-        fg += isfg.sum(); fg_ok += (isfg & (g == tg)).sum()
-        bg += isbg.sum(); bg_ok += (isbg & (tg == 0)).sum()
-        true_fg += (tg > 0).sum(); true_fg_bg += ((tg > 0) & isbg).sum()
-    sec = (time.perf_counter() - t0) / len(records)
-    n_cells = sum(int(np.prod(downsample_mask(m).shape)) for m in masks)
-    return {"fg_frac": fg / n_cells, "fg_prec": fg_ok / max(fg, 1), "bg_frac": bg / n_cells,
-            "bg_prec": bg_ok / max(bg, 1), "true_fg_as_bg": true_fg_bg / max(true_fg, 1), "sec": sec,
-            "pair_prec": pairs_ok / np.maximum(pairs, 1), "pairs_per_image": pairs / max(len(masks), 1)}
+    lab = affinity_report(records, masks, alpha_low=alpha_low, alpha_high=alpha_high, crf=bool(crf),
+                          output_dict=True)["labels"]
+    kinds = ("bg_positive", "fg_positive", "negative")
+    return {"fg_frac": lab["fg_cells"], "fg_prec": lab["fg_precision"], "bg_frac": lab["bg_cells"],
+            "bg_prec": lab["bg_precision"], "true_fg_as_bg": lab["true_fg_as_bg"],
+            "sec": (time.perf_counter() - t0) / len(records),
+            "pair_prec": np.array([lab["pairs"][k]["precision"] for k in kinds]),
+            "pairs_per_image": np.array([lab["pairs"][k]["per_image"] for k in kinds])}
 
 
 def _shapes_kwargs(args):
@@ -221,7 +200,6 @@ def run(args):
 
     from sklearn_psa import AffinityEstimator, FeatureAffinity, RandomWalkRefiner, neighbor_offsets
     from sklearn_psa._affinity_labels import oracle_affinity
-    from sklearn_psa.crf import dense_crf
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -254,7 +232,7 @@ def run(args):
     qualities = [(f"no CRF, alpha {lo}/{hi}", _label_quality(records, masks, None, lo, hi))
                  for lo, hi in ((0.25, 32), (1, 32), (2, 32), (4, 32), (8, 64))]
     if args.crf_quality:
-        qualities.append(("dense CRF, alpha 4/32", _label_quality(records, masks, dense_crf)))
+        qualities.append(("dense CRF, alpha 4/32", _label_quality(records, masks, True)))
     lines += [
         "Confident labels on the stride-8 grid against the true masks:",
         "",
