@@ -545,61 +545,64 @@ def check_records(records, *, require_cams=True, require_affinity=False, name="X
             raise ValueError(f"{where}: labels must be class columns in 0..{records.n_classes - 1}")
         if r.labels.size > 1 and np.any(np.diff(r.labels) <= 0):
             raise ValueError(f"{where}: labels must be sorted and unique, got {r.labels}")
-        if require_cams or r.cams is not None:
-            if r.cams is None:
+        cams = r.cams  # one memory map per record and array, not one per attribute read
+        if require_cams or cams is not None:
+            if cams is None:
                 raise ValueError(f"{where}: has no CAMs")
             expected = (r.labels.size,) + tuple(r.shape)
-            if r.cams.shape != expected:
+            if cams.shape != expected:
                 raise ValueError(
-                    f"{where}: cams has shape {r.cams.shape}, expected {expected} "
+                    f"{where}: cams has shape {cams.shape}, expected {expected} "
                     "(one map per class present, at the image's size)"
                 )
-            # arrays of a store were checked when computed: reading them all again here
-            # would page the whole dataset in
-            if not stored_path(r.cams) and not np.all(np.isfinite(r.cams)):
-                raise ValueError(f"{where}: cams contain NaN or infinite values")
-            if r.cams.size and (r.cams.min() < 0 or r.cams.max() > 1 + CAM_TOLERANCE):
-                raise ValueError(
-                    f"{where}: cams must lie in [0, 1] (each class's map divided by its "
-                    f"maximum, as CAMClassifier makes them), got values in "
-                    f"[{float(r.cams.min()):.4g}, {float(r.cams.max()):.4g}]"
-                )
-        if require_affinity or r.affinity is not None:
-            if r.affinity is None:
+            # arrays of a store were checked when computed: reading their values again
+            # here would read the whole store at every step
+            if not stored_path(cams):
+                if not np.all(np.isfinite(cams)):
+                    raise ValueError(f"{where}: cams contain NaN or infinite values")
+                if cams.size and (cams.min() < 0 or cams.max() > 1 + CAM_TOLERANCE):
+                    raise ValueError(
+                        f"{where}: cams must lie in [0, 1] (each class's map divided by its "
+                        f"maximum, as CAMClassifier makes them), got values in "
+                        f"[{float(cams.min()):.4g}, {float(cams.max()):.4g}]"
+                    )
+        affinity = r.affinity
+        if require_affinity or affinity is not None:
+            if affinity is None:
                 raise ValueError(
                     f"{where}: has no affinity (run AffinityEstimator.transform first)"
                 )
-            if r.affinity.ndim != 3:
-                raise ValueError(f"{where}: affinity must be (K, h, w), got shape {r.affinity.shape}")
-            if not stored_path(r.affinity):
-                if not np.all(np.isfinite(r.affinity)):
+            if affinity.ndim != 3:
+                raise ValueError(f"{where}: affinity must be (K, h, w), got shape {affinity.shape}")
+            if not stored_path(affinity):
+                if not np.all(np.isfinite(affinity)):
                     raise ValueError(f"{where}: affinity contains NaN or infinite values")
-                if r.affinity.size and r.affinity.min() < 0:
+                if affinity.size and affinity.min() < 0:
                     raise ValueError(f"{where}: affinity must be non-negative")
             if r.radius is None:
                 raise ValueError(f"{where}: affinity without its radius")
-            _check_affinity_layout(r, where)
+            _check_affinity_layout(r, affinity.shape, where)
     return records
 
 
-def _check_affinity_layout(record, where):
+def _check_affinity_layout(record, shape, where):
     """The affinity lies on the image's stride-8 grid with one channel per neighbour offset."""
     from ._affinity_labels import STRIDE
     from .walk import neighbor_offsets
 
     H, W = record.shape
     grid = (-(-H // STRIDE), -(-W // STRIDE))
-    if tuple(record.affinity.shape[1:]) != grid:
+    if tuple(shape[1:]) != grid:
         raise ValueError(
-            f"{where}: affinity is on a {tuple(record.affinity.shape[1:])} grid, but a "
+            f"{where}: affinity is on a {tuple(shape[1:])} grid, but a "
             f"{H}x{W} image has the grid {grid} (ceil of the size / {STRIDE})"
         )
     try:
         K = len(neighbor_offsets(record.radius))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: invalid radius {record.radius!r}: {exc}") from exc
-    if record.affinity.shape[0] != K:
+    if shape[0] != K:
         raise ValueError(
-            f"{where}: affinity has {record.affinity.shape[0]} channels, but radius "
+            f"{where}: affinity has {shape[0]} channels, but radius "
             f"{record.radius} has {K} neighbour offsets"
         )
