@@ -11,6 +11,7 @@ stride-8 grid to its record, for :class:`~sklearn_psa.RandomWalkRefiner`.
 
 import numbers
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
@@ -511,8 +512,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         self.offsets_ = np.asarray(neighbor_offsets(self.radius))
         crf, on_cuda = self._crf_function()
 
-        samples, stats = [None] * len(records), np.zeros(3, np.int64)
-        pairs = np.zeros(3, np.int64)
+        stats, pairs = np.zeros(3, np.int64), np.zeros(3, np.int64)
         stored = self._stored_label_maps(records)
         todo = [i for i in range(len(records)) if stored is None or not stored.has[i]]
         stage = "AffinityNet labels" + (" (dense CRF)" if crf is not None else "")
@@ -521,18 +521,20 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         labelled = map_images(_label_task, tasks, n_jobs=self.n_jobs, in_parent=on_cuda,
                               verbose=self.verbose, desc=stage, total=len(records),
                               done=len(records) - len(todo))
+        maps = [None] * len(records) if stored is None else stored
         for i, (low, high, cells, pair_counts) in zip(todo, labelled):
             if stored is None:
-                samples[i] = _LazySample(records.records[i], {"low": low, "high": high})
+                maps[i] = {"low": low, "high": high}
             else:  # on disk, read back when training samples it
-                samples[i] = _LazySample(records.records[i], stored.save(i, low, high))
+                stored.save(i, low, high)
             stats += cells
             pairs += pair_counts
-        for i in (i for i in range(len(records)) if samples[i] is None):  # found in the store
-            samples[i] = _LazySample(records.records[i], stored.reference(i))
-            counts = _label_counts(*samples[i].maps.values(), self.offsets_)
+        for i in sorted(set(range(len(records))) - set(todo)):  # found in the store
+            counts = _label_counts(*_LazySample(records.records[i], stored[i]).maps.values(),
+                                   self.offsets_)
             stats += counts[0]
             pairs += counts[1]
+        samples = _Samples(records, maps)
         total = max(int(stats.sum()), 1)
         self.label_stats_ = {
             "foreground": stats[0] / total, "background": stats[1] / total, "ignored": stats[2] / total,
@@ -623,6 +625,22 @@ class _LazySample:
         return self._maps
 
 
+class _Samples(Sequence):
+    """The training samples of ``fit``, made on access from the records and their label
+    maps (``maps[i]``: a dict of arrays, or a :class:`StoredArray` of the store), so that
+    training holds the samples of one batch, not one object per image."""
+
+    def __init__(self, records, maps):
+        self.records = records
+        self.maps = maps
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return _LazySample(self.records.records[i], self.maps[i])
+
+
 class _LabelMapStore:
     """The affinity label maps of ``fit`` in a store: ``(2, H, W)`` uint8 per image, keyed
     by the image, its CAMs and classes, and the label settings (so a second fit, e.g.
@@ -643,7 +661,7 @@ class _LabelMapStore:
 
     def save(self, i, low, high):
         self.store.save("affinity-labels", self.keys[i], np.stack([low, high]))
-        return self.reference(i)
 
-    def reference(self, i):
+    def __getitem__(self, i):
+        """The maps of image ``i``, as a reference to their file."""
         return self.store.reference("affinity-labels", self.keys[i])
