@@ -263,8 +263,29 @@ def _check_mask_item(item, where, n_classes, shape):
     return arr
 
 
+class MaskSet(Sequence):
+    """Masks validated and loaded one at a time, on access (files stay paths until then).
+
+    What :func:`check_masks` returns with ``lazy=True``: a loop over it holds one
+    mask at a time, whatever the number of masks.
+    """
+
+    def __init__(self, items, name, n_classes=None, shapes=None):
+        self.items = items
+        self.name = name
+        self.n_classes = n_classes
+        self.shapes = shapes
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        shape = None if self.shapes is None else self.shapes[i]
+        return _check_mask_item(self.items[i], f"{self.name}[{i}]", self.n_classes, shape)
+
+
 def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y",
-                of=("X", "image")):
+                of=("X", "image"), lazy=False):
     """Validate pixel-level masks; return a list of (H, W) uint8 arrays.
 
     Parameters
@@ -283,6 +304,10 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y",
     of : (str, str), default=("X", "image")
         What ``n_samples`` counts, for the message of a count mismatch: the
         argument's name and its items (``("records", "record")``).
+    lazy : bool, default=False
+        Return a :class:`MaskSet` that checks and loads each mask when it is
+        accessed (the number of masks is checked at once), so that a loop over
+        many mask files holds one at a time.
     """
     if masks is None:
         raise TypeError(f"{name} is None: expected a sequence of (H, W) masks")
@@ -313,10 +338,8 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y",
                          f"expected one mask per {of[1]}")
     if shapes is not None and len(shapes) != len(items):
         raise ValueError(f"{name} has {len(items)} masks but there are {len(shapes)} images")
-    return [
-        _check_mask_item(m, f"{name}[{i}]", n_classes, None if shapes is None else shapes[i])
-        for i, m in enumerate(items)
-    ]
+    masks = MaskSet(items, name, n_classes, shapes)
+    return masks if lazy else list(masks)
 
 
 def check_score_masks(y, n_samples, *, shapes=None, n_classes=None, scorer="score"):

@@ -30,7 +30,7 @@ _COMMON_CONSTRAINTS = {
 }
 
 
-def _joint_histogram(true, pred):
+def _joint_histogram(pairs):
     """256 x 256 counts of (true value, predicted value) over all pixels.
 
     One ``np.bincount`` of ``true * 256 + pred`` per chunk: the confusion matrix
@@ -49,7 +49,7 @@ def _joint_histogram(true, pred):
         chunk_t.clear()
         chunk_p.clear()
 
-    for t, p in zip(true, pred):
+    for t, p in pairs:
         chunk_t.append(t.ravel())
         chunk_p.append(p.ravel())
         size += t.size
@@ -78,20 +78,31 @@ def _labels_text(n_classes):
     return f"0 (background) or a class 1..{n_classes}"
 
 
-def _confusion(y_true, y_pred, n_classes, ignore_index):
-    """Validate both sets of masks and return the (K+1, K+1) int64 confusion matrix."""
-    true = check_masks(y_true, name="y_true")
-    pred = check_masks(y_pred, name="y_pred")
+def _confusion(y_true, y_pred, n_classes, ignore_index, verbose=0):
+    """Validate both sets of masks and return the (K+1, K+1) int64 confusion matrix.
+
+    Mask files are read one pair at a time (``check_masks(lazy=True)``), so that
+    scoring a folder of any size holds a chunk of masks, not all of them;
+    ``verbose`` shows a progress bar over the pairs.
+    """
+    from ._training import progress
+
+    true = check_masks(y_true, name="y_true", lazy=True)
+    pred = check_masks(y_pred, name="y_pred", lazy=True)
     if len(pred) != len(true):
         raise ValueError(f"y_pred has {len(pred)} masks but y_true has {len(true)}")
-    for i, (t, p) in enumerate(zip(true, pred)):
-        if t.shape != p.shape:
-            raise ValueError(
-                f"y_pred[{i}] has shape {p.shape} but y_true[{i}] has shape {t.shape}: "
-                "each prediction must have the size of its true mask"
-            )
 
-    hist = _joint_histogram(true, pred)
+    def pairs():
+        for i in progress(range(len(true)), verbose=verbose, desc="masks", unit="mask"):
+            t, p = true[i], pred[i]
+            if t.shape != p.shape:
+                raise ValueError(
+                    f"y_pred[{i}] has shape {p.shape} but y_true[{i}] has shape {t.shape}: "
+                    "each prediction must have the size of its true mask"
+                )
+            yield t, p
+
+    hist = _joint_histogram(pairs())
     true_seen = np.flatnonzero(hist.sum(axis=1))
     pred_seen = np.flatnonzero(hist.sum(axis=0))
 
@@ -323,6 +334,7 @@ def _class_names(class_names, n_classes):
         "class_names": ["array-like", None],
         "output_dict": ["boolean"],
         "digits": [Interval(numbers.Integral, 0, None, closed="left")],
+        "verbose": ["verbose"],
     },
     prefer_skip_nested_validation=True,
 )
@@ -335,6 +347,7 @@ def segmentation_report(
     ignore_index=IGNORE_INDEX,
     output_dict=False,
     digits=1,
+    verbose=0,
 ):
     """Per-class IoU, precision and recall, like the paper's tables.
 
@@ -366,6 +379,9 @@ def segmentation_report(
         Return a dict of fractions instead of a printable table.
     digits : int, default=1
         Decimals of the percentages in the table (ignored with ``output_dict``).
+    verbose : int, default=0
+        1: a progress bar over the masks, erased when done; 2: it stays. Mask
+        files are read one pair at a time whatever the setting.
 
     Returns
     -------
@@ -403,7 +419,7 @@ def segmentation_report(
         n_classes = len(class_names)
         if n_classes > _MAX_CLASSES:
             raise ValueError(f"class_names has {n_classes} names; at most {_MAX_CLASSES}")
-    cm = _confusion(y_true, y_pred, n_classes, ignore_index)
+    cm = _confusion(y_true, y_pred, n_classes, ignore_index, verbose)
     names = _class_names(class_names, cm.shape[0] - 1)
     iou, precision, recall, support = _per_class(cm)
     columns = {"iou": iou, "precision": precision, "recall": recall}
