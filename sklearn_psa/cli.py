@@ -24,6 +24,7 @@ background, 1..K classes, 255 ignored), named ``<image id>.png``.
 import argparse
 import ast
 import csv
+import errno
 import os
 import sys
 from pathlib import Path
@@ -381,9 +382,9 @@ def _load_model(path, *, trust_pickle=False):
     return model
 
 
-def _set_predict_options(model, device, crf, n_jobs=None):
-    """Apply ``--device``, ``--crf`` and ``--n-jobs`` to a PSASegmenter or to each step of a
-    Pipeline (``--n-jobs``: the steps that have ``n_jobs``)."""
+def _set_predict_options(model, device, crf, n_jobs=None, store=None):
+    """Apply ``--device``, ``--crf``, ``--n-jobs`` and ``--store`` to a PSASegmenter or to
+    each step of a Pipeline (``--n-jobs``, ``--store``: the steps that have the parameter)."""
     from sklearn.pipeline import Pipeline
 
     if isinstance(model, Pipeline):
@@ -393,13 +394,17 @@ def _set_predict_options(model, device, crf, n_jobs=None):
                 "--crf / --no-crf: the model is a Pipeline, whose masks come from the random "
                 "walk; the dense CRF at prediction belongs to PSASegmenter"
             )
-        if device is not None:
-            names = [k for k in params if k.endswith("__device") and k.count("__") == 1]
-            model.set_params(**{k: device for k in names})
-        if n_jobs is not None:
-            names = [k for k in params if k.endswith("__n_jobs") and k.count("__") == 1]
-            model.set_params(**{k: n_jobs for k in names})
+        for option, value in (("device", device), ("n_jobs", n_jobs), ("store", store)):
+            if value is not None:
+                names = [k for k in params if k.endswith(f"__{option}") and k.count("__") == 1]
+                model.set_params(**{k: value for k in names})
         return model
+    if store is not None:
+        raise CommandError(
+            "--store: the model is a PSASegmenter, which predicts with its segmentation "
+            "network alone and makes no per-image CAMs or affinities to keep; --store is for "
+            "a Pipeline model (its CAM and affinity steps)"
+        )
     if device is not None:
         model.set_params(device=device)
     if crf is not None:
@@ -544,6 +549,9 @@ def cmd_fit(args):
     return 0
 
 
+#: Error numbers of a full disk (or a quota reached).
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
 #: What one image can raise in ``predict`` (unreadable, too large for the memory, bad pixels):
 #: reported by name, and skipped with ``--on-error skip``.
 _PER_IMAGE_ERRORS = (ValueError, OSError, MemoryError, RuntimeError)
@@ -559,8 +567,9 @@ def cmd_predict(args):
     # (the model may share the folder: no mask is named like it, and were one to be, the
     # model carries no output mark and is never replaced)
     _check_mask_folder(args.output, "--output", _input_files(data, args.labels), data["ids"])
+    _check_folder(args.store, "--store")
     model = _set_predict_options(_load_model(args.model, trust_pickle=args.trust_pickle),
-                                 args.device, args.crf, args.n_jobs)
+                                 args.device, args.crf, args.n_jobs, args.store)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     todo = [(i, p) for i, p in zip(data["ids"], data["images"])
@@ -571,7 +580,9 @@ def cmd_predict(args):
               file=sys.stderr)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=args.quiet, file=sys.stderr)
+    # over the whole dataset: the masks found from an earlier run count as done
+    bar = tqdm(total=len(data["ids"]), initial=skipped, desc="predict", unit="img",
+               disable=args.quiet, file=sys.stderr)
     failed, written = [], 0
 
     def fail(path, exc):
@@ -612,7 +623,18 @@ def cmd_predict(args):
                         preds.append(None)
         for (image_id, _), mask in zip(chunk, preds):
             if mask is not None:
-                save_mask(out / f"{image_id}.png", mask, output_of="predict")
+                try:
+                    save_mask(out / f"{image_id}.png", mask, output_of="predict")
+                except OSError as exc:
+                    if exc.errno not in _DISK_FULL:
+                        raise
+                    raise CommandError(
+                        f"--output {out}: no space left on the disk while writing "
+                        f"{image_id}.png; the {written + skipped} masks written so far are "
+                        "complete and kept (nothing half-written is left): free some space "
+                        "(or choose another --output) and run the same command again, which "
+                        "skips them"
+                    ) from exc
                 written += 1
         bar.update(len(chunk))
     bar.close()
@@ -666,8 +688,9 @@ def cmd_evaluate(args):
         if Path(args.output).is_dir():
             raise CommandError(f"--output {args.output}: is a folder; expected a file path")
         _writable(Path(args.output).parent, f"--output {args.output}")
-    try:
-        report = segmentation_report(true, pred, class_names=class_names)
+    try:  # mask files are read one pair at a time
+        report = segmentation_report(true, pred, class_names=class_names,
+                                     verbose=0 if args.quiet else 1)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     text = f"{len(ids)} masks: {pred_dir} against {true_dir}\n\n{report}\n"
@@ -806,6 +829,9 @@ def build_parser():
     p.add_argument("--no-crf", dest="crf", action="store_false", help="no dense CRF")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per predict call")
     p.add_argument("--overwrite", action="store_true", help="redo masks already written")
+    p.add_argument("--store", default=None,
+                   help="folder for the per-image CAMs and affinities of a Pipeline model: "
+                        "written as computed, reused by a resumed run (docs/scale.md)")
     p.add_argument("--n-jobs", type=_n_jobs, default=None,
                    help="processes for the dense CRF (--crf), or for a Pipeline model's random "
                         "walk (-1: all cores)")
@@ -831,6 +857,7 @@ def build_parser():
     p.add_argument("--labels", help="CSV whose header names the classes")
     p.add_argument("--class-names", help="comma-separated class names (1..K)")
     p.add_argument("--output", help="also write the report to this file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--max-pixels", type=_positive_int, default=None,
                    help="largest mask (width x height) read; larger files are refused by name "
                         "(default 40000000: sklearn_psa.io.MAX_PIXELS)")
@@ -879,6 +906,11 @@ def main(argv=None):
         if os.environ.get("SKLEARN_PSA_TRACEBACK"):
             raise
         print(f"sklearn-psa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            print("the disk is full: free some space and run the same command again; every "
+                  "file written is complete (a file being written when the disk filled is "
+                  "removed), and what is done (masks, --store arrays, checkpoints) is reused",
+                  file=sys.stderr)
         if not isinstance(exc, (CommandError, OSError)):
             print("(set SKLEARN_PSA_TRACEBACK=1 to see where it came from)", file=sys.stderr)
         return 2
