@@ -73,6 +73,13 @@ class _Writer:
         self.arrays.append(arr)  # (np.ascontiguousarray would make 0-d arrays 1-d)
         return {"__type__": "ndarray", "ref": len(self.arrays) - 1}
 
+    def stored(self, path):
+        """An array of a store (numbers only), read from its file when it is written."""
+        from ._store import StoredArray
+
+        self.arrays.append(StoredArray(path))
+        return {"__type__": "ndarray", "ref": len(self.arrays) - 1}
+
     def tensor(self, t, where):
         import torch
 
@@ -110,8 +117,9 @@ class _Writer:
         from ._store import StoredArrays
 
         if isinstance(value, StoredArrays):  # masks in a store (pseudo_labels_): the file holds
-            # their values, so that it stands alone; they load as a list of arrays
-            return [self.array(value[i], f"{where}[{i}]") for i in range(len(value))]
+            # their values, so that it stands alone; they load as a list of arrays. Each is
+            # read when written (one memory map at a time, however many masks)
+            return [self.stored(path) for path in value.paths]
         if isinstance(value, dict):
             if all(isinstance(k, str) for k in value) and "__type__" not in value:
                 return {k: self.encode(v, f"{where}[{k!r}]") for k, v in value.items()}
@@ -378,6 +386,8 @@ def save_model(model, path):
     from . import __version__
     from .io import atomic_write
 
+    from ._store import StoredArray
+
     writer = _Writer()
     tree = writer.encode(model, "model")
     if not (isinstance(tree, dict) and tree.get("__type__") == "estimator"):
@@ -391,7 +401,8 @@ def save_model(model, path):
         zf.writestr(MANIFEST, json.dumps(manifest, allow_nan=False))
         for i, arr in enumerate(writer.arrays):
             buffer = io.BytesIO()
-            np.save(buffer, arr, allow_pickle=False)
+            np.save(buffer, arr.load() if isinstance(arr, StoredArray) else arr,
+                    allow_pickle=False)
             zf.writestr(f"arrays/{i}.npy", buffer.getvalue())
     return os.fspath(path)
 

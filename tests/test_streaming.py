@@ -18,7 +18,7 @@ import sklearn_psa.io
 from sklearn_psa import AffinityEstimator, CAMClassifier, PSASegmenter
 from sklearn_psa.cli import main
 from sklearn_psa.datasets import make_shapes
-from sklearn_psa.io import load_mask, save_mask, save_model
+from sklearn_psa.io import load_mask, load_model, save_mask, save_model
 from sklearn_psa.metrics import segmentation_report
 
 N_IMAGES = 20
@@ -97,6 +97,12 @@ def test_fit_and_predict_on_image_files_hold_a_batch_at_a_time(image_folder, tmp
     assert images.made >= 5 * N_IMAGES and 0 < images.peak <= 2 * BATCH
     assert arrays.made >= 2 * N_IMAGES and 0 < arrays.peak <= 2 * BATCH
     assert samples.made >= N_IMAGES and 0 < samples.peak <= BATCH
+    # the model file holds the pseudo-labels' values, read from the store one at a time
+    arrays.made = arrays.peak = 0
+    model = save_model(seg, tmp_path / "seg.psa")
+    assert arrays.made == N_IMAGES and arrays.peak == 1
+    for a, b in zip(load_model(model).pseudo_labels_, seg.pseudo_labels_):
+        np.testing.assert_array_equal(a, b)
     images.made = images.peak = 0
     masks = seg.predict(paths)
     assert len(masks) == N_IMAGES and images.made == N_IMAGES and images.peak <= 2 * BATCH
