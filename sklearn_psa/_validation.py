@@ -442,8 +442,9 @@ def check_targets(y, n_samples=None, *, n_classes=None, shapes=None, name="y"):
     Returns
     -------
     targets : Targets
-        ``labels`` is the ``(n, n_classes)`` uint8 indicator; ``masks`` the list of
-        masks when ``y`` held masks, else None.
+        ``labels`` is the ``(n, n_classes)`` uint8 indicator; ``masks`` the masks
+        when ``y`` held masks (a :class:`MaskSet`: each checked and loaded on access, so
+        that mask files are read when used, not all held), else None.
     """
     if y is None:
         raise TypeError(
@@ -451,7 +452,8 @@ def check_targets(y, n_samples=None, *, n_classes=None, shapes=None, name="y"):
             "indicator) or pixel masks"
         )
     if _looks_like_masks(y):
-        masks = check_masks(y, n_samples, n_classes=n_classes, shapes=shapes, name=name)
+        masks = check_masks(y, n_samples, n_classes=n_classes, shapes=shapes, name=name,
+                            lazy=True)
         return Targets(labels_from_masks(masks, n_classes), masks)
     return Targets(check_image_labels(y, n_samples, n_classes=n_classes, name=name))
 

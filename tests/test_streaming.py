@@ -108,6 +108,21 @@ def test_fit_and_predict_on_image_files_hold_a_batch_at_a_time(image_folder, tmp
     assert len(masks) == N_IMAGES and images.made == N_IMAGES and images.peak <= 2 * BATCH
 
 
+def test_pixel_supervision_reads_mask_files_as_training_samples_them(image_folder, monkeypatch):
+    root, paths, _, M = image_folder
+    mask_paths = [str(root / "masks" / os.path.basename(p)) for p in paths]
+    masks = LiveCount()
+    monkeypatch.setattr(sklearn_psa._validation, "load_mask",
+                        masks.wrap(sklearn_psa._validation.load_mask))
+    seg = PSASegmenter(supervision="pixel", backbone="tiny", max_epochs=2, batch_size=BATCH,
+                       device="cpu", random_state=0).fit(paths, mask_paths)
+    # read to derive the classes, then once per epoch: never all held
+    assert masks.made == 3 * N_IMAGES and 0 < masks.peak <= 2 * BATCH
+    reference = PSASegmenter(supervision="pixel", backbone="tiny", max_epochs=2,
+                             batch_size=BATCH, device="cpu", random_state=0).fit(paths, M)
+    assert seg.loss_curve_ == reference.loss_curve_
+
+
 def test_affinity_samples_are_the_same_from_the_store_and_from_memory(image_folder, tmp_path):
     _, paths, Y, _ = image_folder
     cam = CAMClassifier(backbone="tiny", max_epochs=1, scales=(1.0,), batch_size=BATCH,
