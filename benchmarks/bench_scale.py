@@ -25,7 +25,7 @@ workers; see :func:`projection`).
 
 Usage::
 
-    nice -n 10 python benchmarks/bench_scale.py [--sizes 200 2000] [--workdir DIR]
+    nice -n 10 python benchmarks/bench_scale.py [--sizes 200 2000] [--workdir DIR] [--device cuda]
 """
 
 import argparse
@@ -96,9 +96,9 @@ def child(args):
     store = os.path.join(args.workdir, f"store-{args.n}") if args.store else None
     if store:
         shutil.rmtree(store, ignore_errors=True)  # every image computed, none found
-    cam.set_params(store=store)
-    aff.set_params(store=store)
-    refiner = RandomWalkRefiner(alpha=4, beta=8, t=256, device="cpu")
+    cam.set_params(store=store, device=args.device)
+    aff.set_params(store=store, device=args.device)
+    refiner = RandomWalkRefiner(alpha=4, beta=8, t=256, device=args.device)
     base = rss_mb("VmRSS")
     times = [time.perf_counter()]
     records = cam.compute_cams(paths, Y)
@@ -213,6 +213,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the n_jobs table (best kept)")
     parser.add_argument("--workers", type=int, nargs="+", default=[16, 64],
                         help="CPU workers of the projection")
+    parser.add_argument("--device", default="cpu",
+                        help="device of the networks and the walk in the memory table (the n_jobs "
+                             "table is about CPU workers: always the CPU)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--jobs", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -231,7 +234,8 @@ def main():
           "affinity (s) | walk + PNG (s) | total (s) | images/s | store on disk (MB) |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    common = ["--images", images, "--labels", labels, "--models", models, "--workdir", workdir]
+    common = ["--images", images, "--labels", labels, "--models", models, "--workdir", workdir,
+              "--device", args.device]
     results = {}
     for n in args.sizes:
         for store in (True, False):
