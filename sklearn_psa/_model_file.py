@@ -240,10 +240,12 @@ def _build(recipe, where, reader):
 
 
 class _Reader:
-    """Decode what :class:`_Writer` encoded, building only allowed classes."""
+    """Decode what :class:`_Writer` encoded, building only allowed classes; estimator
+    attributes named in ``skip`` are left out (their arrays are never read)."""
 
-    def __init__(self, arrays):
+    def __init__(self, arrays, skip=()):
         self.arrays = arrays
+        self.skip = frozenset(skip)
 
     def decode(self, value, where):
         if isinstance(value, list):
@@ -319,7 +321,8 @@ class _Reader:
         state = value.get("state")
         if not isinstance(state, dict):
             raise ValueError(f"{where}: an estimator needs its state")
-        est.__dict__.update({k: self.decode(v, f"{where}.{k}") for k, v in state.items()})
+        est.__dict__.update({k: self.decode(v, f"{where}.{k}") for k, v in state.items()
+                             if k not in self.skip})
         return est
 
     def module(self, value, where):
@@ -418,7 +421,22 @@ def is_model_file(path):
         return False
 
 
-def load_model(path):
+class _ZipArrays:
+    """The arrays of an open model file, each read when the decoder first asks for it."""
+
+    def __init__(self, zf, n_arrays):
+        self.zf = zf
+        self.n_arrays = n_arrays
+
+    def __len__(self):
+        return self.n_arrays
+
+    def __getitem__(self, i):
+        with self.zf.open(f"arrays/{i}.npy") as f:
+            return np.load(io.BytesIO(f.read()), allow_pickle=False)
+
+
+def load_model(path, *, pseudo_labels=True):
     """Read a model written by :func:`save_model`; unpickles nothing.
 
     Only this package's estimators, ``Pipeline`` and networks built from
@@ -428,6 +446,12 @@ def load_model(path):
     Parameters
     ----------
     path : str or path
+    pseudo_labels : bool, default=True
+        Load ``PSASegmenter.pseudo_labels_``, the masks synthesized for the
+        training images (one byte per pixel of every training image: 2 GB for
+        PASCAL VOC's train_aug, 36 GB for COCO's train2017). False leaves the
+        attribute out and reads none of them, for prediction, which does not use
+        them (``sklearn-psa predict`` and ``evaluate`` do so).
 
     Returns
     -------
@@ -464,11 +488,8 @@ def load_model(path):
             n_arrays = manifest.get("n_arrays")
             if not isinstance(n_arrays, int) or n_arrays < 0:
                 raise ValueError("no array count")
-            arrays = []
-            for i in range(n_arrays):
-                with zf.open(f"arrays/{i}.npy") as f:
-                    arrays.append(np.load(io.BytesIO(f.read()), allow_pickle=False))
-        return _Reader(arrays).decode(manifest["model"], "model")
+            skip = () if pseudo_labels else ("pseudo_labels_", "pseudo_label_names_")
+            return _Reader(_ZipArrays(zf, n_arrays), skip).decode(manifest["model"], "model")
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError,
             zipfile.BadZipFile, EOFError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: damaged or not a sklearn-psa model file ({exc})") from exc

@@ -334,7 +334,9 @@ def _check_model_output(path, inputs):
 
 def _load_model(path, *, trust_pickle=False):
     """The fitted PSASegmenter or Pipeline in ``path``: a file of ``sklearn_psa.io.save_model``
-    (holds no code), or with ``trust_pickle`` a joblib pickle."""
+    (holds no code), or with ``trust_pickle`` a joblib pickle. A model file's pseudo-labels (the
+    training images' masks, as large as the training set) are not read: predicting and
+    evaluating do not use them."""
     from .io import is_model_file, load_model
 
     path = Path(path)
@@ -342,7 +344,7 @@ def _load_model(path, *, trust_pickle=False):
         raise CommandError(f"{path}: no such model file (write one with 'sklearn-psa fit')")
     if is_model_file(path):
         try:
-            model = load_model(path)
+            model = load_model(path, pseudo_labels=False)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
     elif not trust_pickle:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import sklearn_psa._model_file
 import sklearn_psa._store
 import sklearn_psa._validation
 import sklearn_psa.affinity
@@ -102,6 +103,21 @@ def test_fit_and_predict_on_image_files_hold_a_batch_at_a_time(image_folder, tmp
     model = save_model(seg, tmp_path / "seg.psa")
     assert arrays.made == N_IMAGES and arrays.peak == 1
     for a, b in zip(load_model(model).pseudo_labels_, seg.pseudo_labels_):
+        np.testing.assert_array_equal(a, b)
+    # predicting needs none of them: the command line does not read them
+    read = LiveCount()
+    monkeypatch.setattr(sklearn_psa._model_file._ZipArrays, "__getitem__",
+                        read.wrap(sklearn_psa._model_file._ZipArrays.__getitem__))
+    full = load_model(model)
+    n_arrays = read.made
+    light = load_model(model, pseudo_labels=False)
+    assert read.made - n_arrays == n_arrays - N_IMAGES and not hasattr(light, "pseudo_labels_")
+    read.made = 0
+    out = tmp_path / "predicted"
+    assert main(["predict", os.path.dirname(paths[0]), "--model", model, "--output", str(out),
+                 "-q"]) == 0
+    assert read.made == n_arrays - N_IMAGES and len(os.listdir(out)) == N_IMAGES
+    for a, b in zip(full.predict(paths[:3]), light.predict(paths[:3])):
         np.testing.assert_array_equal(a, b)
     images.made = images.peak = 0
     masks = seg.predict(paths)
