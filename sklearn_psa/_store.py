@@ -142,8 +142,9 @@ def stored_masks(folder, refiner, records):
     keys = [joblib.hash((setting, r.labels.tolist(), r.shape, _array_key(r.__dict__["cams"]),
                          _array_key(r.__dict__["affinity"]))) for r in records.records]
     todo = [i for i, key in enumerate(keys) if not store.has("pseudo-labels", key)]
-    if todo:
-        for i, mask in zip(todo, refiner.iter_predict(records[todo])):
+    if todo:  # (the refiner has checked the records) the bar counts the masks found too
+        masks = refiner._refined(records[todo], as_mask=True, done=len(records) - len(todo))
+        for i, mask in zip(todo, masks):
             store.save("pseudo-labels", keys[i], mask)
     return StoredArrays(store.path("pseudo-labels", key) for key in keys)
 

@@ -557,8 +557,9 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         device = resolve_device(self.device)
         return (self.backend, None) if self.backend == "scipy" else (self.backend, device)
 
-    def _refined(self, records, as_mask=False):
-        """Refined scores (or masks) of each record, in order, with the progress bar."""
+    def _refined(self, records, as_mask=False, done=0):
+        """Refined scores (or masks) of each record, in order, with the progress bar (``done``
+        records refined earlier, e.g. found in a store, count in it)."""
         from ._parallel import map_images
 
         backend, device = self._walk_settings()
@@ -568,7 +569,7 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         tasks = ((r.cams, r.affinity if self.t > 0 else None, r.shape, r.labels, self.alpha,
                   self.beta, self.t, backend, device, as_mask) for r in records.records)
         return map_images(_refine, tasks, n_jobs=self.n_jobs, in_parent=on_cuda,
-                          verbose=self.verbose, desc=stage, total=len(records))
+                          verbose=self.verbose, desc=stage, total=len(records) + done, done=done)
 
     def transform(self, X):
         """Refined score maps.

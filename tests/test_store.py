@@ -322,9 +322,9 @@ def test_segmenter_keeps_its_pseudo_labels_in_the_affinity_store(data, tmp_path,
     np.testing.assert_array_equal(copy.pseudo_labels_[0], plain.pseudo_labels_[0])
     written = stored.save_pseudo_labels(tmp_path / "png")
     assert len(written) == len(X)
-    walked, iter_predict = [], RandomWalkRefiner.iter_predict
-    monkeypatch.setattr(RandomWalkRefiner, "iter_predict", lambda self, recs: (
-        walked.append(len(recs)), iter_predict(self, recs))[1])
+    walked, refined = [], RandomWalkRefiner._refined
+    monkeypatch.setattr(RandomWalkRefiner, "_refined", lambda self, recs, *args, **kwargs: (
+        walked.append(len(recs)), refined(self, recs, *args, **kwargs))[1])
     again = segmenter(str(tmp_path)).fit(X, Y)  # same seed, same steps: all in the store
     assert walked == [] and again.pseudo_labels_.paths == stored.pseudo_labels_.paths
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 import sklearn_psa._model_file
 import sklearn_psa._store
+import sklearn_psa._training
 import sklearn_psa._validation
 import sklearn_psa.affinity
 import sklearn_psa.io
@@ -286,3 +287,30 @@ def test_predict_store_keeps_a_pipelines_arrays(image_folder, model_file, tmp_pa
     assert main(["predict", str(root / "images"), "--model", model_file, "--output",
                  str(tmp_path / "out2"), "--store", str(store), "-q"]) == 2
     assert "--store" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+
+def test_progress_counts_the_masks_found_in_the_store(tmp_path, monkeypatch):
+    from sklearn_psa import RandomWalkRefiner, neighbor_offsets
+    from sklearn_psa._store import stored_masks
+    from sklearn_psa.records import Records
+
+    rng = np.random.default_rng(0)
+    n, K = 6, len(neighbor_offsets(5))
+    records = Records.from_arrays(
+        [np.zeros((16, 16, 3), np.uint8)] * n, labels=[[1, 0]] * n,
+        cams=[rng.random((1, 16, 16), dtype=np.float32) for _ in range(n)],
+        affinities=[rng.random((K, 2, 2), dtype=np.float32) for _ in range(n)], radius=5)
+    bars, progress = [], sklearn_psa._training.progress
+
+    def recording(*args, **kwargs):
+        bars.append(kwargs)
+        return progress(*args, **kwargs)
+
+    monkeypatch.setattr(sklearn_psa._training, "progress", recording)
+    refiner = RandomWalkRefiner(alpha=4, t=8, device="cpu")
+    first = stored_masks(tmp_path, refiner, records[:2])
+    both = stored_masks(tmp_path, refiner, records)
+    assert [(b["total"], b["initial"]) for b in bars] == [(2, 0), (n, 2)]
+    assert both.paths[:2] == first.paths
+    for a, b in zip(refiner.predict(records), both):
+        np.testing.assert_array_equal(a, b)
