@@ -31,6 +31,7 @@ import copy
 import numpy as np
 
 from ._device import resolve_device
+from ._validation import check_random_state_seed
 
 __all__ = ["TorchEstimatorMixin", "device_type", "images_to_tensor", "iter_image_batches",
            "module_type"]
@@ -81,8 +82,6 @@ class TorchEstimatorMixin:
 
     def _fit_seed(self):
         """An int seed from ``random_state`` (None draws a fresh one)."""
-        from ._validation import check_random_state_seed
-
         return check_random_state_seed(self.random_state)
 
     def _resolved_backbone(self, warn=False):

@@ -12,13 +12,17 @@ stride-8 grid to its record, for :class:`~sklearn_psa.RandomWalkRefiner`.
 import numbers
 import os
 
+import joblib
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._affinity_labels import STRIDE, combine_confident, confident_regions, pool_index_map
+from ._affinity_labels import affinity_pairs, combine_confident, confident_regions, pool_index_map
+from ._device import resolve_device
+from ._grid import IGNORE_INDEX, STRIDE, neighbor_offsets
 from ._parallel import N_JOBS_CONSTRAINT, map_images
+from ._store import ArrayStore, StoredArray, image_key, model_key
 from ._torch_estimator import (
     TorchEstimatorMixin,
     device_type,
@@ -26,7 +30,8 @@ from ._torch_estimator import (
     iter_image_batches,
     module_type,
 )
-from ._validation import IGNORE_INDEX, check_records
+from .crf import ImageCRF, check_crf_options
+from .records import Record, check_records
 
 __all__ = ["AffinityEstimator", "auto_epochs"]
 
@@ -70,9 +75,6 @@ def _label_task(image, labels, cams, shape, alpha_low, alpha_high, crf, offsets)
     :func:`sklearn_psa._parallel.map_images`: it takes the record's arrays, not
     the record, so that a worker never needs the files of a ``store``.
     """
-    from ._affinity_labels import affinity_pairs
-    from .records import Record
-
     record = Record(image, labels, np.asarray(cams), shape=shape)
     low, high = _value_maps(record, alpha_low, alpha_high, crf)
     return (low, high) + _label_counts(low, high, offsets)
@@ -80,8 +82,6 @@ def _label_task(image, labels, cams, shape, alpha_low, alpha_high, crf, offsets)
 
 def _label_counts(low, high, offsets):
     """``(cell counts, pair counts)`` of one image's value maps (see :func:`_label_task`)."""
-    from ._affinity_labels import affinity_pairs
-
     grid = _grid_labels(low[None], high[None])[0]
     cells = np.array([np.sum((grid > 0) & (grid != IGNORE_INDEX)), np.sum(grid == 0),
                       np.sum(grid == IGNORE_INDEX)], np.int64)
@@ -188,10 +188,6 @@ class AffinityTransformerMixin(TransformerMixin):
 
     def _stored_affinities(self, records):
         """Memory-mapped affinities from ``store``, computing only those not there."""
-        import joblib
-
-        from ._store import ArrayStore, image_key, model_key
-
         store = ArrayStore(self.store)
         model = model_key(self, self._store_fitted())
         keys = [joblib.hash((model, image_key(r.image), tuple(r.shape))) for r in records.records]
@@ -385,8 +381,6 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
     def _check_settings(self):
         """Check the settings that parameter validation cannot (how parameters relate, the
         CRF options); return the scale range. ``PSASegmenter`` calls it before any training."""
-        from .crf import check_crf_options
-
         if self.alpha_high < self.alpha_low:
             raise ValueError(
                 f"alpha_high ({self.alpha_high}) must be >= alpha_low ({self.alpha_low}): the "
@@ -421,9 +415,6 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         builds each image's lattices once for its two maps; ``on_cuda`` says
         it runs on a GPU, hence in this process.
         """
-        from ._device import resolve_device
-        from .crf import ImageCRF, check_crf_options
-
         options = check_crf_options(self.crf)
         if options is None:
             return None, False
@@ -438,8 +429,6 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         """The training label maps' place in ``store`` (None without one)."""
         if self.store is None:
             return None
-        from .crf import check_crf_options
-
         options = check_crf_options(self.crf)
         if options is not None:
             options.pop("device", None)  # the same maps wherever the CRF runs
@@ -501,7 +490,6 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         self : AffinityEstimator
         """
         from ._training import Augmentation, TrainConfig, train
-        from .walk import neighbor_offsets
 
         records = check_records(X, name="X")
         scale_range = self._check_settings()
@@ -584,8 +572,6 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
 
     def _affinity_features(self, records):
         """Yield ``(indices, f_aff)`` batch by batch: AffinityNet's features."""
-        from ._device import resolve_device
-
         net = self._network("network_")
         device = resolve_device(self.device)
         shapes = [r.shape for r in records.records]
@@ -615,8 +601,6 @@ class _LazySample:
 
     @property
     def maps(self):
-        from ._store import StoredArray
-
         if isinstance(self._maps, StoredArray):
             both = np.load(self._maps.path, allow_pickle=False)
             return {"low": both[0], "high": both[1]}
@@ -629,10 +613,6 @@ class _LabelMapStore:
     with other training parameters, or a resumed one, skips the dense CRF)."""
 
     def __init__(self, folder, records, settings):
-        import joblib
-
-        from ._store import ArrayStore, image_key
-
         self.store = ArrayStore(folder)
         self.keys = []
         for r in records.records:

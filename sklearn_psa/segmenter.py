@@ -22,10 +22,12 @@ from ._torch_estimator import (
     iter_image_batches,
     module_type,
 )
-from ._device import autocast
-from ._parallel import N_JOBS_CONSTRAINT
+from ._device import autocast, resolve_device
+from ._files import output_mark, save_mask
+from ._grid import IGNORE_INDEX
+from ._parallel import N_JOBS_CONSTRAINT, map_images
+from ._store import stored_masks
 from ._validation import (
-    IGNORE_INDEX,
     check_classes,
     check_images,
     check_score_masks,
@@ -34,6 +36,8 @@ from ._validation import (
     default_class_names,
     format_masks,
 )
+from .crf import check_crf_options, dense_crf
+from .metrics import mean_iou
 
 __all__ = ["PSASegmenter"]
 
@@ -769,13 +773,9 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         store = getattr(self.affinity_, "store", None)
         if store is None:
             return list(self.refiner_.predict(records))
-        from ._store import stored_masks
-
         return stored_masks(store, self.refiner_, records)
 
     def _crf_options(self):
-        from .crf import check_crf_options
-
         return check_crf_options(self.crf)
 
     def _iter_proba(self, images):
@@ -784,9 +784,6 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         The network runs batch by batch in this process; the dense CRF (with
         ``crf``) per image, over ``n_jobs`` workers where it runs on the CPU.
         """
-        from ._device import resolve_device
-        from ._parallel import map_images
-
         crf = self._crf_options()
         if crf is None:
             yield from ((i, p) for i, _, p in self._iter_network_proba(images))
@@ -885,8 +882,6 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             scoring NaN: fit the search on the masks,
             ``GridSearchCV(...).fit(X, masks)``.
         """
-        from .metrics import mean_iou
-
         if sample_weight is not None:
             raise ValueError("sample_weight is not supported: mean IoU counts pixels")
         check_is_fitted(self, "network_")
@@ -927,8 +922,6 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         written : list of str
             Paths written by this call (skipped files are not listed).
         """
-        from .io import output_mark, save_mask
-
         check_is_fitted(self, "network_")
         if not hasattr(self, "pseudo_labels_"):
             raise ValueError(
@@ -970,8 +963,6 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
 
 def _crf_task(index, image, proba, options):
     """``(index, dense_crf(image, proba, **options))``: a task of ``_parallel.map_images``."""
-    from .crf import dense_crf
-
     return index, np.asarray(dense_crf(image, proba, **options), dtype=np.float32)
 
 

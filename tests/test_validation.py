@@ -8,22 +8,21 @@ import pytest
 import scipy.sparse as sp
 from PIL import Image
 
+from sklearn_psa._grid import IGNORE_INDEX
 from sklearn_psa._validation import (
-    IGNORE_INDEX,
     ImageSet,
     Targets,
     check_image_labels,
     check_images,
     check_masks,
     check_random_state_seed,
-    check_records,
     check_scalar_in,
     check_targets,
     format_masks,
     labels_from_masks,
 )
 from sklearn_psa.io import save_mask
-from sklearn_psa.records import Record, Records
+from sklearn_psa.records import Record, Records, check_records
 
 
 def _rgb(h, w, seed=0):
