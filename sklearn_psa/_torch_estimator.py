@@ -97,10 +97,15 @@ class TorchEstimatorMixin:
             return AUTO_RATE_PRETRAINED if pretrained else AUTO_RATE_SCRATCH
         return float(self.learning_rate)
 
-    def _network(self, name="network_"):
-        """The fitted module ``name``, moved to the inference device, in eval mode."""
+    def _network(self, name="network_", device=None):
+        """The fitted module ``name``, moved to the inference device, in eval mode.
+
+        ``device``: that device when the caller has resolved it already (once per
+        ``predict`` or ``transform``); None resolves ``self.device``.
+        """
         module = getattr(self, name)
-        device = resolve_device(self.device)
+        if device is None:
+            device = resolve_device(self.device)
         if _module_device(module) != device:
             import torch
 

@@ -30,7 +30,7 @@ from ._torch_estimator import (
     iter_image_batches,
     module_type,
 )
-from .crf import ImageCRF, check_crf_options
+from .crf import ImageCRF, check_crf_options, placed_crf_options
 from .records import Record, check_records
 
 __all__ = ["AffinityEstimator", "auto_epochs"]
@@ -233,6 +233,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
     crf : bool or dict, default=True
         Refine both score stacks with the dense CRF before the argmax (the
         paper does); a dict is passed to :func:`sklearn_psa.dense_crf` as options.
+        The CRF runs on ``device`` unless the dict names a ``device`` of its own.
     init : {"scratch", "cam"}, default="scratch"
         Where the backbone starts when ``pretrained`` is None: ``"scratch"``
         builds ``backbone`` (random weights, or ImageNet weights with
@@ -407,22 +408,18 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
             raise ValueError(f"head_widths must be three positive ints, got {self.head_widths!r}")
         return widths
 
-    def _crf_function(self):
+    def _crf_function(self, device):
         """``(crf(image, scores) -> probs, on_cuda)`` from the ``crf`` parameter.
 
         ``crf`` is None without a CRF; it is picklable (for the workers of
-        ``n_jobs``), names its device, so that a worker never picks CUDA, and
-        builds each image's lattices once for its two maps; ``on_cuda`` says
-        it runs on a GPU, hence in this process.
+        ``n_jobs``), runs on ``device`` (the fit's) unless the ``crf`` dict
+        names one, and builds each image's lattices once for its two maps;
+        ``on_cuda`` says it runs on a GPU, hence in this process.
         """
         options = check_crf_options(self.crf)
         if options is None:
             return None, False
-        on_cuda = False
-        if options.get("backend", "auto") != "pydensecrf2":
-            device = resolve_device(options.get("device"))
-            on_cuda = device.type == "cuda"
-            options["device"] = str(device)
+        options, on_cuda = placed_crf_options(options, device)
         return ImageCRF(**options), on_cuda
 
     def _stored_label_maps(self, records):
@@ -497,7 +494,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         seed = self._fit_seed()
         self.n_classes_ = records.n_classes
         self.offsets_ = np.asarray(neighbor_offsets(self.radius))
-        crf, on_cuda = self._crf_function()
+        crf, on_cuda = self._crf_function(device)
 
         samples, stats = [None] * len(records), np.zeros(3, np.int64)
         pairs = np.zeros(3, np.int64)
@@ -572,8 +569,8 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
 
     def _affinity_features(self, records):
         """Yield ``(indices, f_aff)`` batch by batch: AffinityNet's features."""
-        net = self._network("network_")
         device = resolve_device(self.device)
+        net = self._network("network_", device)
         shapes = [r.shape for r in records.records]
         for idx in iter_image_batches(shapes, max(1, int(self.batch_size))):
             yield idx, net(images_to_tensor([records[i].load_image() for i in idx], device))

@@ -180,7 +180,7 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         ``torch.inference_mode``)."""
         from .nn.affinity_head import backbone_levels, resize_to
 
-        net = self._network("backbone_")
+        net = self._network("backbone_", device)
         shapes = [r.shape for r in records.records]
         level = _LEVELS[self.level]
         for idx in iter_image_batches(shapes, max(1, int(self.batch_size))):

@@ -36,7 +36,7 @@ from ._validation import (
     default_class_names,
     format_masks,
 )
-from .crf import check_crf_options, dense_crf
+from .crf import check_crf_options, dense_crf, placed_crf_options
 from .metrics import mean_iou
 
 __all__ = ["PSASegmenter"]
@@ -147,7 +147,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         Channels of each head branch.
     crf : bool or dict, default=False
         Refine predicted probabilities with :func:`sklearn_psa.dense_crf`
-        (a dict is passed to it as options).
+        (a dict is passed to it as options). The CRF runs on ``device`` unless
+        the dict names a ``device`` of its own.
     crop_size : int or None, default=None
         Side of the random training crops; None trains on whole images
         (padded to the largest in a batch).
@@ -783,26 +784,25 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
 
         The network runs batch by batch in this process; the dense CRF (with
         ``crf``) per image, over ``n_jobs`` workers where it runs on the CPU.
+        Both run on ``device``, resolved once here.
         """
+        device = resolve_device(self.device)
         crf = self._crf_options()
         if crf is None:
-            yield from ((i, p) for i, _, p in self._iter_network_proba(images))
+            yield from ((i, p) for i, _, p in self._iter_network_proba(images, device))
             return
-        on_cuda = False
-        if crf.get("backend", "auto") != "pydensecrf2":
-            device = resolve_device(crf.get("device"))
-            on_cuda, crf["device"] = device.type == "cuda", str(device)  # workers: never CUDA
-        tasks = ((i, image, p, crf) for i, image, p in self._iter_network_proba(images))
+        crf, on_cuda = placed_crf_options(crf, device)
+        tasks = ((i, image, p, crf) for i, image, p in self._iter_network_proba(images, device))
         yield from map_images(_crf_task, tasks, n_jobs=self.n_jobs, in_parent=on_cuda,
                               verbose=self.verbose, desc="dense CRF", total=len(images))
 
-    def _iter_network_proba(self, images):
-        """Yield ``(index, image, softmax of the network (K+1, H, W) float32)``, batch by batch."""
+    def _iter_network_proba(self, images, device):
+        """Yield ``(index, image, softmax of the network (K+1, H, W) float32)``, batch by batch,
+        the network on ``device``."""
         import torch
         from torch.nn import functional as F
 
-        net = self._network("network_")
-        device = next(net.parameters()).device
+        net = self._network("network_", device)
         for idx in iter_image_batches(images.shapes, self.batch_size):
             batch = [images[i] for i in idx]
             with torch.inference_mode(), autocast(device):
