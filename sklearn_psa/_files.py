@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
+
 __all__ = [
     "atomic_write",
     "check_writable",
@@ -452,8 +454,6 @@ def save_mask(path, mask, *, output_of=None):
     """
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
-
-    from . import __version__
 
     mask = np.asarray(mask)
     if mask.ndim != 2:
