@@ -29,7 +29,21 @@ import os
 import sys
 from pathlib import Path
 
-from .io import IMAGE_EXTENSIONS
+from . import io
+from ._model_file import looks_like_pickle
+from .io import (
+    IMAGE_EXTENSIONS,
+    atomic_write,
+    check_writable,
+    image_size,
+    is_model_file,
+    list_images,
+    load_model,
+    output_mark,
+    remove_stale_temporaries,
+    save_mask,
+    save_model,
+)
 
 __all__ = ["main"]
 
@@ -45,12 +59,12 @@ class CommandError(Exception):
 
 def _voc_root(path):
     """The VOC2012 folder at or under ``path`` (as ``load_voc`` finds it), or None."""
-    from .datasets._voc import _find_voc2012
+    from .datasets._voc import find_voc2012
 
     if not Path(path).is_dir():
         return None
     try:
-        return _find_voc2012(path)
+        return find_voc2012(path)
     except FileNotFoundError:
         return None
 
@@ -143,8 +157,6 @@ def _image_ids(paths):
 
 
 def _list_images(folder):
-    from .io import list_images
-
     paths = list_images(folder)
     if not paths:
         raise CommandError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
@@ -279,8 +291,6 @@ def _input_files(data, *extra):
 
 def _writable(folder, what):
     """Fail unless files can be created in ``folder``; ``what`` names the option and path."""
-    from .io import check_writable
-
     try:
         check_writable(folder)
     except OSError as exc:
@@ -293,8 +303,6 @@ def _check_mask_folder(folder, option, inputs, ids):
     """Before any work: ``folder`` holds no input of this run, can be written, and every
     ``<id>.png`` already there is a mask sklearn-psa wrote as an output (only those are
     skipped as done or replaced); removes what killed saves left there."""
-    from .io import output_mark, remove_stale_temporaries
-
     if folder is None:
         return
     where = _resolved(folder)
@@ -318,8 +326,6 @@ def _check_mask_folder(folder, option, inputs, ids):
 
 def _check_model_output(path, inputs):
     """Before training: ``--model`` is not an input, replaces only a model file, can be written."""
-    from .io import is_model_file
-
     path = Path(path)
     if _resolved(path) in inputs:
         raise CommandError(f"--model {path}: is an input of this run; choose another path")
@@ -337,8 +343,6 @@ def _load_model(path, *, trust_pickle=False):
     (holds no code), or with ``trust_pickle`` a joblib pickle. A model file's pseudo-labels (the
     training images' masks, as large as the training set) are not read: predicting and
     evaluating do not use them."""
-    from .io import is_model_file, load_model
-
     path = Path(path)
     if not path.is_file():
         raise CommandError(f"{path}: no such model file (write one with 'sklearn-psa fit')")
@@ -348,9 +352,7 @@ def _load_model(path, *, trust_pickle=False):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
     elif not trust_pickle:
-        from ._model_file import _looks_like_pickle
-
-        if _looks_like_pickle(path):
+        if looks_like_pickle(path):
             raise CommandError(
                 f"{path}: a pickle (joblib) file, which can run any code when loaded: refused. "
                 "If you trust its source, pass --trust-pickle, or convert it once with "
@@ -540,8 +542,6 @@ def cmd_fit(args):
     print(f"fitting on {len(data['images'])} images from {args.data} "
           f"({args.supervision}-level supervision)", file=sys.stderr)
     model.fit(data["images"], y)
-    from .io import save_model
-
     save_model(model, args.model)
     print(f"model written to {args.model}")
     if args.pseudo_labels and args.supervision == "image":
@@ -560,8 +560,6 @@ _PER_IMAGE_ERRORS = (ValueError, OSError, MemoryError, RuntimeError)
 
 
 def cmd_predict(args):
-    from .io import image_size, save_mask
-
     _check_folder(args.output, "--output")
     if not Path(args.model).is_file():
         raise CommandError(f"{args.model}: no such model file (write one with 'sklearn-psa fit')")
@@ -649,7 +647,6 @@ def cmd_predict(args):
 
 
 def cmd_evaluate(args):
-    from .io import atomic_write
     from .metrics import segmentation_report
 
     pred_dir = Path(args.predictions)
@@ -897,8 +894,6 @@ def main(argv=None):
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    from . import io
-
     limit = io.MAX_PIXELS
     if getattr(args, "max_pixels", None) is not None:
         io.MAX_PIXELS = args.max_pixels
