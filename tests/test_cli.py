@@ -217,7 +217,7 @@ def test_fit_image_and_pixel_supervision(folder, tmp_path, capsys):
     assert code == 0
     full = load_model(tmp_path / "full.joblib")
     assert full.supervision == "pixel"
-    assert full.cam_.backbone == full.affinity.backbone == full.backbone == "tiny"
+    assert full.cam_.backbone == full.get_params()["affinity__backbone"] == full.backbone == "tiny"
 
 
 def test_fit_with_feature_affinity(folder, tmp_path):
