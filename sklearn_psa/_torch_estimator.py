@@ -114,6 +114,16 @@ class TorchEstimatorMixin:
         """
         self._validate_params()
         self._check_settings()
+        self._check_backbone()
+        return self
+
+    def _check_settings(self):
+        """Check what ``_parameter_constraints`` cannot (how parameters relate); a hook of
+        :meth:`check_params`, which raises ``ValueError`` naming the parameter."""
+
+    def _check_backbone(self):
+        """Check ``backbone="auto"`` against ``pretrained`` and ``backbone_options``, and that a
+        ``pretrained`` weights file exists (for the estimators that have those parameters)."""
         params = self.get_params(deep=False)
         if "backbone" in params:
             from .nn import resolve_backbone
@@ -125,11 +135,6 @@ class TorchEstimatorMixin:
             what = ("is a folder; expected a weights file" if os.path.isdir(weights)
                     else "no such weights file")
             raise FileNotFoundError(f"pretrained={os.fspath(weights)!r}: {what}")
-        return self
-
-    def _check_settings(self):
-        """Check what ``_parameter_constraints`` cannot (how parameters relate); a hook of
-        :meth:`check_params`, which raises ``ValueError`` naming the parameter."""
 
     def _learning_rate(self, pretrained):
         """``learning_rate``, with "auto" resolved for a backbone that does (not) start from

@@ -229,9 +229,10 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         ``"class 1"``, ``"class 2"``, ... A CAM step whose own ``classes``
         is None takes the same names.
     **step_params : dict
-        Parameters of the steps left at None, named ``<step>__<parameter>``
-        (``cam__max_epochs=5``, ``refiner__beta=4``): given to the step made at
-        ``fit``, and to a step given later, on its clone.
+        Parameters of the steps, named ``<step>__<parameter>``
+        (``cam__max_epochs=5``, ``refiner__beta=4``), held by this estimator:
+        ``fit`` gives them to the step it makes where the step is None, or to
+        its clone of the step given.
 
     Attributes
     ----------
@@ -462,9 +463,10 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         """Set parameters, nested ones (``refiner__beta=4``) included.
 
         A nested parameter of a step that is set goes to that step, as in a
-        :class:`~sklearn.pipeline.Pipeline`. One of a step left at None is
-        held by this estimator (no step is made here) and given to the
-        default step that :meth:`fit` makes; ``get_params`` shows it.
+        :class:`~sklearn.pipeline.Pipeline` (replacing one this estimator held
+        for it). One of a step left at None is held by this estimator (no step
+        is made here) and given to the default step that :meth:`fit` makes;
+        ``get_params`` shows it.
 
         Parameters
         ----------
@@ -479,7 +481,6 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             name, _, sub = key.partition("__")
             if name not in _STEPS:
                 continue  # BaseEstimator.set_params names the valid parameters
-            self.__dict__.pop(key, None)  # held no more: the latest value wins
             if params.get(name, getattr(self, name)) is None:
                 default = _default_step(name)
                 valid = default.get_params(deep=True)
@@ -490,6 +491,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                         f"{sorted(valid)}"
                     )
                 setattr(self, key, params.pop(key))
+            else:  # to the step, as in a Pipeline; a value held before is replaced
+                self.__dict__.pop(key, None)
         return super().set_params(**params)
 
     def __sklearn_tags__(self):
@@ -694,7 +697,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             except ValueError as exc:
                 raise ValueError(f"{name}__{exc}") from exc
         if not self._from_cam():  # this estimator's own backbone and weights
-            super().check_params()
+            self._check_backbone()
         if self.checkpoint is not None and self.random_state is None and steps:
             warnings.warn(
                 "checkpoint: an interrupted fit resumes only if the steps before the "
