@@ -455,9 +455,11 @@ def test_demo_quick_runs_the_tiny_backbone_only(tmp_path, capsys, monkeypatch):
 
 def test_feature_affinity_gets_the_command_device_and_verbosity():
     fit = ["fit", "data", "--model", "m", "--affinity", "features", "--device", "cpu"]
-    affinity = _make_estimator(build_parser().parse_args(fit)).affinity
-    assert affinity.device == "cpu" and affinity.verbose == 1
-    assert _make_estimator(build_parser().parse_args(fit + ["-q"])).affinity.verbose == 0
+    params = _make_estimator(build_parser().parse_args(fit)).get_params()
+    assert params["affinity__device"] == "cpu" and params["affinity__verbose"] == 1
+    assert params["affinity__backbone"] == "efficientnet_lite0"  # its own, not --backbone's
+    params = _make_estimator(build_parser().parse_args(fit + ["-q"])).get_params()
+    assert params["affinity__verbose"] == 0
 
 
 def test_one_option_scales_every_network_s_epochs_and_each_has_its_own():
