@@ -492,7 +492,7 @@ def _save_checkpoint(path, net, optimizer, scaler, epoch, step, history, fingerp
                      fingerprint_params=None):
     import torch
 
-    from .io import atomic_write
+    from ._files import atomic_write
 
     state = {
         "epoch": int(epoch),

@@ -12,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._cam_maps import checked_scales, multiscale_cams, sigmoid, stored_cams
 from ._torch_estimator import TorchEstimatorMixin, device_type, module_type
 from ._validation import check_classes, check_images, check_targets, class_names_of
+from .records import Record, Records
 
 __all__ = ["CAMClassifier"]
 
@@ -392,8 +393,6 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
             emit=emit, done=done)
 
     def _records(self, images, labels=None):
-        from .records import Record, Records
-
         check_is_fitted(self)
         if self.store is None:
             _, out = self._run(images, labels, cams=True)
