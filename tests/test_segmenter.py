@@ -112,6 +112,29 @@ def test_nested_parameters_make_no_step_and_pass_through_clone_and_init():
         PSASegmenter(walk__beta=3)
 
 
+def test_grid_search_candidates_get_the_nested_parameters_of_default_steps(monkeypatch):
+    """GridSearchCV's clone + set_params path, without training: each candidate fits the
+    default steps with its nested parameters, and the searched estimator makes no step."""
+    from sklearn.model_selection import GridSearchCV
+
+    seen = []
+
+    def fit(self, X, y):
+        params = self.get_params()
+        seen.append((params["cam__max_epochs"], params["cam__random_state"],
+                     params["refiner__alpha"], self.cam, self.refiner))
+        return self
+
+    monkeypatch.setattr(PSASegmenter, "fit", fit)
+    monkeypatch.setattr(PSASegmenter, "score", lambda self, X, y: 0.5)
+    seg = PSASegmenter(random_state=0).set_params(cam__scales=(1.0,))
+    X, y = np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 8, 8), np.uint8)
+    GridSearchCV(seg, {"cam__max_epochs": [1, 2], "refiner__alpha": [4]}, cv=2,
+                 error_score="raise").fit(X, y)
+    assert sorted(set(seen)) == [(1, 0, 4, None, None), (2, 0, 4, None, None)]
+    assert seg.cam is None and seg.get_params()["cam__max_epochs"] == CAMClassifier().max_epochs
+
+
 def test_shared_parameters_reach_the_steps_without_changing_them():
     mine = CAMClassifier(max_epochs=5)
     seg = PSASegmenter(cam=mine, random_state=1)
