@@ -536,7 +536,10 @@ def test_each_step_checks_its_parameters_in_public(tmp_path):
         PSASegmenter(init="scratch", backbone_options={"depth": 3}).check_params()
     with pytest.raises(ValueError, match=r"^affinity__alpha_high \(32\)"):
         PSASegmenter(affinity__alpha_low=40).check_params()
-    for est in (CAMClassifier(), AffinityEstimator(), RandomWalkRefiner(), PSASegmenter()):
+    from sklearn_psa import FeatureAffinity
+
+    for est in (CAMClassifier(), AffinityEstimator(), RandomWalkRefiner(), FeatureAffinity(),
+                PSASegmenter()):
         assert est.check_params() is est
 
 
