@@ -70,8 +70,7 @@ def bench_grid(n_samples, device, random_state=0):
     X, Y, masks = make_shapes(n_samples, image_size=DEMO_SETTINGS["full"]["image_size"],
                               random_state=random_state)
     seg = demo_estimator(device=device, random_state=random_state, setting="full")
-    steps = [("cam", seg._step("cam")), ("affinity", seg._step("affinity")),
-             ("rw", seg._step("refiner"))]
+    steps = [("rw" if name == "refiner" else name, step) for name, step in seg._fit_steps().items()]
     grid = {"rw__alpha": [4, 16, 32], "rw__beta": [4, 8], "rw__t": [64, 256]}
     n_candidates = int(np.prod([len(v) for v in grid.values()]))
     cv = ShuffleSplit(n_splits=1, test_size=0.25, random_state=random_state)

@@ -68,10 +68,14 @@ def describe_step(name, step, n_images=None):
         return f"{title}: features of the {backbone}, nothing trained, on {_device(step)}"
     if params.get("init") == "cam" and params.get("pretrained") in (None, False):
         network = "the CAM classifier's backbone"
-    elif hasattr(step, "_resolved_backbone"):
-        backbone = params.get("backbone")
+    elif "backbone" in params:
+        from .nn import resolve_backbone
+
+        backbone = params["backbone"]
         auto = isinstance(backbone, str) and backbone == "auto"
-        network = describe_network(*step._resolved_backbone(), auto=auto)
+        resolved = resolve_backbone(backbone, params.get("pretrained"),
+                                    params.get("backbone_options"), warn=False)
+        network = describe_network(*resolved, auto=auto)
     else:
         network = "its own network"
     n_epochs = params["max_epochs"]

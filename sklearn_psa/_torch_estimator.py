@@ -27,6 +27,7 @@ module moves to ``resolve_device(self.device)`` on first use.
 """
 
 import copy
+import os
 
 import numpy as np
 
@@ -89,6 +90,50 @@ class TorchEstimatorMixin:
         from .nn import resolve_backbone
 
         return resolve_backbone(self.backbone, self.pretrained, self.backbone_options, warn=warn)
+
+    def check_params(self):
+        """Check the parameters as ``fit`` does first, without fitting anything.
+
+        Checks each parameter (``_parameter_constraints``), how parameters
+        relate (the estimator's own settings), that ``backbone="auto"`` is not
+        given weights or options, and that a ``pretrained`` weights file exists.
+        :class:`~sklearn_psa.PSASegmenter` calls it on each of its steps before
+        the first network trains.
+
+        Returns
+        -------
+        self : estimator
+
+        Raises
+        ------
+        ValueError
+            Naming the parameter that is wrong.
+        FileNotFoundError
+            When ``pretrained`` names a file that does not exist (or a folder).
+        """
+        self._validate_params()
+        self._check_settings()
+        self._check_backbone()
+        return self
+
+    def _check_settings(self):
+        """Check what ``_parameter_constraints`` cannot (how parameters relate); a hook of
+        :meth:`check_params`, which raises ``ValueError`` naming the parameter."""
+
+    def _check_backbone(self):
+        """Check ``backbone="auto"`` against ``pretrained`` and ``backbone_options``, and that a
+        ``pretrained`` weights file exists (for the estimators that have those parameters)."""
+        params = self.get_params(deep=False)
+        if "backbone" in params:
+            from .nn import resolve_backbone
+
+            resolve_backbone(params["backbone"], params.get("pretrained"),
+                             params.get("backbone_options"), warn=False)
+        weights = params.get("pretrained")
+        if isinstance(weights, (str, os.PathLike)) and not os.path.isfile(weights):
+            what = ("is a folder; expected a weights file" if os.path.isdir(weights)
+                    else "no such weights file")
+            raise FileNotFoundError(f"pretrained={os.fspath(weights)!r}: {what}")
 
     def _learning_rate(self, pretrained):
         """``learning_rate``, with "auto" resolved for a backbone that does (not) start from

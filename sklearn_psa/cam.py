@@ -238,6 +238,9 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
     def _checked_scales(self):
         return checked_scales(self.scales)
 
+    def _check_settings(self):
+        self._checked_scales()
+
     def _build_network(self, n_classes, seed):
         from .nn import make_backbone
         from .nn.heads import CAMHead, Network

@@ -468,9 +468,9 @@ def _make_estimator(args, classes=None, n_images=None):
     if args.affinity == "features":
         from .feature_affinity import FeatureAffinity
 
-        # its own pretrained backbone; the command's device and progress, as the other steps
-        model.set_params(affinity=FeatureAffinity(device=params["device"],
-                                                  verbose=params["verbose"]))
+        # its own pretrained backbone; the command's device and progress reach it at fit, as
+        # they reach the other steps
+        model.set_params(affinity=FeatureAffinity())
     if args.store is not None:  # per-image CAMs, affinities and label maps on disk
         model.set_params(cam__store=args.store, affinity__store=args.store)
     _set_epochs(model, args, n_images)

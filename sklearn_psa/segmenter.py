@@ -41,25 +41,40 @@ from .metrics import mean_iou
 
 __all__ = ["PSASegmenter"]
 
+#: The steps, in the order the data flows through them: CAMs -> affinities -> random walk
+#: (then the segmentation network, trained on the walk's masks).
 _STEPS = ("cam", "affinity", "refiner")
-#: Parameters a default-made step takes from the segmenter (those it has).
-_SHARED_PARAMS = ("device", "random_state", "verbose", "backbone", "n_jobs")
-#: Of those, the ones passed on only to steps of the default kind (CAMClassifier,
-#: AffinityEstimator): a FeatureAffinity in the affinity step keeps its own backbone.
-_SAME_KIND_PARAMS = ("backbone",)
+#: The parameters a step shares with the segmenter, each with the value by which a step leaves
+#: it to the segmenter (the segmenter's own default): a step at that value takes the
+#: segmenter's at fit (FeatureAffinity's named backbone, for one, stays its own).
+_SHARED = {"backbone": "auto", "device": "auto", "random_state": None, "verbose": 0,
+           "n_jobs": None}
 #: How the progress lines (verbose) call each stage of fit.
 _STAGE_NAMES = {"cam": "CAM classifier", "affinity": "affinity", "refiner": "random walk",
                 "network": "segmentation network"}
 
 
-def _same_setting(key, a, b):
-    """Whether a step's ``key`` value ``a`` is the segmenter's ``b`` (a RandomState: the same object)."""
-    if key == "device":
-        return str(a) == str(b)
-    if a is b:
-        return True
-    plain = (type(None), bool, int, np.integer, str)
-    return isinstance(a, plain) and isinstance(b, plain) and a == b
+def _default_step(name):
+    """A new step ``name`` of the default kind, at its own defaults."""
+    if name == "cam":
+        from .cam import CAMClassifier
+
+        return CAMClassifier()
+    if name == "affinity":
+        from .affinity import AffinityEstimator
+
+        return AffinityEstimator()
+    from .walk import RandomWalkRefiner
+
+    return RandomWalkRefiner()
+
+
+def _left_to_segmenter(key, value):
+    """Whether a step's shared parameter ``key`` holds the value that leaves it to the segmenter."""
+    unset = _SHARED[key]
+    if unset is None:
+        return value is None
+    return isinstance(value, type(unset)) and value == unset
 
 
 class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
@@ -83,28 +98,39 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
     the true masks instead: the fully supervised reference of the paper's
     Table 4.
 
-    The three steps work like a :class:`~sklearn.pipeline.Pipeline`'s: None
-    means a default-made step (built at ``fit``, the parameter is left
-    untouched), nested parameters read and set as ``cam__max_epochs``,
-    ``refiner__beta`` ..., and ``memory`` caches the fitted CAM and affinity
-    steps, so that fits that differ only in the refiner's or the segmentation
-    network's parameters do not retrain them.
+    The three steps are parameters, each an estimator or None. ``fit`` fits
+    clones of them, in the data's order, each in a one-step
+    :class:`~sklearn.pipeline.Pipeline`: None makes a step of the default kind
+    there. A step's ``backbone``, ``device``, ``random_state``, ``verbose`` and
+    ``n_jobs`` left at ``"auto"``, None or 0 (the defaults) take this
+    estimator's, on the clone: the steps given are never changed. Nested
+    parameters read and set as ``cam__max_epochs``, ``refiner__beta`` ...:
+    those of a step that is set go to it, as in a Pipeline; those of a step
+    left at None are held by this estimator (``PSASegmenter(refiner__beta=4)``
+    too; ``clone`` and ``GridSearchCV`` pass them on) and given to the step
+    made at ``fit``. ``get_params()`` shows each step's parameters as ``fit``
+    will fit it. ``memory`` caches the fitted CAM and affinity steps, so that
+    fits that differ only in the refiner's or the segmentation network's
+    parameters do not retrain them.
 
     Read more in docs/method.md (section 5).
 
     Parameters
     ----------
-    cam : CAMClassifier or None, default=None
-        Step 1; None makes ``CAMClassifier(backbone=backbone, device=device,
-        random_state=random_state, verbose=verbose)``.
+    cam : CAMClassifier, ClassifierCAM or None, default=None
+        Step 1, CAMs; None: a ``CAMClassifier()`` made at ``fit``, which takes
+        ``backbone``, ``device``, ``random_state`` and ``verbose``.
     affinity : AffinityEstimator, FeatureAffinity or None, default=None
-        Step 2; None makes ``AffinityEstimator(backbone=backbone,
-        device=device, random_state=random_state, verbose=verbose)``. Any transformer that
-        adds affinities to records fits here, such as
-        :class:`~sklearn_psa.FeatureAffinity` (no training).
+        Step 2, affinities; None: an ``AffinityEstimator()`` made at ``fit``,
+        which takes ``backbone``, ``device``, ``random_state``, ``verbose`` and
+        ``n_jobs``. Any transformer that adds affinities to records fits here,
+        such as :class:`~sklearn_psa.FeatureAffinity` (no training; its named
+        backbone stays its own).
     refiner : RandomWalkRefiner or None, default=None
-        Step 3; None makes ``RandomWalkRefiner(device=device, verbose=verbose)``
-        (alpha 16, beta 8, t 256: the paper's).
+        Step 3, the random walk; None: a ``RandomWalkRefiner()`` made at ``fit``
+        (alpha 16, beta 8, t 256: the paper's), which takes ``device``,
+        ``verbose`` and ``n_jobs``. A step that has a ``check_params()``
+        method (this package's do) is checked before the first network trains.
     supervision : {"image", "pixel"}, default="image"
         "image": learn from image-level labels through the three steps.
         "pixel": train the segmentation network on the true masks ``y`` (the
@@ -119,10 +145,10 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         fitted on the same images and labels is loaded from the cache), so
         that both supervisions train the same network from the same start.
     backbone : str or torch.nn.Module, default="auto"
-        Backbone of every network: the default-made CAM and affinity steps
-        take it (``get_params()["cam__backbone"]`` shows it), unless a step
-        sets its own (``cam__backbone="resnet50"``, or a step passed with its
-        own backbone); the segmentation network starts from the fitted CAM
+        Backbone of every network: the CAM and affinity steps take it
+        (``get_params()["cam__backbone"]`` shows it), unless a step sets its
+        own (``cam__backbone="resnet50"``, or a step passed with a backbone
+        other than ``"auto"``); the segmentation network starts from the fitted CAM
         classifier's backbone (``init="cam"``), else builds this one. A name from
         :func:`sklearn_psa.nn.available_backbones` or a module (see
         :func:`sklearn_psa.nn.make_backbone`).
@@ -180,13 +206,13 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         ``"auto"`` uses CUDA when available, else the CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds the segmentation network (initial weights, data order,
-        augmentation) and the default-made steps.
+        augmentation) and the steps that leave theirs at None.
     verbose : int, default=0
         0: silent. 1: ``fit`` first prints its plan to stderr (each stage
         with the backbone ``"auto"`` resolved to, its weights, epochs and
         device), then a line as each stage starts, with the time so far,
         above the steps' progress bars (erased when done). 2: the bars stay.
-        Default-made steps take it.
+        Steps that leave theirs at 0 take it.
     checkpoint : str, path or None, default=None
         Checkpoint file of the segmentation network's training (written after
         every epoch; an interrupted fit resumes from it). The steps before it
@@ -195,8 +221,8 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         otherwise); on a GPU, ``memory`` keeps the fitted steps themselves.
     n_jobs : int or None, default=None
         Processes (or cluster workers) for the per-image CPU work, through
-        joblib: the dense CRF of :meth:`predict` and, for the default-made
-        steps, the affinity labels and the random walk. None means 1 unless in
+        joblib: the dense CRF of :meth:`predict` and, for steps that leave
+        theirs at None, the affinity labels and the random walk. None means 1 unless in
         a ``joblib.parallel_backend`` context (``"dask"``, ``"ray"``), -1 all
         cores. Each worker runs torch on one thread; work on CUDA stays in
         this process.
@@ -207,6 +233,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         None: the columns of ``y`` when it is a pandas DataFrame, else
         ``"class 1"``, ``"class 2"``, ... A CAM step whose own ``classes``
         is None takes the same names.
+    **step_params : dict
+        Parameters of the steps, named ``<step>__<parameter>``
+        (``cam__max_epochs=5``, ``refiner__beta=4``), held by this estimator:
+        ``fit`` gives them to the step it makes where the step is None, or to
+        its clone of the step given.
 
     Attributes
     ----------
@@ -259,8 +290,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
     >>> seg = PSASegmenter(max_epochs=1, device="cpu", random_state=0).set_params(
     ...     cam__max_epochs=1, cam__scales=(1.0,), affinity__max_epochs=1,
     ...     affinity__crf=False, affinity__crop_size=32)
-    >>> seg.get_params()["refiner__beta"]
-    8
+    >>> seg.cam is None                        # made at fit, with these parameters
+    True
+    >>> params = seg.get_params()
+    >>> params["cam__max_epochs"], params["cam__device"], params["refiner__beta"]
+    (1, 'cpu', 8)
     >>> seg = seg.fit(X, Y)                    # image-level labels only
     >>> len(seg.pseudo_labels_), seg.pseudo_labels_[0].shape
     (16, (32, 32))
@@ -326,6 +360,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         checkpoint=None,
         n_jobs=None,
         classes=None,
+        **step_params,
     ):
         self.cam = cam
         self.affinity = affinity
@@ -352,120 +387,118 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         self.checkpoint = checkpoint
         self.n_jobs = n_jobs
         self.classes = classes
+        for key, value in step_params.items():
+            name, _, sub = key.partition("__")
+            if name not in _STEPS or not sub:
+                raise TypeError(
+                    f"PSASegmenter() got an unexpected keyword argument {key!r}: besides its own "
+                    "parameters it takes those of its steps, named <step>__<parameter> "
+                    f"with a step among {', '.join(_STEPS)} (e.g. refiner__beta=4)"
+                )
+            setattr(self, key, value)
 
     # ------------------------------------------------------------------ steps and parameters
 
-    def _default_step(self, name):
-        """A new default-made step ``name``, sharing this estimator's backbone (the
-        networks'), device, seed, verbosity and n_jobs (the steps that have them)."""
-        device = str(self.device)
-        if name == "cam":
-            from .cam import CAMClassifier
+    def _held_params(self):
+        """``{"cam__max_epochs": 5, ...}``: the nested parameters this estimator holds
+        (given to ``__init__``, or set while their step was None)."""
+        return {key: value for key, value in vars(self).items()
+                if "__" in key and key.partition("__")[0] in _STEPS}
 
-            return CAMClassifier(backbone=self.backbone, device=device,
-                                 random_state=self.random_state, verbose=self.verbose)
-        if name == "affinity":
-            from .affinity import AffinityEstimator
+    def _fit_steps(self, names=_STEPS, classes=None):
+        """``{name: step}``: the steps ``names`` as :meth:`fit` fits them, in the data's order.
 
-            return AffinityEstimator(backbone=self.backbone, device=device,
-                                     random_state=self.random_state, verbose=self.verbose,
-                                     n_jobs=self.n_jobs)
-        from .walk import RandomWalkRefiner
-
-        return RandomWalkRefiner(device=device, verbose=self.verbose, n_jobs=self.n_jobs)
-
-    def _step(self, name):
-        """A clone of step ``name`` (the default-made one when the parameter is None)."""
-        step = getattr(self, name)
-        return self._default_step(name) if step is None else clone(step)
+        Each is a clone of the step given, or a new one of the default kind where the
+        parameter is None. It takes this estimator's shared parameters (``backbone``,
+        ``device``, ``random_state``, ``verbose``, ``n_jobs``) that it has and leaves at
+        ``"auto"``, None or 0, then the nested parameters this estimator holds for it;
+        ``classes`` (names) go to a CAM step whose own are None. Neither the parameters
+        nor the steps given change.
+        """
+        held = {}
+        for key, value in self._held_params().items():
+            name, _, sub = key.partition("__")
+            held.setdefault(name, {})[sub] = value
+        steps = {}
+        for name in names:
+            step = getattr(self, name)
+            if step is None:
+                step = _default_step(name)
+            elif hasattr(step, "get_params"):
+                step = clone(step)
+            else:  # not an estimator: fit's parameter validation says so
+                steps[name] = step
+                continue
+            own = step.get_params(deep=False)
+            update = {key: str(getattr(self, key)) if key == "device" else getattr(self, key)
+                      for key in _SHARED if key in own and _left_to_segmenter(key, own[key])}
+            if name == "cam" and classes is not None and "classes" in own and own["classes"] is None:
+                update["classes"] = list(classes)
+            update.update(held.get(name, {}))
+            steps[name] = step.set_params(**update)
+        return steps
 
     def get_params(self, deep=True):
         """Parameters of this estimator and, with ``deep``, of its three steps.
-
-        A step left at None reports the parameters of the step it would make
-        (``refiner__beta`` is 8 for the default refiner).
 
         Parameters
         ----------
         deep : bool, default=True
             Also return ``<step>__<parameter>`` for ``cam``, ``affinity`` and
-            ``refiner``.
+            ``refiner``: the parameters of each step as :meth:`fit` will fit
+            it (a step left at None: the default one it makes; shared
+            parameters a step leaves to this estimator: this estimator's).
 
         Returns
         -------
         params : dict
+            Without ``deep``, the nested parameters held for steps left at None
+            are included (``clone`` passes them on).
         """
-        out = super().get_params(deep=False)
-        if not deep:
-            return out
-        for name in _STEPS:
-            step = out[name] if out[name] is not None else self._default_step(name)
-            if hasattr(step, "get_params"):  # set_params does not validate; fit does
-                for key, value in step.get_params(deep=True).items():
-                    out[f"{name}__{key}"] = value
-        return out
+        params = super().get_params(deep=False)
+        params.update(self._held_params())
+        if deep:
+            for name, step in self._fit_steps().items():
+                if hasattr(step, "get_params"):
+                    params.update((f"{name}__{key}", value)
+                                  for key, value in step.get_params(deep=True).items())
+        return params
 
     def set_params(self, **params):
         """Set parameters, nested ones (``refiner__beta=4``) included.
 
-        Plain parameters are set first; a nested parameter of a step left at
-        None first puts the default-made step in its place. A step's
-        ``device``, ``random_state``, ``verbose``, ``n_jobs`` and (for a
-        CAMClassifier or AffinityEstimator) ``backbone`` that equal this estimator's follow it
-        when it changes, so a step made by a nested
-        parameter keeps sharing them (``set_params(cam__max_epochs=5)`` then
-        ``set_params(random_state=1)`` seeds the CAM step too); a step given
-        other values keeps its own.
+        A nested parameter of a step that is set goes to that step, as in a
+        :class:`~sklearn.pipeline.Pipeline` (replacing one this estimator held
+        for it). One of a step left at None is held by this estimator (no step
+        is made here) and given to the default step that :meth:`fit` makes;
+        ``get_params`` shows it.
+
+        Parameters
+        ----------
+        **params : dict
+            Parameter names mapped to their new values.
 
         Returns
         -------
         self : PSASegmenter
         """
-        if not params:
-            return self
-        shared_before = {key: getattr(self, key) for key in _SHARED_PARAMS if key in params}
-        steps_before = {name: getattr(self, name) for name in _STEPS}
-        nested = {}
         for key in [k for k in params if "__" in k]:
-            name, sub = key.split("__", 1)
+            name, _, sub = key.partition("__")
             if name not in _STEPS:
-                raise ValueError(
-                    f"Invalid parameter {key!r} for estimator {type(self).__name__}: nested "
-                    f"parameters belong to one of the steps {', '.join(_STEPS)} "
-                    "(e.g. refiner__beta)"
-                )
-            nested.setdefault(name, {})[sub] = params.pop(key)
-        super().set_params(**params)
-        self._follow_shared_params(shared_before, steps_before)
-        for name, sub_params in nested.items():
-            step = getattr(self, name)
-            if step is None:
-                step = self._default_step(name)
-                setattr(self, name, step)
-            if not hasattr(step, "set_params"):
-                raise ValueError(
-                    f"Invalid parameters {sorted(sub_params)} for step {name!r}: it is "
-                    f"{step!r}, not an estimator"
-                )
-            step.set_params(**sub_params)
-        return self
-
-    def _follow_shared_params(self, before, steps_before):
-        """Pass the changes of the shared parameters (their values ``before``) on
-        to the steps that shared them and were not replaced in the same call."""
-        for key, old in before.items():
-            new = getattr(self, key)
-            for name in _STEPS:
-                step = getattr(self, name)
-                if step is None or step is not steps_before[name] or not hasattr(step, "get_params"):
-                    continue
-                current = step.get_params(deep=False)
-                if key not in current:
-                    continue
-                if key in _SAME_KIND_PARAMS and type(step) is not type(self._default_step(name)):
-                    continue
-                if _same_setting(key, current[key], old):
-                    step.set_params(**{key: str(new) if key == "device" else new})
+                continue  # BaseEstimator.set_params names the valid parameters
+            if params.get(name, getattr(self, name)) is None:
+                default = _default_step(name)
+                valid = default.get_params(deep=True)
+                if sub not in valid:
+                    raise ValueError(
+                        f"Invalid parameter {sub!r} for the {name} step, which is None: the "
+                        f"default {type(default).__name__} made at fit has the parameters "
+                        f"{sorted(valid)}"
+                    )
+                setattr(self, key, params.pop(key))
+            else:  # to the step, as in a Pipeline; a value held before is replaced
+                self.__dict__.pop(key, None)
+        return super().set_params(**params)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -476,8 +509,9 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
 
-    def _fit_records(self, X, labels, steps=("cam", "affinity"), classes=None, log=None):
-        """Fit the CAM (and affinity) steps; return (records, fitted steps...).
+    def _fit_records(self, X, labels, steps=None, log=None):
+        """Fit ``steps`` (``{name: step}``, CAM then affinity; default: this estimator's, as
+        :meth:`_fit_steps` makes them) in turn; return ``(records, fitted steps...)``.
 
         The records hold the training images' CAMs (of their true classes) and
         affinities. With ``memory`` set, a second call on the same images,
@@ -489,17 +523,13 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         in a Pipeline of its own, whose cache entry (the step, its input and
         the labels) is the one it has in a Pipeline of all the steps; so
         ``log`` (a :class:`~sklearn_psa._stages.StageLog`) can announce each.
-        ``classes`` (names other than the defaults) go to a CAM step whose own
-        are None.
         """
         from sklearn.pipeline import Pipeline
 
+        if steps is None:
+            steps = self._fit_steps(("cam", "affinity"))
         records, fitted = X, []
-        for name in steps:
-            step = self._step(name)
-            if (classes is not None and name == "cam" and hasattr(step, "get_params")
-                    and "classes" in step.get_params(deep=False) and step.classes is None):
-                step.set_params(classes=list(classes))
+        for name, step in steps.items():
             if log is not None:
                 log.start(_STAGE_NAMES[name])
             # A Pipeline ending in "passthrough": fit_transform fits (or loads from
@@ -509,16 +539,14 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             fitted.append(pipe.named_steps[name])
         return (records,) + tuple(fitted)
 
-    def _fit_stages(self, n_images):
-        """A :class:`~sklearn_psa._stages.StageLog` of this fit: its plan, printed at
-        ``verbose >= 1``, with ``"auto"`` resolved (backbone, weights, device)."""
+    def _fit_stages(self, n_images, steps):
+        """A :class:`~sklearn_psa._stages.StageLog` of this fit (``steps``: those it fits
+        before the segmentation network): its plan, printed at ``verbose >= 1``, with
+        ``"auto"`` resolved (backbone, weights, device)."""
         from ._stages import StageLog, describe_network, describe_step, epochs
 
-        if self.supervision == "pixel":
-            steps = ("cam",) if self._from_cam() else ()
-        else:
-            steps = _STEPS
-        stages = [(_STAGE_NAMES[name], describe_step(name, self._step(name), n_images)) for name in steps]
+        stages = [(_STAGE_NAMES[name], describe_step(name, step, n_images))
+                  for name, step in steps.items()]
         if self._from_cam():
             network = "the fitted CAM classifier's backbone"
         else:
@@ -612,43 +640,69 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             )
         return scale_range
 
-    def _check_before_training(self, steps):
-        """Fail on a bad setting of any stage before the first network trains.
-
-        Checks the parameters of ``steps`` (as each step's ``fit`` would), their
-        backbones and weight files, and this estimator's own CRF options, scale
-        range, backbone and weights file, so that a typo in a late stage does
-        not cost the training of the earlier ones.
-        """
+    def _check_settings(self):
         self._crf_options()
         self._checked_scale_range()
         self._checked_aspp_rates()
-        checks = [(f"{name}__", self._step(name)) for name in steps]
-        cam = dict(checks).get("cam__")
+
+    def check_params(self):
+        """Check the parameters of this estimator and of its steps, as :meth:`fit` does first.
+
+        Each step that has a ``check_params`` method (those of this package)
+        is checked as :meth:`fit` will fit it, its errors prefixed with its
+        name (``affinity__pretrained=...``); then this estimator's own CRF
+        options, scale range, ASPP rates, backbone and weights file. A typo
+        in a late stage thus fails before the earlier stages train.
+
+        Returns
+        -------
+        self : PSASegmenter
+
+        Raises
+        ------
+        ValueError
+            Naming the parameter that is wrong.
+        FileNotFoundError
+            When a ``pretrained`` weights file does not exist.
+        """
+        self._validate_params()
+        self._check_before_training(self._fit_steps(self._steps_to_fit()))
+        return self
+
+    def _steps_to_fit(self):
+        """Names of the steps this estimator fits before its network."""
+        if self.supervision == "pixel":
+            return ("cam",) if self._from_cam() else ()
+        return _STEPS
+
+    def _check_before_training(self, steps):
+        """Fail on a bad setting of any stage before the first network trains.
+
+        ``steps``: ``{name: step}`` as :meth:`fit` fits them. See :meth:`check_params`.
+        """
+        from sklearn.utils._param_validation import InvalidParameterError
+
+        self._check_settings()
+        cam = steps.get("cam")
         if self._from_cam() and cam is not None and "backbone" not in cam.get_params(deep=False):
             raise ValueError(
                 f"init='cam' starts the segmentation network from the CAM step's backbone, and "
                 f"the cam step, {type(cam).__name__}, has no backbone of ours: use "
                 "init='scratch' (the network then builds `backbone`)"
             )
-        if not self._from_cam():
-            checks.append(("", self))
-        for prefix, est in checks:
-            if est is not self and hasattr(est, "_validate_params"):
-                est._validate_params()
+        for name, step in steps.items():
+            if not hasattr(step, "check_params"):
+                continue
             try:
-                if hasattr(est, "_check_settings"):
-                    est._check_settings()  # how a step's parameters relate (alpha_low, crf)
-                if hasattr(est, "_checked_scales"):
-                    est._checked_scales()
+                step.check_params()
+            except InvalidParameterError:
+                raise  # it names the estimator and the parameter
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"{name}__{exc}") from exc
             except ValueError as exc:
-                raise ValueError(f"{prefix}{exc}" if prefix else str(exc)) from exc
-            if hasattr(est, "_resolved_backbone") and "backbone" in est.get_params(deep=False):
-                est._resolved_backbone()  # "auto" with weights or options given
-            weights = est.get_params(deep=False).get("pretrained") if hasattr(est, "get_params") else None
-            if isinstance(weights, (str, os.PathLike)) and not os.path.isfile(weights):
-                what = "is a folder; expected a weights file" if os.path.isdir(weights) else "no such weights file"
-                raise FileNotFoundError(f"{prefix}pretrained={os.fspath(weights)!r}: {what}")
+                raise ValueError(f"{name}__{exc}") from exc
+        if not self._from_cam():  # this estimator's own backbone and weights
+            self._check_backbone()
         if self.checkpoint is not None and self.random_state is None and steps:
             warnings.warn(
                 "checkpoint: an interrupted fit resumes only if the steps before the "
@@ -726,11 +780,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         # ones do not, so that its cache entry is a Pipeline's of the same steps
         step_classes = (None if list(class_names) == default_class_names(n_classes)
                         else list(class_names))
-        if self.supervision == "pixel":
-            self._check_before_training(("cam",) if self._from_cam() else ())
-        else:
-            self._check_before_training(_STEPS)
-        log = self._fit_stages(len(images))
+        # the steps as they will be fitted (clones, shared parameters passed on): checked,
+        # announced, then fitted in the data's order
+        steps = self._fit_steps(self._steps_to_fit(), classes=step_classes)
+        self._check_before_training(steps)
+        log = self._fit_stages(len(images), steps)
         steps_X = X if isinstance(X, (np.ndarray, list, tuple)) else images
         for name in ("cam_", "affinity_", "refiner_", "pseudo_labels_", "pseudo_label_names_"):
             self.__dict__.pop(name, None)
@@ -741,14 +795,13 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                     "(H, W) masks, not image-level labels"
                 )
             masks = targets.masks
-            if self._from_cam():
-                _, self.cam_ = self._fit_records(steps_X, labels, steps=("cam",),
-                                                 classes=step_classes, log=log)
+            if "cam" in steps:
+                _, self.cam_ = self._fit_records(steps_X, labels, steps, log)
         else:
-            records, self.cam_, self.affinity_ = self._fit_records(steps_X, labels,
-                                                                   classes=step_classes, log=log)
+            records, self.cam_, self.affinity_ = self._fit_records(
+                steps_X, labels, {"cam": steps["cam"], "affinity": steps["affinity"]}, log)
             log.start(_STAGE_NAMES["refiner"])
-            self.refiner_ = self._step("refiner").fit(records)
+            self.refiner_ = steps["refiner"].fit(records)
             masks = self._pseudo_labels(records)
             del records
             self.pseudo_labels_ = masks

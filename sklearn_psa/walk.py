@@ -358,6 +358,18 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         self._check_records(X)
         return self
 
+    def check_params(self):
+        """Check the parameters as :meth:`fit` does first (``ValueError`` naming the bad one).
+
+        :class:`~sklearn_psa.PSASegmenter` calls it before the first network trains.
+
+        Returns
+        -------
+        self : RandomWalkRefiner
+        """
+        self._validate_params()
+        return self
+
     def _check_records(self, X):
         return check_records(X, require_affinity=self.t > 0, name="X")
 

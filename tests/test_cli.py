@@ -217,7 +217,7 @@ def test_fit_image_and_pixel_supervision(folder, tmp_path, capsys):
     assert code == 0
     full = load_model(tmp_path / "full.joblib")
     assert full.supervision == "pixel"
-    assert full.cam_.backbone == full.affinity.backbone == full.backbone == "tiny"
+    assert full.cam_.backbone == full.get_params()["affinity__backbone"] == full.backbone == "tiny"
 
 
 def test_fit_with_feature_affinity(folder, tmp_path):
@@ -455,9 +455,11 @@ def test_demo_quick_runs_the_tiny_backbone_only(tmp_path, capsys, monkeypatch):
 
 def test_feature_affinity_gets_the_command_device_and_verbosity():
     fit = ["fit", "data", "--model", "m", "--affinity", "features", "--device", "cpu"]
-    affinity = _make_estimator(build_parser().parse_args(fit)).affinity
-    assert affinity.device == "cpu" and affinity.verbose == 1
-    assert _make_estimator(build_parser().parse_args(fit + ["-q"])).affinity.verbose == 0
+    params = _make_estimator(build_parser().parse_args(fit)).get_params()
+    assert params["affinity__device"] == "cpu" and params["affinity__verbose"] == 1
+    assert params["affinity__backbone"] == "efficientnet_lite0"  # its own, not --backbone's
+    params = _make_estimator(build_parser().parse_args(fit + ["-q"])).get_params()
+    assert params["affinity__verbose"] == 0
 
 
 def test_one_option_scales_every_network_s_epochs_and_each_has_its_own():

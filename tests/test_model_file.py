@@ -109,6 +109,9 @@ def test_pipeline_and_unfitted_estimators(data, tmp_path):
     back = load_model(save_model(unfitted, tmp_path / "u.psa"))
     assert repr(back) == repr(unfitted) and back.scale_range == (0.8, 1.2)
     assert back.get_params()["refiner__beta"] == 16
+    held = PSASegmenter(refiner__beta=4, cam__scales=(1.0,))  # nested parameters of None steps
+    back = load_model(save_model(held, tmp_path / "held.psa"))
+    assert back.refiner is None and back.get_params() == held.get_params()
 
 
 def test_a_user_module_backbone_is_refused_with_the_attribute_named(data, tmp_path):

@@ -305,10 +305,14 @@ def test_segmenter_n_jobs_is_shared_like_its_other_parameters():
     params = seg.get_params()
     assert params["affinity__n_jobs"] == 2 and params["refiner__n_jobs"] == 2
     assert "cam__n_jobs" not in params  # CAMClassifier has none
-    seg.set_params(refiner__beta=4)  # the step is made now
-    seg.set_params(n_jobs=3)  # and follows the segmenter
-    assert seg.refiner.n_jobs == 3 and seg.get_params()["affinity__n_jobs"] == 3
+    seg.set_params(refiner__beta=4)  # held for the default refiner, which fit makes
+    seg.set_params(n_jobs=3)  # and which follows the segmenter
+    assert seg.refiner is None and seg.get_params()["refiner__n_jobs"] == 3
+    assert seg.get_params()["affinity__n_jobs"] == 3
     seg.set_params(refiner__n_jobs=1, n_jobs=4)  # a step given its own keeps it
-    assert seg.refiner.n_jobs == 1
+    assert seg.get_params()["refiner__n_jobs"] == 1
+    mine = RandomWalkRefiner()
+    assert PSASegmenter(refiner=mine, n_jobs=2).get_params()["refiner__n_jobs"] == 2
+    assert mine.n_jobs is None  # passed on to the clone fit fits, not to the step given
     seg = PSASegmenter(affinity=FeatureAffinity(device="cpu"), n_jobs=2)
     assert "affinity__n_jobs" not in seg.get_params()

@@ -66,45 +66,98 @@ def test_deep_params_expose_default_steps():
 def test_set_params_routes_nested_names():
     seg = PSASegmenter(device="cpu")
     assert seg.set_params(refiner__beta=4, cam__max_epochs=3) is seg
-    assert isinstance(seg.refiner, RandomWalkRefiner) and seg.refiner.beta == 4
-    assert seg.refiner.device == "cpu"
-    assert seg.cam.max_epochs == 3
-    assert seg.affinity is None  # untouched steps stay default
-    assert seg.get_params()["refiner__beta"] == 4
+    # steps left at None stay None: the segmenter holds their parameters for the default
+    # steps it makes at fit
+    assert seg.cam is None and seg.refiner is None and seg.affinity is None
+    params = seg.get_params()
+    assert params["refiner__beta"] == 4 and params["cam__max_epochs"] == 3
+    assert params["refiner__device"] == "cpu" and params["refiner__t"] == 256
+    assert seg.get_params(deep=False)["refiner__beta"] == 4
 
     mine = RandomWalkRefiner(alpha=2)
     seg.set_params(refiner=mine, refiner__t=7)  # the step first, then its parameter
-    assert seg.refiner is mine and mine.t == 7 and mine.alpha == 2
+    assert seg.refiner is mine and mine.t == 7 and mine.alpha == 2  # as in a Pipeline
+    # a parameter held before the step was given applies to it (on the clone fit fits)
+    assert mine.beta == 8 and seg.get_params()["refiner__beta"] == 4
+    seg.set_params(refiner__beta=2)  # now the step's own: held no more
+    assert mine.beta == 2 and "refiner__beta" not in seg.get_params(deep=False)
 
 
-@pytest.mark.parametrize("bad", [{"walk__beta": 1}, {"refiner__nope": 1}, {"nope": 1}])
+@pytest.mark.parametrize("bad", [{"walk__beta": 1}, {"refiner__nope": 1}, {"nope": 1},
+                                 {"cam__nope": 1}])
 def test_set_params_rejects_unknown_names(bad):
     with pytest.raises(ValueError, match="Invalid parameter"):
         PSASegmenter().set_params(**bad)
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        PSASegmenter(cam=CAMClassifier(), refiner=RandomWalkRefiner()).set_params(**bad)
 
 
-def test_steps_made_by_nested_params_keep_following_device_seed_and_verbose():
-    seg = PSASegmenter().set_params(cam__max_epochs=1, refiner__beta=4)
-    seg.set_params(device="cpu", random_state=3, verbose=1)
-    assert (seg.cam.device, seg.cam.random_state, seg.cam.verbose) == ("cpu", 3, 1)
-    assert seg.refiner.device == "cpu" and seg.cam.max_epochs == 1
-    params = clone(seg).set_params(random_state=5).get_params()
-    assert params["cam__random_state"] == params["affinity__random_state"] == 5
-    # a step given its own values keeps them
-    mine = CAMClassifier(device="cuda", random_state=7, verbose=2)
-    seg = PSASegmenter(cam=mine).set_params(device="cpu", random_state=3, verbose=0)
-    assert (mine.device, mine.random_state, mine.verbose) == ("cuda", 7, 2)
-    # and so does a step given in the same call
-    seg = PSASegmenter().set_params(cam=CAMClassifier(), random_state=4)
-    assert seg.cam.random_state is None and seg.get_params()["affinity__random_state"] == 4
-    # a RandomState is followed only where the step holds that very object
+def test_nested_parameters_make_no_step_and_pass_through_clone_and_init():
+    seg = PSASegmenter(random_state=0).set_params(cam__max_epochs=3, affinity__radius=3)
+    assert seg.cam is None and seg.affinity is None
+    twin = clone(seg)
+    assert twin.cam is None and twin.get_params() == seg.get_params()
+    assert twin.get_params()["cam__max_epochs"] == 3
+    again = PSASegmenter(**seg.get_params(deep=False))
+    assert again.get_params() == seg.get_params()
+    assert repr(PSASegmenter(refiner__beta=4)) == "PSASegmenter(refiner__beta=4)"
+    # setting every deep parameter back changes none of them
+    deep = seg.get_params()
+    assert seg.set_params(**deep).get_params() == deep
+    restored = pickle.loads(pickle.dumps(seg))
+    assert restored.get_params() == deep
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_epoch'"):
+        PSASegmenter(max_epoch=3)  # a typo is no nested parameter
+    with pytest.raises(TypeError, match="'walk__beta'"):
+        PSASegmenter(walk__beta=3)
+
+
+def test_grid_search_candidates_get_the_nested_parameters_of_default_steps(monkeypatch):
+    """GridSearchCV's clone + set_params path, without training: each candidate fits the
+    default steps with its nested parameters, and the searched estimator makes no step."""
+    from sklearn.model_selection import GridSearchCV
+
+    seen = []
+
+    def fit(self, X, y):
+        params = self.get_params()
+        seen.append((params["cam__max_epochs"], params["cam__random_state"],
+                     params["refiner__alpha"], self.cam, self.refiner))
+        return self
+
+    monkeypatch.setattr(PSASegmenter, "fit", fit)
+    monkeypatch.setattr(PSASegmenter, "score", lambda self, X, y: 0.5)
+    seg = PSASegmenter(random_state=0).set_params(cam__scales=(1.0,))
+    X, y = np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 8, 8), np.uint8)
+    GridSearchCV(seg, {"cam__max_epochs": [1, 2], "refiner__alpha": [4]}, cv=2,
+                 error_score="raise").fit(X, y)
+    assert sorted(set(seen)) == [(1, 0, 4, None, None), (2, 0, 4, None, None)]
+    assert seg.cam is None and seg.get_params()["cam__max_epochs"] == CAMClassifier().max_epochs
+
+
+def test_shared_parameters_reach_the_steps_without_changing_them():
+    mine = CAMClassifier(max_epochs=5)
+    seg = PSASegmenter(cam=mine, random_state=1)
+    seg.set_params(device="cpu", random_state=3, verbose=1, backbone="tiny")
+    assert mine.get_params() == CAMClassifier(max_epochs=5).get_params()  # untouched
+    params = seg.get_params()
+    # the shared parameters mine leaves at "auto", None, 0 are the segmenter's
+    assert (params["cam__device"], params["cam__random_state"], params["cam__verbose"],
+            params["cam__backbone"], params["cam__max_epochs"]) == ("cpu", 3, 1, "tiny", 5)
+    assert params["affinity__random_state"] == 3 and params["refiner__verbose"] == 1
+    # a step's own values stay
+    mine = CAMClassifier(device="cuda", random_state=7, verbose=2, backbone="resnet50")
+    params = PSASegmenter(cam=mine, device="cpu", random_state=3, verbose=0).get_params()
+    assert (params["cam__device"], params["cam__random_state"], params["cam__verbose"],
+            params["cam__backbone"]) == ("cuda", 7, 2, "resnet50")
+    # and so do the nested parameters held for a default step
+    seg = PSASegmenter(random_state=3).set_params(cam__random_state=5, cam__backbone="tiny")
+    params = seg.set_params(random_state=4, backbone="resnet50").get_params()
+    assert params["cam__random_state"] == 5 and params["cam__backbone"] == "tiny"
+    assert params["affinity__random_state"] == 4 and params["affinity__backbone"] == "resnet50"
+    # a RandomState instance is passed on as it is
     rs = np.random.RandomState(0)
-    seg = PSASegmenter(random_state=rs).set_params(cam__max_epochs=1)
-    seg.set_params(random_state=np.random.RandomState(0))
-    assert seg.cam.random_state is seg.random_state
-    seg = PSASegmenter(random_state=rs, cam=CAMClassifier(random_state=np.random.RandomState(0)))
-    seg.set_params(random_state=1)
-    assert isinstance(seg.cam.random_state, np.random.RandomState)
+    assert PSASegmenter(random_state=rs).get_params()["cam__random_state"] is rs
 
 
 def test_the_segmenter_backbone_is_every_step_s_unless_a_step_sets_its_own():
@@ -112,20 +165,24 @@ def test_the_segmenter_backbone_is_every_step_s_unless_a_step_sets_its_own():
 
     params = PSASegmenter(backbone="tiny").get_params()
     assert params["cam__backbone"] == params["affinity__backbone"] == "tiny"
-    # steps made by nested parameters follow later changes
+    # default steps with nested parameters follow later changes
     seg = PSASegmenter().set_params(cam__max_epochs=1, affinity__radius=3)
     seg.set_params(backbone="tiny")
-    assert seg.cam.backbone == seg.affinity.backbone == "tiny"
-    assert clone(seg).get_params()["cam__backbone"] == "tiny"
+    params = clone(seg).get_params()
+    assert params["cam__backbone"] == params["affinity__backbone"] == "tiny"
+    # so does a step given at backbone="auto"
+    params = PSASegmenter(cam=CAMClassifier(), backbone="tiny").get_params()
+    assert params["cam__backbone"] == "tiny"
     # a step's own backbone stays
     seg = PSASegmenter(backbone="tiny").set_params(cam__backbone="resnet50")
     seg.set_params(backbone="efficientnet_lite0")
-    assert seg.cam.backbone == "resnet50"
+    assert seg.get_params()["cam__backbone"] == "resnet50"
     assert seg.get_params()["affinity__backbone"] == "efficientnet_lite0"
     # FeatureAffinity compares its own pretrained features: never the networks' backbone
     features = FeatureAffinity(backbone="efficientnet_lite0")
     seg = PSASegmenter(affinity=features, backbone="efficientnet_lite0").set_params(backbone="tiny")
     assert features.backbone == "efficientnet_lite0"
+    assert seg.get_params()["affinity__backbone"] == "efficientnet_lite0"
 
 
 def test_clone_keeps_params_and_copies_steps():
@@ -175,14 +232,15 @@ def test_pseudo_labels_follow_the_image_labels(fitted, shapes):
 
 def test_fit_leaves_its_parameters_alone(shapes):
     X, Y, _ = shapes
-    cam = CAMClassifier(backbone="tiny", max_epochs=1, scales=(1.0,), crop_size=None, device="cpu",
-                        random_state=0)
+    cam = CAMClassifier(max_epochs=1, scales=(1.0,), crop_size=None)
     seg = tiny_segmenter(cam=cam)
-    seg.cam.set_params(max_epochs=1)
+    before = cam.get_params()
     seg.fit(X[:8], Y[:8])
     assert seg.cam is cam and not hasattr(cam, "network_")  # a clone was trained
-    assert seg.affinity is not None and not hasattr(seg.affinity, "network_")
-    assert hasattr(seg.cam_, "network_")
+    assert cam.get_params() == before  # the shared parameters went to the clone
+    assert (seg.cam_.backbone, seg.cam_.device, seg.cam_.random_state) == ("tiny", "cpu", 0)
+    assert seg.affinity is None and seg.refiner is None  # default steps, made at fit
+    assert hasattr(seg.cam_, "network_") and seg.affinity_.max_epochs == 1
 
 
 def test_predict_shapes(fitted, shapes):
@@ -289,8 +347,7 @@ def test_memory_is_shared_with_a_pipeline_of_the_same_steps(shapes, tmp_path, tr
 
     X, Y, _ = shapes
     seg = tiny_segmenter(memory=str(tmp_path)).set_params(max_epochs=1)
-    steps = [("cam", seg._step("cam")), ("affinity", seg._step("affinity")),
-             ("rw", seg._step("refiner"))]
+    steps = list(seg._fit_steps().items())
     Pipeline(steps, memory=str(tmp_path)).fit(X[:8], Y[:8])
     trained.clear()
     seg.fit(X[:8], Y[:8])
@@ -430,6 +487,62 @@ def test_bad_settings_of_any_stage_fail_before_training(shapes, tmp_path, monkey
         tiny_segmenter(supervision="pixel").set_params(refiner__beta=-3).fit(X[:4], masks[:4])
 
 
+def test_steps_are_checked_through_their_public_check_params(shapes, monkeypatch):
+    from sklearn.base import BaseEstimator
+
+    class Refiner(BaseEstimator):
+        """A refiner of the user's: the segmenter knows it only by its public methods."""
+
+        def __init__(self, strength=1):
+            self.strength = strength
+
+        def check_params(self):
+            if self.strength <= 0:
+                raise ValueError(f"strength must be positive, got {self.strength}")
+            return self
+
+        def fit(self, X, y=None):
+            return self
+
+        def predict(self, X):
+            return [np.zeros(r.shape, np.uint8) for r in X]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a network trained before the settings were checked")
+
+    monkeypatch.setattr("sklearn_psa._training.train", no_training)
+    X, Y, _ = shapes
+    seg = tiny_segmenter(refiner=Refiner(strength=0))
+    with pytest.raises(ValueError, match="^refiner__strength must be positive, got 0$"):
+        seg.check_params()
+    with pytest.raises(ValueError, match="^refiner__strength must be positive"):
+        seg.fit(X[:4], Y[:4])
+    assert seg.set_params(refiner__strength=2).check_params() is seg
+    assert seg.refiner.strength == 2
+
+
+def test_each_step_checks_its_parameters_in_public(tmp_path):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    with pytest.raises(ValueError, match="scales must be a non-empty sequence"):
+        CAMClassifier(scales=(0,)).check_params()
+    with pytest.raises(FileNotFoundError, match=r"^pretrained=.*no\.pth': no such weights file"):
+        CAMClassifier(backbone="tiny", pretrained=str(tmp_path / "no.pth")).check_params()
+    with pytest.raises(ValueError, match=r"alpha_high \(32\) must be >= alpha_low \(40\)"):
+        AffinityEstimator(alpha_low=40).check_params()
+    with pytest.raises(InvalidParameterError, match="beta"):
+        RandomWalkRefiner(beta=-1).check_params()
+    with pytest.raises(ValueError, match="chooses both"):
+        PSASegmenter(init="scratch", backbone_options={"depth": 3}).check_params()
+    with pytest.raises(ValueError, match=r"^affinity__alpha_high \(32\)"):
+        PSASegmenter(affinity__alpha_low=40).check_params()
+    from sklearn_psa import FeatureAffinity
+
+    for est in (CAMClassifier(), AffinityEstimator(), RandomWalkRefiner(), FeatureAffinity(),
+                PSASegmenter()):
+        assert est.check_params() is est
+
+
 def test_a_checkpoint_of_other_settings_is_refused_naming_them(shapes, tmp_path):
     X, Y, _ = shapes
     path = tmp_path / "seg.ckpt"
@@ -481,7 +594,8 @@ def test_class_names_are_kept_and_fix_the_number_of_classes(fitted, shapes):
     seg.fit(X[:6], few)
     assert list(seg.class_names_) == names and list(seg.cam_.class_names_) == names
     assert seg.n_classes_ == seg.cam_.n_classes_ == 4
-    assert seg.classes is names and seg.cam.classes is None  # parameters untouched
+    assert seg.classes is names and seg.cam is None  # parameters untouched
+    assert seg.get_params()["cam__classes"] is None
     with pytest.raises(ValueError, match="expected 3"):
         tiny_segmenter(classes=names[:3]).fit(X[:6], Y[:6])
 
