@@ -148,9 +148,11 @@ def test_init_from_a_pretrained_cam_backbone_sets_it_up_as_pretrained(squares):
         with_source = Records(records.records, records.n_classes,
                               {"backbone": "efficientnet_lite0", "backbone_options": {"stages": 5},
                                "pretrained": pretrained, "state_dict": state})
-        net, from_weights = AffinityEstimator(init="cam", **FAST)._make_network(with_source, 0)
+        est = AffinityEstimator(init="cam", **FAST)
+        net = est._build_network({"records": with_source, "n_classes": records.n_classes})
         bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        assert from_weights and bns and {m.momentum for m in bns} == {momentum}
+        assert bns and {m.momentum for m in bns} == {momentum}
+        assert est._rates({})[1] == est.head_lr_mult  # the head learns faster: from weights
 
 
 def test_crf_snaps_blurred_cams_to_the_objects(squares):
