@@ -34,17 +34,19 @@ MANIFEST = "sklearn-psa-model.json"
 
 
 def _estimator_classes():
-    """The classes a model file may name: this package's estimators and ``Pipeline``."""
+    """The classes a model file may name: this package's estimators, its callbacks (their
+    parameters and results) and ``Pipeline``."""
     from sklearn.pipeline import Pipeline
 
     from .affinity import AffinityEstimator
+    from .callbacks import EarlyStopping, TensorBoard
     from .cam import CAMClassifier
     from .feature_affinity import FeatureAffinity
     from .segmenter import PSASegmenter
     from .walk import RandomWalkRefiner
 
     classes = (CAMClassifier, AffinityEstimator, FeatureAffinity, RandomWalkRefiner,
-               PSASegmenter, Pipeline)
+               PSASegmenter, Pipeline, EarlyStopping, TensorBoard)
     return {cls.__name__: cls for cls in classes}
 
 
@@ -311,7 +313,8 @@ class _Reader:
         state = value.get("state")
         if not isinstance(state, dict):
             raise ValueError(f"{where}: an estimator needs its state")
-        est.__dict__.update({k: self.decode(v, f"{where}.{k}") for k, v in state.items()})
+        # __setstate__, as unpickling: an estimator may upgrade the state of an older version
+        est.__setstate__({k: self.decode(v, f"{where}.{k}") for k, v in state.items()})
         return est
 
     def module(self, value, where):

@@ -352,3 +352,33 @@ def test_tensorboard_writes_event_files(tmp_path):
     pytest.importorskip("torch.utils.tensorboard")
     _train([TensorBoard(log_dir=tmp_path / "run")], epochs=1)
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "run").iterdir())
+
+
+def test_an_estimator_of_the_earlier_version_unpickles_with_a_history(shapes, records):
+    from sklearn_psa._training import TrainResult
+
+    X, Y, _ = shapes
+    cam = CAMClassifier(**CAM).fit(X, Y)
+    state = cam.__getstate__()
+    for key in ("history_", "_epochs_run"):
+        del state[key]
+    old = CAMClassifier.__new__(CAMClassifier)
+    old.__setstate__({**state, "loss_curve_": [0.5, 0.25], "epoch_seconds_": [1.5], "n_iter_": 2})
+    assert old.history_ == [{"epoch": 1, "loss": 0.5, "seconds": None},
+                            {"epoch": 2, "loss": 0.25, "seconds": 1.5}]
+    assert old.n_iter_ == 2 and old.epoch_seconds_ == [1.5]
+    aff = AffinityEstimator.__new__(AffinityEstimator)
+    aff.__setstate__({"train_result_": TrainResult(history=[0.7], epoch_seconds=[2.0])})
+    assert aff.loss_curve_ == [0.7] and aff.epoch_seconds_ == [2.0]
+
+
+def test_a_model_file_holds_the_callbacks_and_the_history(shapes, tmp_path):
+    from sklearn_psa.io import load_model, save_model
+
+    X, Y, _ = shapes
+    cam = CAMClassifier(**CAM, callbacks=[EarlyStopping(patience=4)]).fit(X, Y)
+    save_model(cam, tmp_path / "cam.psa")
+    loaded = load_model(tmp_path / "cam.psa")
+    assert loaded.history_ == cam.history_ and loaded.epoch_seconds_ == cam.epoch_seconds_
+    assert loaded.callbacks[0].get_params() == cam.callbacks[0].get_params()
+    assert loaded.callbacks[0].best_epoch_ == cam.callbacks[0].best_epoch_
