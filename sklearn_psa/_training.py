@@ -17,9 +17,13 @@ its objective as ``loss_fn(net, batch) -> scalar tensor``, and calls
                    param_groups=net.parameter_groups(1.0, 10.0),
                    device=device, seed=seed, verbose=verbose,
                    checkpoint=path_or_None, fingerprint=joblib.hash((params, data)),
-                   fingerprint_params=params)   # a mismatch names the params that differ
-    result.history          # mean loss per epoch run now
+                   fingerprint_params=params,   # a mismatch names the params that differ
+                   callbacks=[EarlyStopping()])  # sklearn_psa.callbacks
+    result.records          # one dict per epoch: epoch, loss, seconds (valid_loss ...)
     result.epoch_seconds    # wall time per epoch run now
+
+The estimators do not call it themselves: their base,
+:class:`sklearn_psa._base.TrainedNetworkMixin`, does, from their hooks.
 
 ``batch`` is a dict on the training device: ``"image"`` a float
 ``(N, 3, h, w)`` batch on the 0..255 RGB scale (channels_last; the network
@@ -27,13 +31,20 @@ normalises it), each pixel map under its name as ``(N, h, w)`` (int64 for
 integer maps, padded with 255 = ignore; float32 for float maps, padded with
 0), each per-image target under its name as a float32 ``(N, ...)`` tensor.
 
-What the loop does (the reference code's recipe where it has one):
+What the loop does (the reference code's recipe where it has one). The
+:class:`Trainer` runs the epochs and steps and notifies callbacks
+(:mod:`sklearn_psa.callbacks`) at each event; its own parts that are not the
+step itself are callbacks too (:class:`MixedPrecision`, the user's,
+:class:`CheckpointFile`, :class:`LRSchedule`, :class:`ProgressBar`, in that
+order):
 
-- SGD with momentum, weight decay on weights (not on biases and norm
-  parameters), the learning rate of each parameter group scaled by its
-  multiplier (layers trained from scratch on a pretrained backbone get a
-  higher rate, 10x in the reference) and decayed polynomially per step:
-  ``lr = base * (1 - step / max_step) ** power`` (power 0.9).
+- By default SGD with momentum 0.9 (``TrainConfig.optimizer`` and
+  ``optimizer_options``: any torch optimizer, :func:`make_optimizer`), weight
+  decay on weights (not on biases and norm parameters), the learning rate of
+  each parameter group scaled by its multiplier (layers trained from scratch
+  on a pretrained backbone get a higher rate, 10x in the reference) and by
+  default decayed polynomially per step: ``lr = base * (1 - step / max_step)
+  ** power`` (power 0.9; ``TrainConfig.lr_schedule``, :class:`LRSchedule`).
 - Augmentation: random rescale (optional), random crop to ``crop_size``
   (smaller images are placed at a random offset on a padded canvas),
   horizontal flip, colour jitter of brightness, contrast and saturation.
@@ -47,7 +58,8 @@ What the loop does (the reference code's recipe where it has one):
   start, training continues at its epoch (its ``fingerprint`` must match;
   ``fingerprint_params``, stored with it, let a mismatch name what differs).
   A checkpoint holding exactly the weights ``net`` starts from (the last one
-  of the fit that a warm start continues) is replaced rather than resumed.
+  of the fit that a warm start continues) is replaced rather than resumed. A
+  checkpoint written when a callback stopped the training is complete.
 - Progress: a tqdm bar over steps when ``verbose`` (:func:`progress`, which
   the estimators' inference loops use too): erased when done at ``verbose=1``,
   kept at ``verbose >= 2``.
@@ -67,11 +79,18 @@ from .callbacks import Callback
 
 __all__ = [
     "Augmentation",
+    "CheckpointFile",
     "ImageSamples",
+    "LRSchedule",
+    "MixedPrecision",
+    "ProgressBar",
     "Sample",
     "TrainConfig",
     "TrainResult",
+    "Trainer",
     "load_checkpoint",
+    "make_optimizer",
+    "optimizer_names",
     "poly_lr",
     "progress",
     "seeded",
