@@ -611,6 +611,7 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         self._crf_options()
         self._checked_scale_range()
         self._checked_aspp_rates()
+        self._checked_callbacks()
         checks = [(f"{name}__", self._step(name)) for name in steps]
         cam = dict(checks).get("cam__")
         if self._from_cam() and cam is not None and "backbone" not in cam.get_params(deep=False):

@@ -382,3 +382,14 @@ def test_a_model_file_holds_the_callbacks_and_the_history(shapes, tmp_path):
     assert loaded.history_ == cam.history_ and loaded.epoch_seconds_ == cam.epoch_seconds_
     assert loaded.callbacks[0].get_params() == cam.callbacks[0].get_params()
     assert loaded.callbacks[0].best_epoch_ == cam.callbacks[0].best_epoch_
+
+
+def test_a_bad_callback_of_the_segmenter_fails_before_the_steps_train(shapes, monkeypatch):
+    X, Y, _ = shapes
+
+    def never(*args, **kwargs):
+        raise AssertionError("a step trained")
+
+    monkeypatch.setattr(CAMClassifier, "_fit_network", never)
+    with pytest.raises(TypeError, match=r"callbacks\[0\]"):
+        PSASegmenter(**TINY, callbacks=[object()]).fit(X, Y)
