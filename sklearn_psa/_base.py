@@ -287,20 +287,26 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         self._epochs_run = len(result.epoch_seconds)
         return result
 
+    @staticmethod
+    def _upgrade_state(state):
+        """``state`` (of ``__setstate__``) with the history of an estimator fitted by an
+        earlier version (a pickle, a joblib cache, a model file), whose ``loss_curve_`` /
+        ``epoch_seconds_`` / ``n_iter_`` or ``train_result_`` become ``history_``."""
+        if "history_" in state or not ("loss_curve_" in state or "train_result_" in state):
+            return state
+        state = dict(state)
+        result = state.pop("train_result_", None)
+        losses = state.pop("loss_curve_", getattr(result, "history", []))
+        seconds = list(state.pop("epoch_seconds_", getattr(result, "epoch_seconds", [])))
+        state.pop("n_iter_", None)
+        seconds = [None] * (len(losses) - len(seconds)) + seconds
+        state["history_"] = [{"epoch": i + 1, "loss": float(loss), "seconds": t}
+                             for i, (loss, t) in enumerate(zip(losses, seconds))]
+        state["_epochs_run"] = sum(t is not None for t in seconds)
+        return state
+
     def __setstate__(self, state):
-        # an estimator fitted by an earlier version (a pickle, a joblib cache, a model file)
-        # has loss_curve_ / epoch_seconds_ / n_iter_ or train_result_ instead of history_
-        if "history_" not in state and ("loss_curve_" in state or "train_result_" in state):
-            state = dict(state)
-            result = state.pop("train_result_", None)
-            losses = state.pop("loss_curve_", getattr(result, "history", []))
-            seconds = list(state.pop("epoch_seconds_", getattr(result, "epoch_seconds", [])))
-            state.pop("n_iter_", None)
-            seconds = [None] * (len(losses) - len(seconds)) + seconds
-            state["history_"] = [{"epoch": i + 1, "loss": float(loss), "seconds": t}
-                                 for i, (loss, t) in enumerate(zip(losses, seconds))]
-            state["_epochs_run"] = sum(t is not None for t in seconds)
-        super().__setstate__(state)
+        super().__setstate__(self._upgrade_state(state))
 
     # ------------------------------------------------------------------ views of history_
 

@@ -313,8 +313,9 @@ class _Reader:
         state = value.get("state")
         if not isinstance(state, dict):
             raise ValueError(f"{where}: an estimator needs its state")
-        # __setstate__, as unpickling: an estimator may upgrade the state of an older version
-        est.__setstate__({k: self.decode(v, f"{where}.{k}") for k, v in state.items()})
+        state = {k: self.decode(v, f"{where}.{k}") for k, v in state.items()}
+        upgrade = getattr(cls, "_upgrade_state", None)  # the state of an earlier version
+        est.__dict__.update(state if upgrade is None else upgrade(state))
         return est
 
     def module(self, value, where):
