@@ -22,8 +22,11 @@ validation split, whose loss each epoch's record then holds as
 this epoch. A callback may add numbers to ``record``; they go to
 ``history_``.
 
-The loop's own parts are callbacks too (mixed precision, the learning-rate
-schedule, checkpoints, the progress bar); the ones here are those a user adds.
+The loop's own parts are callbacks too: mixed precision (set up before the
+user's callbacks), then the user's, then checkpoints, the learning-rate
+schedule and the progress bar, so that a checkpoint holds what the user's
+``on_epoch_end`` did (a stop, restored weights). The ones here are those a
+user adds.
 Callbacks are scikit-learn estimators as far as their parameters go
 (``get_params``, ``clone``), so an estimator holding them clones and its
 search can set them.
@@ -71,7 +74,8 @@ class Callback(BaseEstimator):
     """
 
     def on_train_begin(self, trainer):
-        """Before the first epoch (after a checkpoint, if any, was loaded)."""
+        """Before the first epoch, before a checkpoint to resume from is loaded (the
+        epoch training starts at is known at :meth:`on_epoch_begin`)."""
 
     def on_epoch_begin(self, trainer, epoch):
         """Before epoch ``epoch`` (0-based)."""
