@@ -168,7 +168,8 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         Parameters
         ----------
         net : torch.nn.Module
-            The network being trained, in training mode.
+            The network being trained, in training mode (in eval mode, without
+            gradients, when a callback's validation split is evaluated).
         batch : dict of str to torch.Tensor
             On the training device: ``"image"``, a float ``(N, 3, h, w)``
             batch on the 0..255 scale, and the estimator's targets.
