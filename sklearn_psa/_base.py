@@ -33,14 +33,10 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._torch_estimator import TorchEstimatorMixin, device_type, module_type
+from ._training import Augmentation, TrainConfig, optimizer_names, seeded, train, weights_hash
+from .callbacks import Callback
 
 __all__ = ["TrainedNetworkMixin", "training_parameters_doc"]
-
-
-def _optimizer_names():
-    from ._training import optimizer_names
-
-    return set(optimizer_names())
 
 
 
@@ -134,7 +130,7 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         "max_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "optimizer": [StrOptions(_optimizer_names()), callable],
+        "optimizer": [StrOptions(set(optimizer_names())), callable],
         "optimizer_options": [dict, None],
         "lr_schedule": [StrOptions({"poly", "constant"}), callable],
         "callbacks": [list, None],
@@ -215,8 +211,6 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
 
     def _checked_callbacks(self):
         """The ``callbacks`` list, each item checked to have the loop's events."""
-        from .callbacks import Callback
-
         events = [name for name in vars(Callback) if name.startswith("on_")]
         callbacks = list(self.callbacks or [])
         for i, cb in enumerate(callbacks):
@@ -232,8 +226,6 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         and those parameters."""
         import joblib
 
-        from ._training import weights_hash
-
         skip = set(self._NOT_FINGERPRINTED) | set(self._fingerprint_ignores)
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in skip}
         name, params["pretrained"], params["backbone_options"] = self._resolved_backbone()
@@ -248,8 +240,6 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
     def _fit_network(self, data):
         """Build (or warm-start) the network, train it on ``data``; set ``network_``,
         ``history_``; return the training result."""
-        from ._training import Augmentation, TrainConfig, seeded, train
-
         scale_range = self._checked_scale_range()
         callbacks = self._checked_callbacks()
         device, seed = self._fit_device(), self._fit_seed()
