@@ -38,6 +38,7 @@ starting at 4 understates the CAM baseline).
 """
 
 import argparse
+import contextlib
 import os
 import time
 
@@ -89,6 +90,23 @@ ABLATIONS = {
     "rf43": {"backbone_options": {"depth": 1}},
     "rf27_alpha_1": {"backbone_options": {"depth": 0}, "alpha_low": 1},
     "rf27_x2": {"backbone_options": {"depth": 0}, "max_epochs": "x2"},
+    # levers of issue #17 not (yet) estimator parameters: "_momentum" (SGD momentum, the reference
+    # runs ~0), "_freeze_bn" (BatchNorm in eval mode with fixed affine weights, as the reference)
+    "momentum_0_x8": {"_momentum": 0.0, "max_epochs": "x8"},
+    "momentum_0_lr1_x8": {"_momentum": 0.0, "learning_rate": 1.0, "max_epochs": "x8"},
+    "momentum_0.5_x8": {"_momentum": 0.5, "max_epochs": "x8"},
+    "lr_0.03_x8": {"learning_rate": 0.03, "max_epochs": "x8"},
+    "lr_0.3_x8": {"learning_rate": 0.3, "max_epochs": "x8"},
+    "lite0_x8": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
+                 "learning_rate": 0.01, "max_epochs": "x8"},
+    "lite0_frozen_bn_x8": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
+                           "learning_rate": 0.01, "_freeze_bn": True, "max_epochs": "x8"},
+    "lite0_frozen_bn_m0_x8": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
+                              "learning_rate": 0.1, "_freeze_bn": True, "_momentum": 0.0, "max_epochs": "x8"},
+    "lite0_frozen_bn_x2": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
+                           "learning_rate": 0.01, "_freeze_bn": True, "max_epochs": "x2"},
+    "lite0_x2": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
+                 "learning_rate": 0.01, "max_epochs": "x2"},
     "lite0_stages5_scale2": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": {"stages": 5},
                              "input_scale": 2.0, "learning_rate": "auto"},
 }
@@ -181,6 +199,48 @@ def _label_quality(records, masks, crf, alpha_low=4, alpha_high=32):
             "sec": (time.perf_counter() - t0) / len(records),
             "pair_prec": np.array([lab["pairs"][k]["precision"] for k in kinds]),
             "pairs_per_image": np.array([lab["pairs"][k]["per_image"] for k in kinds])}
+
+
+@contextlib.contextmanager
+def _levers(momentum=None, freeze_bn=False):
+    """Patch the training loop's SGD momentum and/or freeze the backbone's BatchNorm layers
+    (eval mode, affine weights fixed) for the AffinityEstimator fits inside the block."""
+    from unittest import mock
+
+    from torch import nn
+
+    from sklearn_psa import AffinityEstimator, _training
+
+    patches = []
+    if momentum is not None:
+        config = _training.TrainConfig
+        patches.append(mock.patch.object(_training, "TrainConfig",
+                                         lambda *a, **k: config(*a, **{"momentum": momentum, **k})))
+    if freeze_bn:
+        make = AffinityEstimator._make_network
+
+        def frozen(self, records, seed):
+            net, from_weights = make(self, records, seed)
+            bb = net.backbone
+            norms = [m for m in bb.modules() if isinstance(m, nn.BatchNorm2d)]
+            for m in norms:
+                m.requires_grad_(False)
+            train = bb.train
+
+            def train_frozen(mode=True):
+                train(mode)
+                for m in norms:
+                    m.eval()
+                return bb
+
+            bb.train = train_frozen
+            return net, from_weights
+
+        patches.append(mock.patch.object(AffinityEstimator, "_make_network", frozen))
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        yield
 
 
 def _shapes_kwargs(args):
@@ -301,10 +361,13 @@ def run(args):
                      _true_label_records(train_records, train_masks, weight=w)))
     for name, change, recs in runs:
         params = dict(base)
+        levers = {k[1:]: v for k, v in change.items() if k.startswith("_")}
         for k, v in change.items():
-            params[k] = args.epochs * int(v[1:]) if isinstance(v, str) and v[:1] == "x" else v
+            if not k.startswith("_"):
+                params[k] = args.epochs * int(v[1:]) if isinstance(v, str) and v[:1] == "x" else v
         label = name if name.startswith("learned") else f"learned: {name}"
-        add_fitted_row(label, AffinityEstimator(**params), recs)
+        with _levers(**levers):
+            add_fitted_row(label, AffinityEstimator(**params), recs)
     return lines
 
 

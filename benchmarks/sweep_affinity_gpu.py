@@ -70,7 +70,7 @@ def install_edge_filter(threshold):
     import torch
     import torch.nn.functional as F
     from sklearn_psa.nn import affinity_head as ah
-    from sklearn_psa._affinity_labels import shift_slices
+    from sklearn_psa._grid import shift_slices
     last = {}
     forward = ah.AffinityNet.forward
 

@@ -26,7 +26,7 @@ instead of float score stacks (augmentation resizes and crops those maps).
 
 import numpy as np
 
-from ._validation import IGNORE_INDEX
+from ._grid import IGNORE_INDEX, STRIDE, grid_shape, shifted_pairs
 
 __all__ = [
     "score_stack",
@@ -36,12 +36,9 @@ __all__ = [
     "affinity_label_map",
     "affinity_pairs",
     "pair_counts",
-    "shift_slices",
     "downsample_mask",
     "oracle_affinity",
 ]
-
-STRIDE = 8
 
 
 def score_stack(cams, alpha):
@@ -129,7 +126,7 @@ def pool_index_map(index_map, stride=STRIDE, *, n_values=None, ignore=IGNORE_IND
     """
     index_map = np.asarray(index_map)
     H, W = index_map.shape
-    h, w = -(-H // stride), -(-W // stride)
+    h, w = grid_shape((H, W), stride)
     padded = np.full((h * stride, w * stride), ignore, dtype=index_map.dtype)
     padded[:H, :W] = index_map
     blocks = padded.reshape(h, stride, w, stride)
@@ -221,34 +218,6 @@ def affinity_label_map(cams, labels, *, alpha_low=4, alpha_high=32, image=None, 
     return combine_confident(low, high, labels)
 
 
-def shift_slices(dy, dx, h, w):
-    """Slices ``(source, target)`` of an ``(h, w)`` grid such that each source cell
-    ``(y, x)`` is paired with the target cell ``(y + dy, x + dx)``, both inside."""
-    ys = slice(max(0, -dy), max(0, min(h, h - dy)))
-    xs = slice(max(0, -dx), max(0, min(w, w - dx)))
-    yt = slice(max(0, dy), max(0, min(h, h + dy)))
-    xt = slice(max(0, dx), max(0, min(w, w + dx)))
-    if ys.stop <= ys.start or xs.stop <= xs.start:
-        empty = slice(0, 0)
-        return (empty, empty), (empty, empty)
-    return (ys, xs), (yt, xt)
-
-
-def _shifted_pairs(grid, offsets):
-    """For each offset, the (from, to, inside) arrays of shape (K, h, w)."""
-    grid = np.asarray(grid)
-    h, w = grid.shape
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    K = len(offsets)
-    to = np.zeros((K, h, w), dtype=grid.dtype)
-    inside = np.zeros((K, h, w), dtype=bool)
-    for k, (dy, dx) in enumerate(offsets):
-        (ys, xs), (yt, xt) = shift_slices(int(dy), int(dx), h, w)
-        to[k, ys, xs] = grid[yt, xt]
-        inside[k, ys, xs] = True
-    return np.broadcast_to(grid, (K, h, w)), to, inside
-
-
 def affinity_pairs(label_map, offsets, *, ignore=IGNORE_INDEX):
     """Pair labels of a label map, laid out like an affinity ``(K, h, w)``.
 
@@ -268,7 +237,7 @@ def affinity_pairs(label_map, offsets, *, ignore=IGNORE_INDEX):
     bg_pos, fg_pos, neg : ndarray of shape (K, h, w), bool
         Both background; both the same class; different labels.
     """
-    frm, to, inside = _shifted_pairs(label_map, offsets)
+    frm, to, inside = shifted_pairs(label_map, offsets)
     valid = inside & (frm != ignore) & (to != ignore)
     same = frm == to
     bg_pos = valid & same & (frm == 0)
@@ -310,6 +279,6 @@ def oracle_affinity(mask, offsets, *, stride=STRIDE, ignore=IGNORE_INDEX):
     affinity : ndarray of shape (K, ceil(H / stride), ceil(W / stride)), float32
     """
     grid = downsample_mask(mask, stride, ignore=ignore)
-    frm, to, inside = _shifted_pairs(grid, offsets)
+    frm, to, inside = shifted_pairs(grid, offsets)
     same = inside & (frm == to) & (frm != ignore)
     return same.astype(np.float32)

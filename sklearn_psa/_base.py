@@ -13,7 +13,8 @@ does), and :meth:`~TrainedNetworkMixin._fit_network`, the one fit recipe::
     network_, history_
 
 An estimator describes its data in a dict ``data`` (its own keys, plus
-``"n_classes"``) and fills in the hooks, in the way skorch's ``NeuralNet`` has
+``"n_classes"``; the recipe adds the resolved ``"device"`` and ``"seed"``) and
+fills in the hooks, in the way skorch's ``NeuralNet`` has
 ``initialize_module``, ``get_dataset`` and ``get_loss``:
 
 - ``_build_network(data)``: the untrained network (``backbone`` and ``head``
@@ -243,6 +244,7 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         scale_range = self._checked_scale_range()
         callbacks = self._checked_callbacks()
         device, seed = self._fit_device(), self._fit_seed()
+        data = {**data, "device": device, "seed": seed}  # resolved once: the hooks take them
         start = (self.network_ if self.warm_start and hasattr(self, "network_")
                  and self._can_warm_start(data) else None)
         if start is not None:  # a copy: an interrupted fit leaves the fitted model (and its checkpoint)

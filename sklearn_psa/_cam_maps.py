@@ -13,6 +13,7 @@ present kept.
 import numpy as np
 
 from ._device import autocast
+from ._store import ArrayStore, image_key, model_key
 from ._torch_estimator import images_to_tensor, iter_image_batches
 
 __all__ = ["checked_scales", "multiscale_cams", "sigmoid", "stored_cams"]
@@ -140,8 +141,6 @@ def stored_cams(estimator, images, labels, run):
     :func:`multiscale_cams` does, handing each image to ``emit``.
     """
     import joblib
-
-    from ._store import ArrayStore, image_key, model_key
 
     store = ArrayStore(estimator.store)
     model = model_key(estimator, (estimator._network(),))

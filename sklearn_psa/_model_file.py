@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
+from ._files import atomic_write
+
 __all__ = ["is_model_file", "load_model", "save_model"]
 
 FORMAT = "sklearn-psa-model"
@@ -379,9 +382,6 @@ def save_model(model, path):
     >>> load_model(path).beta
     16
     """
-    from . import __version__
-    from .io import atomic_write
-
     writer = _Writer()
     tree = writer.encode(model, "model")
     if not (isinstance(tree, dict) and tree.get("__type__") == "estimator"):
@@ -442,7 +442,7 @@ def load_model(path):
             f"{path}: not a model file written by sklearn_psa.io.save_model"
             + (" (it looks like a pickle, which can run code when loaded: load it with "
                "joblib.load only if you trust its source, then save it with save_model)"
-               if _looks_like_pickle(path) else "")
+               if looks_like_pickle(path) else "")
         )
     try:
         with zipfile.ZipFile(path) as zf:
@@ -467,7 +467,7 @@ def load_model(path):
         raise ValueError(f"{path}: damaged or not a sklearn-psa model file ({exc})") from exc
 
 
-def _looks_like_pickle(path):
+def looks_like_pickle(path):
     """Whether the file starts as a pickle or a joblib (compressed) pickle does."""
     with open(path, "rb") as f:
         head = f.read(3)

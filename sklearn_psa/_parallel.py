@@ -16,6 +16,8 @@ import numbers
 
 from sklearn.utils._param_validation import Interval
 
+from ._device import single_thread
+
 __all__ = ["map_images", "check_n_jobs", "N_JOBS_CONSTRAINT"]
 
 #: ``_parameter_constraints`` entry of ``n_jobs``: None or a non-zero integer.
@@ -39,8 +41,6 @@ def check_n_jobs(n_jobs, name="n_jobs"):
 
 def _one_thread_call(func, args):
     """``func(*args)`` with torch on one thread (restored afterwards: dask workers live on)."""
-    from ._device import single_thread
-
     with single_thread():
         return func(*args)
 

@@ -11,12 +11,13 @@ import os
 import sys
 import time
 
+from ._device import resolve_device
+from .affinity import AUTO_MIN_EPOCHS, AUTO_MIN_STEPS, auto_epochs
+
 __all__ = ["StageLog", "describe_network", "describe_step", "epochs"]
 
 
 def _device(est):
-    from ._device import resolve_device
-
     return str(resolve_device(est.get_params(deep=False).get("device", "auto")))
 
 
@@ -45,8 +46,6 @@ def describe_network(backbone, pretrained, options, *, auto=False):
 def epochs(n):
     """``"1 epoch"``, ``"20 epochs"``, ``"epochs auto (at least 1600 steps)"``."""
     if isinstance(n, str) and n == "auto":
-        from .affinity import AUTO_MIN_EPOCHS, AUTO_MIN_STEPS
-
         return f"epochs auto (at least {AUTO_MIN_EPOCHS} and {AUTO_MIN_STEPS} steps)"
     return f"{n} epoch{'' if n == 1 else 's'}"
 
@@ -77,8 +76,6 @@ def describe_step(name, step, n_images=None):
         network = "its own network"
     n_epochs = params["max_epochs"]
     if isinstance(n_epochs, str) and n_epochs == "auto" and n_images:
-        from .affinity import AUTO_MIN_STEPS, auto_epochs
-
         n_epochs = auto_epochs(n_images, params.get("batch_size", 8))
         return (f"{title}: {network}, {epochs(n_epochs)} (auto: at least {AUTO_MIN_STEPS} steps), "
                 f"on {_device(step)}")

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_write
+
 __all__ = ["ArrayStore", "StoredArray", "StoredArrays", "stored_path", "image_key", "model_key",
            "open_stored", "stored_masks"]
 
@@ -191,8 +193,6 @@ class ArrayStore:
 
     def save(self, kind, key, array):
         """Write ``array`` atomically; a full disk is a clear ``OSError``, with nothing left behind."""
-        from .io import atomic_write
-
         path = self.path(kind, key)
         try:
             with atomic_write(path) as f:

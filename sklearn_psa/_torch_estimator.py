@@ -29,6 +29,7 @@ import copy
 import numpy as np
 
 from ._device import resolve_device
+from ._validation import check_random_state_seed
 
 __all__ = ["TorchEstimatorMixin", "device_type", "images_to_tensor", "iter_image_batches",
            "module_type"]
@@ -79,8 +80,6 @@ class TorchEstimatorMixin:
 
     def _fit_seed(self):
         """An int seed from ``random_state`` (None draws a fresh one)."""
-        from ._validation import check_random_state_seed
-
         return check_random_state_seed(self.random_state)
 
     def _resolved_backbone(self, warn=False):
@@ -96,10 +95,15 @@ class TorchEstimatorMixin:
             return AUTO_RATE_PRETRAINED if pretrained else AUTO_RATE_SCRATCH
         return float(self.learning_rate)
 
-    def _network(self, name="network_"):
-        """The fitted module ``name``, moved to the inference device, in eval mode."""
+    def _network(self, name="network_", device=None):
+        """The fitted module ``name``, moved to the inference device, in eval mode.
+
+        ``device``: that device when the caller has resolved it already (once per
+        ``predict`` or ``transform``); None resolves ``self.device``.
+        """
         module = getattr(self, name)
-        device = resolve_device(self.device)
+        if device is None:
+            device = resolve_device(self.device)
         if _module_device(module) != device:
             import torch
 

@@ -581,7 +581,7 @@ def _save_checkpoint(path, net, optimizer, scaler, epoch, step, history, fingerp
                      fingerprint_params=None, records=None, stopped=False):
     import torch
 
-    from .io import atomic_write
+    from ._files import atomic_write
 
     state = {
         "epoch": int(epoch),

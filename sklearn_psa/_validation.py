@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .io import image_size, load_image, load_mask, to_rgb
-
-IGNORE_INDEX = 255
+from ._files import image_size, load_image, load_mask, to_rgb
+from ._grid import IGNORE_INDEX
+from .exceptions import MasksRequiredError
 
 _IMAGE_EXPECTED = (
     "expected an (H, W, 3) uint8 RGB image (grayscale (H, W) and RGBA (H, W, 4) "
@@ -21,11 +21,13 @@ _IMAGE_EXPECTED = (
 )
 
 
-def _is_path(obj):
+def is_path(obj):
+    """Whether ``obj`` names a file (a str or an ``os.PathLike``)."""
     return isinstance(obj, (str, os.PathLike))
 
 
-def _describe(obj):
+def describe(obj):
+    """``obj`` in a few words for an error message: its type, or its shape and dtype."""
     if isinstance(obj, np.ndarray):
         return f"array of shape {obj.shape} and dtype {obj.dtype}"
     return f"{type(obj).__name__}"
@@ -69,7 +71,8 @@ class ImageSet(Sequence):
         return ImageSet([self.sources[i] for i in indices], self.from_array)
 
 
-def _check_image_item(item, where):
+def check_image_item(item, where):
+    """One image (array, PIL image) as an ``(H, W, 3)`` uint8 array; ``where`` names it in errors."""
     from PIL import Image
 
     if isinstance(item, Image.Image):
@@ -87,15 +90,15 @@ def _check_image_item(item, where):
         try:
             item = np.asarray(item)
         except Exception as exc:  # pragma: no cover - exotic objects
-            raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(original)}") from exc
+            raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {describe(original)}") from exc
         if item.dtype == object:
-            raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(original)}")
+            raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {describe(original)}")
     if item.dtype != np.uint8:
-        raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(item)}")
+        raise TypeError(f"{where}: {_IMAGE_EXPECTED}, got {describe(item)}")
     if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
-        raise ValueError(f"{where}: {_IMAGE_EXPECTED}, got {_describe(item)}")
+        raise ValueError(f"{where}: {_IMAGE_EXPECTED}, got {describe(item)}")
     if item.shape[0] == 0 or item.shape[1] == 0:
-        raise ValueError(f"{where}: image is empty ({_describe(item)})")
+        raise ValueError(f"{where}: image is empty ({describe(item)})")
     return to_rgb(item)
 
 
@@ -116,13 +119,12 @@ def check_images(X, *, name="X"):
     """
     if isinstance(X, ImageSet):
         return X
-    from .records import Records
-
-    if isinstance(X, Records):
-        return X.images
+    carried = getattr(X, "images", None)  # Records carry their images as an ImageSet
+    if isinstance(carried, ImageSet):
+        return carried
     if X is None:
         raise TypeError(f"{name} is None: expected a sequence of images")
-    if _is_path(X):
+    if is_path(X):
         if os.path.isdir(X):
             raise TypeError(
                 f"{name} is a folder ({os.fspath(X)!r}): expected a sequence of images; "
@@ -140,29 +142,29 @@ def check_images(X, *, name="X"):
                 raise ValueError(f"{name} is empty: expected at least one image")
             if X.dtype != np.uint8:
                 raise TypeError(
-                    f"{name}: expected an (n, H, W, 3) uint8 array, got {_describe(X)}"
+                    f"{name}: expected an (n, H, W, 3) uint8 array, got {describe(X)}"
                 )
             if X.shape[3] not in (1, 3, 4):
                 raise ValueError(
-                    f"{name}: expected an (n, H, W, 3) uint8 array, got {_describe(X)}"
+                    f"{name}: expected an (n, H, W, 3) uint8 array, got {describe(X)}"
                 )
             if X.shape[1] == 0 or X.shape[2] == 0:
-                raise ValueError(f"{name}: images are empty ({_describe(X)})")
-            return ImageSet([_check_image_item(x, f"{name}[{i}]") for i, x in enumerate(X)], True)
+                raise ValueError(f"{name}: images are empty ({describe(X)})")
+            return ImageSet([check_image_item(x, f"{name}[{i}]") for i, x in enumerate(X)], True)
         else:
             raise ValueError(
                 f"{name}: expected an (n, H, W, 3) uint8 array or a sequence of images, "
-                f"got {_describe(X)}"
+                f"got {describe(X)}"
             )
     try:
         items = list(X)
     except TypeError as exc:
-        raise TypeError(f"{name}: expected a sequence of images, got {_describe(X)}") from exc
+        raise TypeError(f"{name}: expected a sequence of images, got {describe(X)}") from exc
     if len(items) == 0:
         raise ValueError(f"{name} is empty: expected at least one image")
     sources = []
     for i, item in enumerate(items):
-        if _is_path(item):
+        if is_path(item):
             path = os.fspath(item)
             if os.path.isdir(path):
                 raise IsADirectoryError(
@@ -177,7 +179,7 @@ def check_images(X, *, name="X"):
                 raise ValueError(f"{name}[{i}]: {exc}") from exc
             sources.append(path)
         else:
-            sources.append(_check_image_item(item, f"{name}[{i}]"))
+            sources.append(check_image_item(item, f"{name}[{i}]"))
     return ImageSet(sources, from_array=False)
 
 
@@ -198,7 +200,7 @@ def check_image_labels(y, n_samples=None, *, n_classes=None, name="y"):
         ) from exc
     if arr.ndim != 2 or arr.dtype == object:
         raise ValueError(
-            f"{name}: expected an (n_samples, n_classes) 0/1 indicator matrix, got {_describe(arr)}"
+            f"{name}: expected an (n_samples, n_classes) 0/1 indicator matrix, got {describe(arr)}"
         )
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty: expected at least one row")
@@ -222,8 +224,13 @@ def check_image_labels(y, n_samples=None, *, n_classes=None, name="y"):
     return arr.astype(np.uint8)
 
 
-def _check_mask_item(item, where, n_classes, shape):
-    if _is_path(item):
+def check_mask_item(item, where, n_classes, shape):
+    """One mask (array or path) as an ``(H, W)`` uint8 array; ``where`` names it in errors.
+
+    Values above ``n_classes`` (other than 255) and a shape other than ``shape``
+    are errors, unless those are None.
+    """
+    if is_path(item):
         path = os.fspath(item)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{where}: no such mask file: {path}")
@@ -234,9 +241,9 @@ def _check_mask_item(item, where, n_classes, shape):
     else:
         arr = np.asarray(item)
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise TypeError(f"{where}: expected an (H, W) integer mask, got {_describe(arr)}")
+            raise TypeError(f"{where}: expected an (H, W) integer mask, got {describe(arr)}")
         if arr.ndim != 2:
-            raise ValueError(f"{where}: expected an (H, W) integer mask, got {_describe(arr)}")
+            raise ValueError(f"{where}: expected an (H, W) integer mask, got {describe(arr)}")
         if arr.dtype.kind == "f":
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"{where}: mask contains NaN or infinite values")
@@ -299,13 +306,13 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y",
             f"{name} is a single (H, W) mask of shape {masks.shape}: expected a sequence of "
             "masks or an (n, H, W) array; wrap it in a list"
         )
-    elif _is_path(masks):
+    elif is_path(masks):
         raise TypeError(f"{name} is a single path: expected a sequence of masks; wrap it in a list")
     else:
         try:
             items = list(masks)
         except TypeError as exc:
-            raise TypeError(f"{name}: expected a sequence of masks, got {_describe(masks)}") from exc
+            raise TypeError(f"{name}: expected a sequence of masks, got {describe(masks)}") from exc
     if len(items) == 0:
         raise ValueError(f"{name} is empty: expected at least one mask")
     if n_samples is not None and len(items) != n_samples:
@@ -314,7 +321,7 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y",
     if shapes is not None and len(shapes) != len(items):
         raise ValueError(f"{name} has {len(items)} masks but there are {len(shapes)} images")
     return [
-        _check_mask_item(m, f"{name}[{i}]", n_classes, None if shapes is None else shapes[i])
+        check_mask_item(m, f"{name}[{i}]", n_classes, None if shapes is None else shapes[i])
         for i, m in enumerate(items)
     ]
 
@@ -348,12 +355,10 @@ def check_score_masks(y, n_samples, *, shapes=None, n_classes=None, scorer="scor
     """
     import scipy.sparse as sp
 
-    from .exceptions import MasksRequiredError
-
     shape = None
     if sp.issparse(y):
         shape = y.shape
-    elif y is not None and not _is_path(y) and not _looks_like_masks(y):
+    elif y is not None and not is_path(y) and not _looks_like_masks(y):
         try:
             arr = np.asarray(y)
         except (TypeError, ValueError):  # ragged: not an indicator; check_masks says what
@@ -395,7 +400,7 @@ def _looks_like_masks(y):
         return y.ndim == 3 or (y.dtype == object and y.ndim == 1)
     if isinstance(y, (list, tuple)) and len(y) > 0:
         first = y[0]
-        if _is_path(first):
+        if is_path(first):
             return True
         return np.ndim(first) == 2
     return False
@@ -521,85 +526,3 @@ def check_scalar_in(value, name, low=None, high=None, integer=False):
             raise ValueError(f"{name} must be at most {high}, got {value!r}")
         raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
     return value
-
-
-#: How far above 1 a CAM may be (float rounding of the normalisation).
-CAM_TOLERANCE = 1e-5
-
-
-def check_records(records, *, require_cams=True, require_affinity=False, name="X"):
-    """Validate :class:`~sklearn_psa.records.Records` coming from an earlier step."""
-    from ._store import stored_path
-    from .records import Records
-
-    if not isinstance(records, Records):
-        raise TypeError(
-            f"{name}: expected Records (the output of CAMClassifier.transform or "
-            f"AffinityEstimator.transform), got {_describe(records)}"
-        )
-    if len(records) == 0:
-        raise ValueError(f"{name} is empty: expected at least one record")
-    for i, r in enumerate(records.records):
-        where = f"{name}[{i}]"
-        if r.labels.size and (r.labels.min() < 0 or r.labels.max() >= records.n_classes):
-            raise ValueError(f"{where}: labels must be class columns in 0..{records.n_classes - 1}")
-        if r.labels.size > 1 and np.any(np.diff(r.labels) <= 0):
-            raise ValueError(f"{where}: labels must be sorted and unique, got {r.labels}")
-        if require_cams or r.cams is not None:
-            if r.cams is None:
-                raise ValueError(f"{where}: has no CAMs")
-            expected = (r.labels.size,) + tuple(r.shape)
-            if r.cams.shape != expected:
-                raise ValueError(
-                    f"{where}: cams has shape {r.cams.shape}, expected {expected} "
-                    "(one map per class present, at the image's size)"
-                )
-            # arrays of a store were checked when computed: reading them all again here
-            # would page the whole dataset in
-            if not stored_path(r.cams) and not np.all(np.isfinite(r.cams)):
-                raise ValueError(f"{where}: cams contain NaN or infinite values")
-            if r.cams.size and (r.cams.min() < 0 or r.cams.max() > 1 + CAM_TOLERANCE):
-                raise ValueError(
-                    f"{where}: cams must lie in [0, 1] (each class's map divided by its "
-                    f"maximum, as CAMClassifier makes them), got values in "
-                    f"[{float(r.cams.min()):.4g}, {float(r.cams.max()):.4g}]"
-                )
-        if require_affinity or r.affinity is not None:
-            if r.affinity is None:
-                raise ValueError(
-                    f"{where}: has no affinity (run AffinityEstimator.transform first)"
-                )
-            if r.affinity.ndim != 3:
-                raise ValueError(f"{where}: affinity must be (K, h, w), got shape {r.affinity.shape}")
-            if not stored_path(r.affinity):
-                if not np.all(np.isfinite(r.affinity)):
-                    raise ValueError(f"{where}: affinity contains NaN or infinite values")
-                if r.affinity.size and r.affinity.min() < 0:
-                    raise ValueError(f"{where}: affinity must be non-negative")
-            if r.radius is None:
-                raise ValueError(f"{where}: affinity without its radius")
-            _check_affinity_layout(r, where)
-    return records
-
-
-def _check_affinity_layout(record, where):
-    """The affinity lies on the image's stride-8 grid with one channel per neighbour offset."""
-    from ._affinity_labels import STRIDE
-    from .walk import neighbor_offsets
-
-    H, W = record.shape
-    grid = (-(-H // STRIDE), -(-W // STRIDE))
-    if tuple(record.affinity.shape[1:]) != grid:
-        raise ValueError(
-            f"{where}: affinity is on a {tuple(record.affinity.shape[1:])} grid, but a "
-            f"{H}x{W} image has the grid {grid} (ceil of the size / {STRIDE})"
-        )
-    try:
-        K = len(neighbor_offsets(record.radius))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: invalid radius {record.radius!r}: {exc}") from exc
-    if record.affinity.shape[0] != K:
-        raise ValueError(
-            f"{where}: affinity has {record.affinity.shape[0]} channels, but radius "
-            f"{record.radius} has {K} neighbour offsets"
-        )

@@ -11,18 +11,24 @@ stride-8 grid to its record, for :class:`~sklearn_psa.RandomWalkRefiner`.
 
 import numbers
 import os
+import warnings
 
+import joblib
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._affinity_labels import affinity_pairs, combine_confident, confident_regions, pool_index_map
 from ._base import TrainedNetworkMixin, training_parameters_doc
-from ._affinity_labels import STRIDE, combine_confident, confident_regions, pool_index_map
+from ._device import resolve_device
+from ._grid import IGNORE_INDEX, STRIDE, neighbor_offsets
 from ._parallel import N_JOBS_CONSTRAINT, map_images
-from ._store import image_key
+from ._store import ArrayStore, StoredArray, image_key, model_key
 from ._torch_estimator import images_to_tensor, iter_image_batches
-from ._validation import IGNORE_INDEX, check_records
+from ._training import TrainResult
+from .crf import ImageCRF, check_crf_options, placed_crf_options
+from .records import Record, check_records
 
 __all__ = ["AffinityEstimator", "auto_epochs"]
 
@@ -66,9 +72,6 @@ def _label_task(image, labels, cams, shape, alpha_low, alpha_high, crf, offsets)
     :func:`sklearn_psa._parallel.map_images`: it takes the record's arrays, not
     the record, so that a worker never needs the files of a ``store``.
     """
-    from ._affinity_labels import affinity_pairs
-    from .records import Record
-
     record = Record(image, labels, np.asarray(cams), shape=shape)
     low, high = _value_maps(record, alpha_low, alpha_high, crf)
     return (low, high) + _label_counts(low, high, offsets)
@@ -76,8 +79,6 @@ def _label_task(image, labels, cams, shape, alpha_low, alpha_high, crf, offsets)
 
 def _label_counts(low, high, offsets):
     """``(cell counts, pair counts)`` of one image's value maps (see :func:`_label_task`)."""
-    from ._affinity_labels import affinity_pairs
-
     grid = _grid_labels(low[None], high[None])[0]
     cells = np.array([np.sum((grid > 0) & (grid != IGNORE_INDEX)), np.sum(grid == 0),
                       np.sum(grid == IGNORE_INDEX)], np.int64)
@@ -184,10 +185,6 @@ class AffinityTransformerMixin(TransformerMixin):
 
     def _stored_affinities(self, records):
         """Memory-mapped affinities from ``store``, computing only those not there."""
-        import joblib
-
-        from ._store import ArrayStore, model_key
-
         store = ArrayStore(self.store)
         model = model_key(self, self._store_fitted())
         keys = [joblib.hash((model, image_key(r.image), tuple(r.shape))) for r in records.records]
@@ -234,6 +231,7 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
     crf : bool or dict, default=True
         Refine both score stacks with the dense CRF before the argmax (the
         paper does); a dict is passed to :func:`sklearn_psa.dense_crf` as options.
+        The CRF runs on ``device`` unless the dict names a ``device`` of its own.
     init : {"scratch", "cam"}, default="scratch"
         Where the backbone starts when ``pretrained`` is None: ``"scratch"``
         builds ``backbone`` (random weights, or ImageNet weights with
@@ -380,8 +378,6 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
     def _check_settings(self):
         """Check the settings that parameter validation cannot (how parameters relate, the
         CRF options); return the scale range. ``PSASegmenter`` calls it before any training."""
-        from .crf import check_crf_options
-
         if self.alpha_high < self.alpha_low:
             raise ValueError(
                 f"alpha_high ({self.alpha_high}) must be >= alpha_low ({self.alpha_low}): the "
@@ -403,33 +399,24 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
             raise ValueError(f"head_widths must be three positive ints, got {self.head_widths!r}")
         return widths
 
-    def _crf_function(self):
+    def _crf_function(self, device):
         """``(crf(image, scores) -> probs, on_cuda)`` from the ``crf`` parameter.
 
         ``crf`` is None without a CRF; it is picklable (for the workers of
-        ``n_jobs``), names its device, so that a worker never picks CUDA, and
-        builds each image's lattices once for its two maps; ``on_cuda`` says
-        it runs on a GPU, hence in this process.
+        ``n_jobs``), runs on ``device`` (the fit's) unless the ``crf`` dict
+        names one, and builds each image's lattices once for its two maps;
+        ``on_cuda`` says it runs on a GPU, hence in this process.
         """
-        from ._device import resolve_device
-        from .crf import ImageCRF, check_crf_options
-
         options = check_crf_options(self.crf)
         if options is None:
             return None, False
-        on_cuda = False
-        if options.get("backend", "auto") != "pydensecrf2":
-            device = resolve_device(options.get("device"))
-            on_cuda = device.type == "cuda"
-            options["device"] = str(device)
+        options, on_cuda = placed_crf_options(options, device)
         return ImageCRF(**options), on_cuda
 
     def _stored_label_maps(self, records):
         """The training label maps' place in ``store`` (None without one)."""
         if self.store is None:
             return None
-        from .crf import check_crf_options
-
         options = check_crf_options(self.crf)
         if options is not None:
             options.pop("device", None)  # the same maps wherever the CRF runs
@@ -488,7 +475,7 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         """The training images with their low/high label maps (the dense CRF's work, per
         image, over ``n_jobs``); sets ``label_stats_``."""
         records = data["records"]
-        crf, on_cuda = self._crf_function()
+        crf, on_cuda = self._crf_function(data["device"])
         samples, stats = [None] * len(records), np.zeros(3, np.int64)
         pairs = np.zeros(3, np.int64)
         stored = self._stored_label_maps(records)
@@ -524,7 +511,6 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         :meth:`TrainedNetworkMixin.get_loss <sklearn_psa._base.TrainedNetworkMixin.get_loss>`."""
         import torch
 
-        from ._affinity_labels import affinity_pairs
         from .nn.affinity_head import affinity_loss, pairwise_affinity
 
         feats = net(batch["image"])
@@ -553,8 +539,6 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         -------
         self : AffinityEstimator
         """
-        from .walk import neighbor_offsets
-
         records = check_records(X, name="X")
         self._check_settings()
         self.offsets_ = np.asarray(neighbor_offsets(self.radius))
@@ -566,10 +550,6 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
     @property
     def train_result_(self):
         """Deprecated: the loss history and epoch times; use :attr:`history_`."""
-        import warnings
-
-        from ._training import TrainResult
-
         warnings.warn("train_result_ is deprecated: use history_ (one dict per epoch), loss_curve_ "
                       "and epoch_seconds_", FutureWarning, stacklevel=2)
         return TrainResult(history=self.loss_curve_, epoch_seconds=self.epoch_seconds_,
@@ -582,10 +562,8 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
 
     def _affinity_features(self, records):
         """Yield ``(indices, f_aff)`` batch by batch: AffinityNet's features."""
-        from ._device import resolve_device
-
-        net = self._network("network_")
         device = resolve_device(self.device)
+        net = self._network("network_", device)
         shapes = [r.shape for r in records.records]
         for idx in iter_image_batches(shapes, max(1, int(self.batch_size))):
             yield idx, net(images_to_tensor([records[i].load_image() for i in idx], device))
@@ -613,8 +591,6 @@ class _LazySample:
 
     @property
     def maps(self):
-        from ._store import StoredArray
-
         if isinstance(self._maps, StoredArray):
             both = np.load(self._maps.path, allow_pickle=False)
             return {"low": both[0], "high": both[1]}
@@ -623,8 +599,6 @@ class _LazySample:
 
 def _cams_key(record):
     """What identifies a record's CAMs: a stored array's file, else the hash of its values."""
-    import joblib
-
     cams = record.__dict__["cams"]
     return getattr(cams, "path", None) or joblib.hash(np.ascontiguousarray(cams))
 
@@ -635,10 +609,6 @@ class _LabelMapStore:
     with other training parameters, or a resumed one, skips the dense CRF)."""
 
     def __init__(self, folder, records, settings):
-        import joblib
-
-        from ._store import ArrayStore
-
         self.store = ArrayStore(folder)
         self.keys = [joblib.hash((image_key(r.image), _cams_key(r), r.labels.tolist(), settings))
                      for r in records.records]

@@ -5,12 +5,14 @@ import os
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import TrainedNetworkMixin, training_parameters_doc
 from ._cam_maps import checked_scales, multiscale_cams, sigmoid, stored_cams
+from ._training import ImageSamples
 from ._validation import check_classes, check_images, check_targets, class_names_of
+from .records import Record, Records
 
 __all__ = ["CAMClassifier"]
 
@@ -226,8 +228,6 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         return Network(backbone, CAMHead(backbone.out_channels[2], data["n_classes"]))
 
     def _training_samples(self, data):
-        from ._training import ImageSamples
-
         return ImageSamples(data["images"], targets={"labels": data["labels"].astype(np.float32)})
 
     def get_loss(self, net, batch):
@@ -324,8 +324,6 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
             emit=emit, done=done)
 
     def _records(self, images, labels=None):
-        from .records import Record, Records
-
         check_is_fitted(self)
         if self.store is None:
             _, out = self._run(images, labels, cams=True)

@@ -10,8 +10,9 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from ._cam_maps import checked_scales, multiscale_cams, sigmoid, stored_cams
-from ._torch_estimator import TorchEstimatorMixin, device_type, module_type
+from ._torch_estimator import TorchEstimatorMixin, device_type, images_to_tensor, module_type
 from ._validation import check_classes, check_images, check_targets, class_names_of
+from .records import Record, Records
 
 __all__ = ["ClassifierCAM"]
 
@@ -224,8 +225,6 @@ class ClassifierCAM(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         """Run the first image through: the feature map must have the linear layer's inputs."""
         import torch
 
-        from ._torch_estimator import images_to_tensor
-
         net = self._network()
         device = next(net.parameters()).device
         with torch.inference_mode():
@@ -238,8 +237,6 @@ class ClassifierCAM(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
             )
 
     def _records(self, images, labels=None):
-        from .records import Record, Records
-
         def run(images, labels, emit=None, done=0):
             return multiscale_cams(
                 self._network(), images, n_classes=self.n_classes_,

@@ -28,7 +28,21 @@ import os
 import sys
 from pathlib import Path
 
-from .io import IMAGE_EXTENSIONS
+from . import io
+from ._model_file import looks_like_pickle
+from .io import (
+    IMAGE_EXTENSIONS,
+    atomic_write,
+    check_writable,
+    image_size,
+    is_model_file,
+    list_images,
+    load_model,
+    output_mark,
+    remove_stale_temporaries,
+    save_mask,
+    save_model,
+)
 
 __all__ = ["main"]
 
@@ -44,12 +58,12 @@ class CommandError(Exception):
 
 def _voc_root(path):
     """The VOC2012 folder at or under ``path`` (as ``load_voc`` finds it), or None."""
-    from .datasets._voc import _find_voc2012
+    from .datasets._voc import find_voc2012
 
     if not Path(path).is_dir():
         return None
     try:
-        return _find_voc2012(path)
+        return find_voc2012(path)
     except FileNotFoundError:
         return None
 
@@ -142,8 +156,6 @@ def _image_ids(paths):
 
 
 def _list_images(folder):
-    from .io import list_images
-
     paths = list_images(folder)
     if not paths:
         raise CommandError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
@@ -278,8 +290,6 @@ def _input_files(data, *extra):
 
 def _writable(folder, what):
     """Fail unless files can be created in ``folder``; ``what`` names the option and path."""
-    from .io import check_writable
-
     try:
         check_writable(folder)
     except OSError as exc:
@@ -292,8 +302,6 @@ def _check_mask_folder(folder, option, inputs, ids):
     """Before any work: ``folder`` holds no input of this run, can be written, and every
     ``<id>.png`` already there is a mask sklearn-psa wrote as an output (only those are
     skipped as done or replaced); removes what killed saves left there."""
-    from .io import output_mark, remove_stale_temporaries
-
     if folder is None:
         return
     where = _resolved(folder)
@@ -317,8 +325,6 @@ def _check_mask_folder(folder, option, inputs, ids):
 
 def _check_model_output(path, inputs):
     """Before training: ``--model`` is not an input, replaces only a model file, can be written."""
-    from .io import is_model_file
-
     path = Path(path)
     if _resolved(path) in inputs:
         raise CommandError(f"--model {path}: is an input of this run; choose another path")
@@ -334,8 +340,6 @@ def _check_model_output(path, inputs):
 def _load_model(path, *, trust_pickle=False):
     """The fitted PSASegmenter or Pipeline in ``path``: a file of ``sklearn_psa.io.save_model``
     (holds no code), or with ``trust_pickle`` a joblib pickle."""
-    from .io import is_model_file, load_model
-
     path = Path(path)
     if not path.is_file():
         raise CommandError(f"{path}: no such model file (write one with 'sklearn-psa fit')")
@@ -345,9 +349,7 @@ def _load_model(path, *, trust_pickle=False):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
     elif not trust_pickle:
-        from ._model_file import _looks_like_pickle
-
-        if _looks_like_pickle(path):
+        if looks_like_pickle(path):
             raise CommandError(
                 f"{path}: a pickle (joblib) file, which can run any code when loaded: refused. "
                 "If you trust its source, pass --trust-pickle, or convert it once with "
@@ -533,8 +535,6 @@ def cmd_fit(args):
     print(f"fitting on {len(data['images'])} images from {args.data} "
           f"({args.supervision}-level supervision)", file=sys.stderr)
     model.fit(data["images"], y)
-    from .io import save_model
-
     save_model(model, args.model)
     print(f"model written to {args.model}")
     if args.pseudo_labels and args.supervision == "image":
@@ -550,8 +550,6 @@ _PER_IMAGE_ERRORS = (ValueError, OSError, MemoryError, RuntimeError)
 
 
 def cmd_predict(args):
-    from .io import image_size, save_mask
-
     _check_folder(args.output, "--output")
     if not Path(args.model).is_file():
         raise CommandError(f"{args.model}: no such model file (write one with 'sklearn-psa fit')")
@@ -625,7 +623,6 @@ def cmd_predict(args):
 
 
 def cmd_evaluate(args):
-    from .io import atomic_write
     from .metrics import segmentation_report
 
     pred_dir = Path(args.predictions)
@@ -868,8 +865,6 @@ def main(argv=None):
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    from . import io
-
     limit = io.MAX_PIXELS
     if getattr(args, "max_pixels", None) is not None:
         io.MAX_PIXELS = args.max_pixels

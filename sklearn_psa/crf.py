@@ -32,7 +32,7 @@ import numpy as np
 from . import _device
 from ._device import cpu_threads, flush_denormal, resolve_device
 
-__all__ = ["DenseCRF", "dense_crf"]
+__all__ = ["DenseCRF", "dense_crf", "ImageCRF", "check_crf_options", "placed_crf_options"]
 
 # Probabilities are clipped here before the log, as pydensecrf.utils.unary_from_softmax
 # (which the reference code uses) does by default.
@@ -518,6 +518,35 @@ def check_crf_options(crf, name="crf"):
     if "backend" in crf and crf["backend"] not in _BACKENDS:
         raise ValueError(f"{name}: backend must be one of {_BACKENDS}, got {crf['backend']!r}")
     return dict(crf)
+
+
+def placed_crf_options(options, device):
+    """CRF options with the device they run on settled, and whether that is a GPU.
+
+    Parameters
+    ----------
+    options : dict
+        Options of :func:`dense_crf` (from :func:`check_crf_options`).
+    device : str or torch.device
+        The estimator's device, resolved once per ``fit`` or ``predict``. The
+        CRF runs there unless ``options`` names a device of its own.
+
+    Returns
+    -------
+    options : dict
+        A copy of ``options`` whose ``device`` is set explicitly (a worker
+        process of ``n_jobs`` never picks CUDA by itself); unchanged for
+        ``backend="pydensecrf2"``, which runs on the CPU.
+    on_cuda : bool
+        Whether the CRF runs on a GPU, hence in this process.
+    """
+    options = dict(options)
+    if options.get("backend", "auto") == "pydensecrf2":
+        return options, False
+    given = options.get("device")
+    target = resolve_device(device if given is None else given)
+    options["device"] = str(target)
+    return options, target.type == "cuda"
 
 
 def _softmax_rows(logits):

@@ -18,10 +18,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._affinity_labels import STRIDE, shift_slices
-from .affinity import AffinityTransformerMixin
+from ._device import resolve_device
+from ._grid import STRIDE, neighbor_offsets, shift_slices
 from ._torch_estimator import TorchEstimatorMixin, device_type, images_to_tensor, iter_image_batches, module_type
-from ._validation import check_records
+from .affinity import AffinityTransformerMixin
+from .records import check_records
 
 __all__ = ["FeatureAffinity"]
 
@@ -177,22 +178,20 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
     def _grid_features(self, records, device):
         """Yield ``(indices, features)``: raw grid features, batch by batch (run it under
         ``torch.inference_mode``)."""
-        from .nn.affinity_head import _resize_to, backbone_levels
+        from .nn.affinity_head import backbone_levels, resize_to
 
-        net = self._network("backbone_")
+        net = self._network("backbone_", device)
         shapes = [r.shape for r in records.records]
         level = _LEVELS[self.level]
         for idx in iter_image_batches(shapes, max(1, int(self.batch_size))):
             x = images_to_tensor([records[i].load_image() for i in idx], device)
             levels, size = backbone_levels(net, x, STRIDE, float(self.input_scale))
-            yield idx, _resize_to(levels[level].float().contiguous(), size)
+            yield idx, resize_to(levels[level].float().contiguous(), size)
 
     def _affinity_features(self, records):
         """Yield ``(indices, features)`` whose ``exp(-mean_c |f_c(i) - f_c(j)|)`` is the affinity:
         the grid features standardised and divided by ``distance_scale_``."""
         import torch
-
-        from ._device import resolve_device
 
         device = resolve_device(self.device)
         shift = torch.as_tensor(self.mean_, device=device).view(1, -1, 1, 1)
@@ -224,7 +223,6 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         import torch
 
         from ._training import progress
-        from .walk import neighbor_offsets
 
         records = check_records(X, name="X")
         device = self._fit_device()

@@ -13,7 +13,11 @@ import numbers
 import numpy as np
 from sklearn.utils._param_validation import Interval, validate_params
 
-from ._validation import IGNORE_INDEX, check_masks
+from ._affinity_labels import affinity_label_map, affinity_pairs, downsample_mask
+from ._grid import IGNORE_INDEX, neighbor_offsets, shifted_pairs
+from ._validation import check_masks, check_score_masks
+from .crf import check_crf_options, dense_crf
+from .records import check_records
 
 __all__ = ["affinity_report", "confusion_matrix", "mean_iou", "mean_iou_scorer", "segmentation_report"]
 
@@ -288,8 +292,6 @@ def mean_iou_scorer(estimator, X, y):
     >>> mean_iou_scorer(Bright(), X, y)
     1.0
     """
-    from ._validation import check_score_masks
-
     n = len(X) if hasattr(X, "__len__") else None
     if n is not None:  # image-level labels stop a search (MasksRequiredError), not NaN
         y = check_score_masks(y, n, scorer="mean_iou_scorer")
@@ -512,11 +514,6 @@ def affinity_report(records, masks, *, alpha_low=4, alpha_high=32, crf=False, ou
     >>> report["labels"]["fg_precision"], report["labels"]["bg_precision"]
     (1.0, 1.0)
     """
-    from ._affinity_labels import _shifted_pairs, affinity_pairs, affinity_label_map, downsample_mask
-    from ._validation import check_records
-    from .crf import check_crf_options, dense_crf
-    from .walk import neighbor_offsets
-
     records = check_records(records, require_cams=True, require_affinity=False, name="records")
     masks = check_masks(masks, len(records), shapes=[r.shape for r in records])
     options = check_crf_options(crf)
@@ -533,7 +530,7 @@ def affinity_report(records, masks, *, alpha_low=4, alpha_high=32, crf=False, ou
                                crf=crf_fn)
         t = downsample_mask(np.asarray(m))
         known = t != IGNORE_INDEX
-        frm, to, inside = _shifted_pairs(t, offsets)
+        frm, to, inside = shifted_pairs(t, offsets)
         inside = inside & (frm != IGNORE_INDEX) & (to != IGNORE_INDEX)
         for i, kind in enumerate(affinity_pairs(g, offsets)):
             kind = kind & inside

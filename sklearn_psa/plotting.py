@@ -8,17 +8,20 @@ import numbers
 
 import numpy as np
 
-from ._affinity_labels import shift_slices
+from ._affinity_labels import affinity_label_map
+from ._files import voc_palette
+from ._grid import neighbor_offsets, shift_slices
 from ._validation import (
-    _check_image_item,
-    _check_mask_item,
-    _describe,
-    _is_path,
+    check_classes,
+    check_image_item,
     check_images,
+    check_mask_item,
     check_masks,
-    check_records,
     check_scalar_in,
+    describe,
+    is_path,
 )
+from .records import Record, Records, check_records
 
 __all__ = ["affinity_map", "plot_affinity", "plot_cams", "plot_mask", "plot_synthesized"]
 
@@ -46,8 +49,6 @@ def _axes(n, axes, panel_size):
 
 def _check_record(record, *, require_cams=False, require_affinity=False, name="record"):
     """Check that ``record`` is one consistent :class:`~sklearn_psa.records.Record`."""
-    from .records import Record, Records
-
     if isinstance(record, Records):
         raise TypeError(
             f"{name}: expected one Record, got Records of {len(record)} records; "
@@ -56,7 +57,7 @@ def _check_record(record, *, require_cams=False, require_affinity=False, name="r
     if not isinstance(record, Record):
         raise TypeError(
             f"{name}: expected a Record (an item of the Records from CAMClassifier.transform "
-            f"or AffinityEstimator.transform), got {_describe(record)}"
+            f"or AffinityEstimator.transform), got {describe(record)}"
         )
     if require_cams and record.cams is None:
         raise ValueError(f"{name} has no CAMs (it did not come from CAMClassifier)")
@@ -193,15 +194,11 @@ def plot_mask(image, mask, *, ax=None, alpha=0.5, title=None, n_classes=None, cl
     >>> [t.get_text() for t in ax.get_legend().get_texts()]
     ['dog']
     """
-    from .io import voc_palette
-
-    if _is_path(image):
+    if is_path(image):
         image = check_images([image], name="image")[0]
     else:
-        image = _check_image_item(image, "image")
+        image = check_image_item(image, "image")
     if class_names is not None:
-        from ._validation import check_classes
-
         class_names = check_classes(class_names, name="class_names")
         if n_classes is not None and n_classes != len(class_names):
             raise ValueError(
@@ -210,7 +207,7 @@ def plot_mask(image, mask, *, ax=None, alpha=0.5, title=None, n_classes=None, cl
         n_classes = len(class_names)
     if n_classes is not None:
         check_scalar_in(n_classes, "n_classes", low=1, integer=True)
-    mask = _check_mask_item(mask, "mask", n_classes, image.shape[:2])
+    mask = check_mask_item(mask, "mask", n_classes, image.shape[:2])
     check_scalar_in(alpha, "alpha", 0, 1)
     if ax is None:
         _, ax = _pyplot().subplots()
@@ -294,7 +291,7 @@ def _numeric_array(obj, name, expected):
     try:
         arr = np.asarray(obj, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name}: expected {expected} of numbers, got {_describe(obj)}") from exc
+        raise TypeError(f"{name}: expected {expected} of numbers, got {describe(obj)}") from exc
     return arr
 
 
@@ -308,15 +305,11 @@ def _upsample(grid, shape):
 
 
 def _color_mask(mask):
-    from .io import voc_palette
-
     return voc_palette()[np.asarray(mask, dtype=np.uint8)]
 
 
 def _color_cams(image, record):
     """Image blended with each class's CAM in its mask colour."""
-    from .io import voc_palette
-
     base = image.astype(np.float64) * 0.4
     if record.cams is None or record.cams.shape[0] == 0:
         return base.astype(np.uint8)
@@ -343,8 +336,6 @@ def plot_affinity(record, ax=None, *, show_image=True):
     -------
     ax : matplotlib Axes
     """
-    from .walk import neighbor_offsets
-
     plt = _pyplot()
     _check_record(record, require_affinity=True)
     if ax is None:
@@ -411,7 +402,7 @@ def plot_synthesized(records, masks, true_masks=None, *, indices=None, max_image
             indices = list(indices)
         except TypeError as exc:
             raise TypeError(
-                f"indices: expected a sequence of record indices, got {_describe(indices)}"
+                f"indices: expected a sequence of record indices, got {describe(indices)}"
             ) from exc
         if not indices:
             raise ValueError("indices is empty: expected at least one record index")
@@ -429,8 +420,6 @@ def plot_synthesized(records, masks, true_masks=None, *, indices=None, max_image
             panels.append(_color_mask(true_masks[i]))
         panels.append(_color_cams(image, record))
         if label_alphas is not None:
-            from ._affinity_labels import affinity_label_map
-
             grid = affinity_label_map(record.cams, record.labels, alpha_low=alpha_low, alpha_high=alpha_high)
             panels.append(_color_mask(_upsample(grid, record.shape)))
         for col, panel in enumerate(panels):

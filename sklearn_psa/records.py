@@ -19,9 +19,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ._files import image_size, load_image
+from ._grid import STRIDE, grid_shape, neighbor_offsets
 from ._store import StoredArray, stored_path
+from ._transition import transition_matrix
+from ._validation import ImageSet, check_image_labels, check_images, describe
 
-__all__ = ["Record", "Records"]
+__all__ = ["Record", "Records", "check_records"]
 
 
 def _canonical(arr):
@@ -87,8 +91,6 @@ class Record:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if self.shape is None:
             if isinstance(self.image, str):
-                from .io import image_size
-
                 self.shape = tuple(image_size(self.image))
             else:
                 self.shape = tuple(np.asarray(self.image).shape[:2])
@@ -137,8 +139,6 @@ class Record:
         -------
         T : scipy.sparse.csr_array of shape (h * w, h * w)
         """
-        from ._validation import check_records
-
         if self.affinity is None:
             raise ValueError(
                 "this record has no affinity: take records from AffinityEstimator.transform "
@@ -147,14 +147,10 @@ class Record:
         n_classes = max(int(self.labels.max(initial=0)) + 1, 1)
         check_records(Records([self], n_classes), require_cams=False, require_affinity=True,
                       name="record")
-        from .walk import transition_matrix
-
         return transition_matrix(self.affinity, beta=beta)
 
     def load_image(self):
         """The image as an (H, W, 3) uint8 array (loaded from disk when a path)."""
-        from .io import load_image
-
         return load_image(self.image) if isinstance(self.image, str) else self.image
 
     @property
@@ -261,8 +257,6 @@ class Records(Sequence):
     @property
     def images(self):
         """The images as an :class:`~sklearn_psa._validation.ImageSet`."""
-        from ._validation import ImageSet
-
         return ImageSet([r.image for r in self.records], getattr(self, "from_array", False))
 
     @property
@@ -298,8 +292,6 @@ class Records(Sequence):
         radius : int, optional
             Required with ``affinities``.
         """
-        from ._validation import check_image_labels, check_images, check_records
-
         X = check_images(images, name="images")
         Y = check_image_labels(labels, len(X), name="labels")
         cams = list(cams)
@@ -319,3 +311,96 @@ class Records(Sequence):
             from_array=X.from_array,
         )
         return check_records(recs, name="records")
+
+
+#: How far above 1 a CAM may be (float rounding of the normalisation).
+CAM_TOLERANCE = 1e-5
+
+
+def check_records(records, *, require_cams=True, require_affinity=False, name="X"):
+    """Validate :class:`Records` coming from an earlier step.
+
+    Parameters
+    ----------
+    records : Records
+        The output of ``CAMClassifier.transform`` or ``AffinityEstimator.transform``.
+    require_cams : bool, default=True
+        Whether every record must have CAMs (those present are checked either way).
+    require_affinity : bool, default=False
+        Whether every record must have an affinity (those present are checked either way).
+    name : str, default="X"
+        The argument's name in error messages.
+
+    Returns
+    -------
+    records : Records
+        ``records`` itself.
+    """
+    if not isinstance(records, Records):
+        raise TypeError(
+            f"{name}: expected Records (the output of CAMClassifier.transform or "
+            f"AffinityEstimator.transform), got {describe(records)}"
+        )
+    if len(records) == 0:
+        raise ValueError(f"{name} is empty: expected at least one record")
+    for i, r in enumerate(records.records):
+        where = f"{name}[{i}]"
+        if r.labels.size and (r.labels.min() < 0 or r.labels.max() >= records.n_classes):
+            raise ValueError(f"{where}: labels must be class columns in 0..{records.n_classes - 1}")
+        if r.labels.size > 1 and np.any(np.diff(r.labels) <= 0):
+            raise ValueError(f"{where}: labels must be sorted and unique, got {r.labels}")
+        if require_cams or r.cams is not None:
+            if r.cams is None:
+                raise ValueError(f"{where}: has no CAMs")
+            expected = (r.labels.size,) + tuple(r.shape)
+            if r.cams.shape != expected:
+                raise ValueError(
+                    f"{where}: cams has shape {r.cams.shape}, expected {expected} "
+                    "(one map per class present, at the image's size)"
+                )
+            # arrays of a store were checked when computed: reading them all again here
+            # would page the whole dataset in
+            if not stored_path(r.cams) and not np.all(np.isfinite(r.cams)):
+                raise ValueError(f"{where}: cams contain NaN or infinite values")
+            if r.cams.size and (r.cams.min() < 0 or r.cams.max() > 1 + CAM_TOLERANCE):
+                raise ValueError(
+                    f"{where}: cams must lie in [0, 1] (each class's map divided by its "
+                    f"maximum, as CAMClassifier makes them), got values in "
+                    f"[{float(r.cams.min()):.4g}, {float(r.cams.max()):.4g}]"
+                )
+        if require_affinity or r.affinity is not None:
+            if r.affinity is None:
+                raise ValueError(
+                    f"{where}: has no affinity (run AffinityEstimator.transform first)"
+                )
+            if r.affinity.ndim != 3:
+                raise ValueError(f"{where}: affinity must be (K, h, w), got shape {r.affinity.shape}")
+            if not stored_path(r.affinity):
+                if not np.all(np.isfinite(r.affinity)):
+                    raise ValueError(f"{where}: affinity contains NaN or infinite values")
+                if r.affinity.size and r.affinity.min() < 0:
+                    raise ValueError(f"{where}: affinity must be non-negative")
+            if r.radius is None:
+                raise ValueError(f"{where}: affinity without its radius")
+            _check_affinity_layout(r, where)
+    return records
+
+
+def _check_affinity_layout(record, where):
+    """The affinity lies on the image's stride-8 grid with one channel per neighbour offset."""
+    H, W = record.shape
+    grid = grid_shape(record.shape)
+    if tuple(record.affinity.shape[1:]) != grid:
+        raise ValueError(
+            f"{where}: affinity is on a {tuple(record.affinity.shape[1:])} grid, but a "
+            f"{H}x{W} image has the grid {grid} (ceil of the size / {STRIDE})"
+        )
+    try:
+        K = len(neighbor_offsets(record.radius))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: invalid radius {record.radius!r}: {exc}") from exc
+    if record.affinity.shape[0] != K:
+        raise ValueError(
+            f"{where}: affinity has {record.affinity.shape[0]} channels, but radius "
+            f"{record.radius} has {K} neighbour offsets"
+        )

@@ -16,11 +16,14 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import TrainedNetworkMixin, training_parameters_doc
+from ._device import autocast, resolve_device
+from ._files import output_mark, save_mask
+from ._grid import IGNORE_INDEX
+from ._parallel import N_JOBS_CONSTRAINT, map_images
+from ._store import stored_masks
 from ._torch_estimator import images_to_tensor, iter_image_batches
-from ._device import autocast
-from ._parallel import N_JOBS_CONSTRAINT
+from ._training import ImageSamples, weights_hash
 from ._validation import (
-    IGNORE_INDEX,
     check_classes,
     check_images,
     check_score_masks,
@@ -29,6 +32,8 @@ from ._validation import (
     default_class_names,
     format_masks,
 )
+from .crf import check_crf_options, dense_crf, placed_crf_options
+from .metrics import mean_iou
 
 __all__ = ["PSASegmenter"]
 
@@ -139,7 +144,8 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         Channels of each head branch.
     crf : bool or dict, default=False
         Refine predicted probabilities with :func:`sklearn_psa.dense_crf`
-        (a dict is passed to it as options).
+        (a dict is passed to it as options). The CRF runs on ``device`` unless
+        the dict names a ``device`` of its own.
     crop_size : int or None, default=None
         Side of the random training crops; None trains on whole images
         (padded to the largest in a batch).
@@ -553,8 +559,6 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         return Network(backbone, head)
 
     def _training_samples(self, data):
-        from ._training import ImageSamples
-
         return ImageSamples(data["images"], maps={"label": data["masks"]})
 
     def get_loss(self, net, batch):
@@ -580,8 +584,6 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
     def _data_fingerprint(self, data):
         """The images, the masks and, from the CAM classifier's backbone, its weights."""
         import joblib
-
-        from ._training import weights_hash
 
         start = weights_hash(self.cam_.network_.backbone) if self._from_cam() else None
         sources = [s if isinstance(s, str) else joblib.hash(s) for s in data["images"].sources]
@@ -723,13 +725,9 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         store = getattr(self.affinity_, "store", None)
         if store is None:
             return list(self.refiner_.predict(records))
-        from ._store import stored_masks
-
         return stored_masks(store, self.refiner_, records)
 
     def _crf_options(self):
-        from .crf import check_crf_options
-
         return check_crf_options(self.crf)
 
     def _iter_proba(self, images):
@@ -737,29 +735,25 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
 
         The network runs batch by batch in this process; the dense CRF (with
         ``crf``) per image, over ``n_jobs`` workers where it runs on the CPU.
+        Both run on ``device``, resolved once here.
         """
-        from ._device import resolve_device
-        from ._parallel import map_images
-
+        device = resolve_device(self.device)
         crf = self._crf_options()
         if crf is None:
-            yield from ((i, p) for i, _, p in self._iter_network_proba(images))
+            yield from ((i, p) for i, _, p in self._iter_network_proba(images, device))
             return
-        on_cuda = False
-        if crf.get("backend", "auto") != "pydensecrf2":
-            device = resolve_device(crf.get("device"))
-            on_cuda, crf["device"] = device.type == "cuda", str(device)  # workers: never CUDA
-        tasks = ((i, image, p, crf) for i, image, p in self._iter_network_proba(images))
+        crf, on_cuda = placed_crf_options(crf, device)
+        tasks = ((i, image, p, crf) for i, image, p in self._iter_network_proba(images, device))
         yield from map_images(_crf_task, tasks, n_jobs=self.n_jobs, in_parent=on_cuda,
                               verbose=self.verbose, desc="dense CRF", total=len(images))
 
-    def _iter_network_proba(self, images):
-        """Yield ``(index, image, softmax of the network (K+1, H, W) float32)``, batch by batch."""
+    def _iter_network_proba(self, images, device):
+        """Yield ``(index, image, softmax of the network (K+1, H, W) float32)``, batch by batch,
+        the network on ``device``."""
         import torch
         from torch.nn import functional as F
 
-        net = self._network("network_")
-        device = next(net.parameters()).device
+        net = self._network("network_", device)
         for idx in iter_image_batches(images.shapes, self.batch_size):
             batch = [images[i] for i in idx]
             with torch.inference_mode(), autocast(device):
@@ -839,8 +833,6 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
             scoring NaN: fit the search on the masks,
             ``GridSearchCV(...).fit(X, masks)``.
         """
-        from .metrics import mean_iou
-
         if sample_weight is not None:
             raise ValueError("sample_weight is not supported: mean IoU counts pixels")
         check_is_fitted(self, "network_")
@@ -881,8 +873,6 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         written : list of str
             Paths written by this call (skipped files are not listed).
         """
-        from .io import output_mark, save_mask
-
         check_is_fitted(self, "network_")
         if not hasattr(self, "pseudo_labels_"):
             raise ValueError(
@@ -924,8 +914,6 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
 
 def _crf_task(index, image, proba, options):
     """``(index, dense_crf(image, proba, **options))``: a task of ``_parallel.map_images``."""
-    from .crf import dense_crf
-
     return index, np.asarray(dense_crf(image, proba, **options), dtype=np.float32)
 
 

@@ -16,7 +16,6 @@ truncation error is bounded below the rounding error of the working precision
 """
 
 import contextlib
-import functools
 import math
 import numbers
 
@@ -24,112 +23,20 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
-from ._affinity_labels import STRIDE, score_stack
-from ._parallel import N_JOBS_CONSTRAINT
-from ._validation import check_records, check_score_masks, format_masks
+from ._affinity_labels import score_stack
+from ._device import cpu_threads, flush_denormal, resolve_device
+from ._grid import STRIDE, grid_shape, neighbor_offsets
+from ._parallel import N_JOBS_CONSTRAINT, map_images
+from ._transition import as_tensor, check_affinity, first_bad, transition_matrix
+from ._validation import check_score_masks, format_masks
+from ._walk_kernels import scipy_walk, torch_walk
+from .metrics import mean_iou
+from .records import check_records
 
 __all__ = ["neighbor_offsets", "random_walk", "transition_matrix", "RandomWalkRefiner"]
 
-# STRIDE (8): the affinity grid of an (H, W) image is (ceil(H / 8), ceil(W / 8)).
 _BACKENDS = {"auto", "torch", "scipy"}
 _TORCH_SPARSE_DEVICES = {"cpu", "cuda"}
-
-
-@functools.lru_cache(maxsize=32)
-def _offsets(radius):
-    out = [
-        (dy, dx)
-        for dy in range(radius)
-        for dx in range(-radius + 1, radius)
-        if 0 < dy * dy + dx * dx < radius * radius and (dy > 0 or dx > 0)
-    ]
-    arr = np.array(out, dtype=np.int64).reshape(-1, 2)
-    arr.flags.writeable = False
-    return arr
-
-
-def neighbor_offsets(radius):
-    """Offsets ``(dy, dx)`` of the neighbours within ``radius``, one per unordered pair.
-
-    The offsets satisfy ``0 < dy**2 + dx**2 < radius**2`` and point forward
-    (``dy > 0``, or ``dy == 0 and dx > 0``); the pair seen from the other end,
-    ``(-dy, -dx)``, is not listed. They are sorted by ``dy``, then ``dx``.
-
-    Parameters
-    ----------
-    radius : int
-        Radius on the stride-8 grid, >= 1 (the paper uses 5).
-
-    Returns
-    -------
-    offsets : ndarray of shape (K, 2), int64
-        K = 34 for radius 5 (and 0 for radius 1: no neighbour).
-
-    Examples
-    --------
-    >>> from sklearn_psa import neighbor_offsets
-    >>> neighbor_offsets(2)
-    array([[ 0,  1],
-           [ 1, -1],
-           [ 1,  0],
-           [ 1,  1]])
-    >>> len(neighbor_offsets(5))
-    34
-    """
-    if isinstance(radius, bool) or not isinstance(radius, numbers.Integral):
-        raise TypeError(f"radius must be an integer, got {radius!r}")
-    if radius < 1:
-        raise ValueError(f"radius must be >= 1, got {radius}")
-    return _offsets(int(radius)).copy()
-
-
-def _radius_for_k(K, name="affinity"):
-    """The radius whose ``neighbor_offsets`` has ``K`` entries (a clear error when none has)."""
-    radius, counts = 1, []
-    while True:
-        count = len(_offsets(radius))
-        counts.append(count)
-        if count == K:
-            return radius
-        if count > K:
-            shown = ", ".join(f"{c} (radius {r})" for r, c in enumerate(counts, 1) if r > 1)
-            raise ValueError(
-                f"{name} has {K} channels, which matches no neighbourhood: "
-                f"len(neighbor_offsets(radius)) is {shown}, ..."
-            )
-        radius += 1
-
-
-def _as_tensor(obj, name):
-    """``(tensor, was_tensor)``: a torch tensor view of an array-like of real numbers."""
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        tensor = obj.detach()
-        if tensor.is_complex():
-            raise TypeError(f"{name} must hold real numbers, got a tensor of dtype {tensor.dtype}")
-        return tensor, True
-    try:
-        arr = np.asarray(obj)
-    except Exception as exc:
-        raise TypeError(f"{name} must be an array of real numbers, got {type(obj).__name__}") from exc
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or (
-        np.issubdtype(arr.dtype, np.complexfloating)
-    ):
-        raise TypeError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
-    if arr.dtype not in (np.float32, np.float64):
-        arr = arr.astype(np.float32)
-    arr = np.ascontiguousarray(arr)
-    if not arr.flags.writeable:  # memory-mapped from a store: torch wants writable memory
-        arr = arr.copy()
-    return torch.from_numpy(arr), False
-
-
-def _first_bad(mask):
-    """Index tuple of the first True entry of a boolean tensor."""
-    import torch
-
-    return tuple(int(i) for i in torch.nonzero(mask)[0])
 
 
 def _check_walk_inputs(scores, affinity):
@@ -146,37 +53,14 @@ def _check_walk_inputs(scores, affinity):
         )
     bad = ~torch.isfinite(scores)
     if bool(bad.any()):
-        idx = _first_bad(bad)
+        idx = first_bad(bad)
         raise ValueError(f"scores{list(idx)} is {float(scores[idx])}: scores must be finite")
-    return _check_affinity(affinity)
-
-
-def _check_affinity(affinity):
-    """The offsets of a ``(K, h, w)`` affinity tensor, checked finite and non-negative on the grid."""
-    import torch
-
-    from ._walk_kernels import inside_mask
-
-    if affinity.ndim != 3:
-        raise ValueError(f"affinity must be (K, h, w), got shape {tuple(affinity.shape)}")
-    offsets = _offsets(_radius_for_k(affinity.shape[0]))
-    inside = inside_mask(offsets, *affinity.shape[1:], device=affinity.device)
-    bad = inside & ~torch.isfinite(affinity)
-    if bool(bad.any()):
-        idx = _first_bad(bad)
-        raise ValueError(f"affinity{list(idx)} is {float(affinity[idx])}: affinities must be finite")
-    bad = inside & (affinity < 0)
-    if bool(bad.any()):
-        idx = _first_bad(bad)
-        raise ValueError(f"affinity{list(idx)} is {float(affinity[idx])}: affinities must be >= 0")
-    return offsets
+    return check_affinity(affinity)
 
 
 def _resolve_backend(backend, device, scores_device):
     """``(backend, compute_device)`` for ``random_walk``."""
     import torch
-
-    from ._device import resolve_device
 
     explicit = device is not None
     device = resolve_device(device) if explicit else scores_device
@@ -287,11 +171,8 @@ def random_walk(scores, affinity, *, beta=8, t=256, backend="auto", device=None)
     """
     import torch
 
-    from ._device import flush_denormal
-    from ._walk_kernels import cpu_threads, scipy_walk, torch_walk
-
-    S, scores_is_tensor = _as_tensor(scores, "scores")
-    A, _ = _as_tensor(affinity, "affinity")
+    S, scores_is_tensor = as_tensor(scores, "scores")
+    A, _ = as_tensor(affinity, "affinity")
     work = S.numel() * (2 * A.shape[0] + 1) if A.ndim == 3 else 0
     # Small tensors: one CPU thread for the checks and the kernel (see cpu_threads).
     with torch.no_grad(), cpu_threads(work):
@@ -320,75 +201,6 @@ def random_walk(scores, affinity, *, beta=8, t=256, backend="auto", device=None)
     return out.cpu().numpy()
 
 
-def transition_matrix(affinity, *, beta=8):
-    """The random walk's transition matrix ``T = D^-1 W ** beta``, sparse.
-
-    For users who run their own propagation (a personalised PageRank, a
-    different number of steps per class, an eigen-analysis): ``T`` is the
-    matrix :func:`random_walk` applies ``t`` times, ``W`` the symmetric
-    affinity matrix of the ``n = h * w`` grid cells with self-loops 1
-    (``W[p, p + o_k] = W[p + o_k, p] = affinity[k, p]``, pairs taken at all
-    borders, entries whose neighbour is off the grid ignored), raised to the
-    power ``beta`` element-wise, and ``D`` its row sums. Each row sums to 1.
-
-    Parameters
-    ----------
-    affinity : ndarray or torch.Tensor of shape (K, h, w)
-        As for :func:`random_walk` (``K = len(neighbor_offsets(radius))``);
-        a record's ``affinity`` (:meth:`sklearn_psa.records.Record.transition_matrix`).
-    beta : float, default=8
-        Power applied to the affinities, >= 0.
-
-    Returns
-    -------
-    T : scipy.sparse.csr_array of shape (h * w, h * w)
-        float64 when ``affinity`` is float64, else float32. Cell ``(y, x)``
-        is row and column ``y * w + x`` (``scores.reshape(C, -1)`` order); at
-        most ``2K + 1`` non-zeros per row, weights below the dtype's smallest
-        normal number dropped (as the walk's kernels do). Being an array,
-        ``T @ x`` is the product and ``T ** 2`` element-wise: use
-        ``scipy.sparse.linalg.matrix_power(T, k)`` for ``T^k``.
-
-    Raises
-    ------
-    ValueError
-        For a K that matches no radius, NaN, infinite or negative affinities,
-        a negative ``beta``, or ``affinity ** beta`` overflowing.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn_psa import random_walk, transition_matrix
-    >>> affinity = np.ones((4, 1, 4), np.float32)  # radius 2 on a 1 x 4 grid
-    >>> T = transition_matrix(affinity, beta=1)
-    >>> T.shape, T.format
-    ((4, 4), 'csr')
-    >>> T.toarray().round(3)[0]  # cell 0: itself and its right neighbour
-    array([0.5, 0.5, 0. , 0. ], dtype=float32)
-    >>> scores = np.array([[[1.0, 0, 0, 0]]], np.float32)
-    >>> walked = (T @ (T @ scores.reshape(1, -1).T)).T.reshape(scores.shape)
-    >>> np.allclose(walked, random_walk(scores, affinity, beta=1, t=2))
-    True
-    """
-    import scipy.sparse as sp
-    import torch
-
-    from ._device import flush_denormal
-    from ._validation import check_scalar_in
-    from ._walk_kernels import transition_csr
-
-    check_scalar_in(beta, "beta", low=0)
-    A, _ = _as_tensor(affinity, "affinity")
-    with torch.no_grad():
-        A = A.cpu()
-        offsets = _check_affinity(A)
-        dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
-        with flush_denormal():
-            crow, col, values, _ = transition_csr(A, offsets, float(beta), dtype)
-    n = A.shape[1] * A.shape[2]
-    return sp.csr_array((values.numpy(), col.numpy(), crow.numpy()), shape=(n, n))
-
-
 def _average_pool(scores, stride):
     """Mean over each ``stride x stride`` cell of the pixels inside the image.
 
@@ -396,7 +208,7 @@ def _average_pool(scores, stride):
     bottom and right borders average only their in-image pixels.
     """
     C, H, W = scores.shape
-    h, w = -(-H // stride), -(-W // stride)
+    h, w = grid_shape((H, W), stride)
     padded = np.zeros((C, h * stride, w * stride), dtype=np.float64)
     padded[:, :H, :W] = scores
     sums = padded.reshape(C, h, stride, w, stride).sum(axis=(2, 4))
@@ -414,8 +226,6 @@ def _upsample(grid_scores, shape, stride):
     """
     import torch
     import torch.nn.functional as F
-
-    from ._device import cpu_threads
 
     C, h, w = grid_scores.shape
     x = torch.from_numpy(np.ascontiguousarray(grid_scores, dtype=np.float32))[None]
@@ -552,15 +362,11 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         return check_records(X, require_affinity=self.t > 0, name="X")
 
     def _walk_settings(self):
-        from ._device import resolve_device
-
         device = resolve_device(self.device)
         return (self.backend, None) if self.backend == "scipy" else (self.backend, device)
 
     def _refined(self, records, as_mask=False):
         """Refined scores (or masks) of each record, in order, with the progress bar."""
-        from ._parallel import map_images
-
         backend, device = self._walk_settings()
         on_cuda = device is not None and device.type == "cuda"
         device = None if device is None else str(device)  # explicit: a worker never picks CUDA
@@ -669,8 +475,6 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
             scoring NaN: fit the search on the masks,
             ``GridSearchCV(...).fit(X, masks)``.
         """
-        from .metrics import mean_iou
-
         X = check_records(X, require_affinity=False, name="X")
         # a true class beyond X's (absent from a cross-validation training fold) is a miss
         masks = check_score_masks(y, len(X), shapes=[r.shape for r in X.records],

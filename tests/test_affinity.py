@@ -8,7 +8,8 @@ import torch
 from sklearn.base import clone
 
 from sklearn_psa import AffinityEstimator, RandomWalkRefiner, neighbor_offsets
-from sklearn_psa._affinity_labels import _shifted_pairs, downsample_mask
+from sklearn_psa._affinity_labels import downsample_mask
+from sklearn_psa._grid import shifted_pairs
 from sklearn_psa.records import Records
 from _estimator_checks import (RECORDS_INPUT_FAILED_CHECKS, assert_inapplicable_checks_fail_on_input,
                                sklearn_check_cases)
@@ -50,7 +51,7 @@ def mean_affinity_same_vs_different(records, affinities, masks, radius):
     offsets = neighbor_offsets(radius)
     same, diff = [], []
     for aff, m in zip(affinities, masks):
-        frm, to, inside = _shifted_pairs(downsample_mask(m), offsets)
+        frm, to, inside = shifted_pairs(downsample_mask(m), offsets)
         same.append(aff[inside & (frm == to)])
         diff.append(aff[inside & (frm != to)])
     return np.concatenate(same).mean(), np.concatenate(diff).mean()
@@ -93,7 +94,7 @@ def test_transform_whole_image_any_size(fitted, shape, rng):
         assert r.radius == 5
         assert np.all(r.affinity >= 0) and np.all(r.affinity <= 1)
         # entries whose neighbour is outside the grid are 0, those inside are > 0
-        _, _, inside = _shifted_pairs(np.zeros(r.affinity.shape[1:]), neighbor_offsets(5))
+        _, _, inside = shifted_pairs(np.zeros(r.affinity.shape[1:]), neighbor_offsets(5))
         assert np.all(r.affinity[~inside] == 0) and np.all(r.affinity[inside] > 0)
     assert out[0].cams is records[0].cams  # CAMs passed on, not copied
     RandomWalkRefiner(t=4).predict(out)  # consumable by the walk

@@ -9,7 +9,7 @@ import importlib
 
 import pytest
 
-MODULES = ["records", "walk", "cam", "classifier_cam", "affinity", "feature_affinity", "segmenter",
+MODULES = ["_grid", "_transition", "records", "walk", "cam", "classifier_cam", "affinity", "feature_affinity", "segmenter",
            "exceptions", "crf", "callbacks"]
 
 

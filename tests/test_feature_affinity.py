@@ -209,7 +209,8 @@ def test_imagenet_features_follow_the_bodies_of_make_shapes():
     # clearly better than with the same network's random weights (colour alone gets part way)
     from sklearn.metrics import roc_auc_score
 
-    from sklearn_psa._affinity_labels import _shifted_pairs, downsample_mask
+    from sklearn_psa._affinity_labels import downsample_mask
+    from sklearn_psa._grid import shifted_pairs
     from sklearn_psa._validation import check_random_state_seed
     from sklearn_psa.datasets._shapes import _generate
 
@@ -222,7 +223,7 @@ def test_imagenet_features_follow_the_bodies_of_make_shapes():
     def auc(est):
         same, score = [], []
         for a, s in zip(est.fit(records).predict_affinity(records), segments):
-            frm, to, inside = _shifted_pairs(downsample_mask(s), neighbor_offsets(5))
+            frm, to, inside = shifted_pairs(downsample_mask(s), neighbor_offsets(5))
             same.append((frm == to)[inside])
             score.append(a[inside])
         return roc_auc_score(np.concatenate(same), np.concatenate(score))

@@ -10,7 +10,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
 from sklearn_psa._validation import ImageSet, check_images
-from sklearn_psa.records import Record, Records
+from sklearn_psa.records import Record, Records, check_records
 
 
 def _data(seed=0):
@@ -359,3 +359,73 @@ def test_from_arrays_with_affinities():
             for img in images]
     recs = Records.from_arrays(images, labels, cams, affinities=affs, radius=5)
     assert all(r.radius == 5 and r.affinity.dtype == np.float32 for r in recs)
+
+
+# =========================================================================== check_records
+
+
+def _records(**overrides):
+    fields = dict(image=np.zeros((8, 8, 3), np.uint8), labels=[0, 2],
+                  cams=np.zeros((2, 8, 8), np.float32))
+    fields.update(overrides)
+    good = Record(np.zeros((8, 8, 3), np.uint8), [1], np.zeros((1, 8, 8)))
+    return Records([good, Record(**fields)], n_classes=3)
+
+
+class TestCheckRecords:
+    def test_valid(self):
+        recs = _records()
+        assert check_records(recs) is recs
+
+    def test_not_records(self):
+        with pytest.raises(TypeError, match="expected Records .*got list"):
+            check_records([1, 2])
+        with pytest.raises(ValueError, match="X is empty"):
+            check_records(Records([], 2))
+
+    @pytest.mark.parametrize(
+        "overrides, match",
+        [
+            ({"labels": [0, 3], "cams": np.zeros((2, 8, 8))}, r"X\[1\]: labels must be class "
+                                                              r"columns in 0\.\.2"),
+            ({"labels": [2, 0]}, r"X\[1\]: labels must be sorted and unique"),
+            ({"labels": [1, 1]}, r"X\[1\]: labels must be sorted and unique"),
+            ({"cams": None}, r"X\[1\]: has no CAMs"),
+            ({"cams": np.zeros((1, 8, 8))}, r"X\[1\]: cams has shape \(1, 8, 8\), expected "
+                                            r"\(2, 8, 8\)"),
+            ({"cams": np.zeros((2, 4, 4))}, r"X\[1\]: cams has shape \(2, 4, 4\)"),
+            ({"cams": np.full((2, 8, 8), np.nan)}, r"X\[1\]: cams contain NaN"),
+        ],
+    )
+    def test_bad_record_is_named(self, overrides, match):
+        with pytest.raises(ValueError, match=match):
+            check_records(_records(**overrides))
+
+    def test_affinity_checks(self):
+        with pytest.raises(ValueError, match=r"X\[0\]: has no affinity"):
+            check_records(_records(), require_affinity=True)
+        aff = np.ones((34, 1, 1), np.float32)
+        recs = _records().with_affinity([aff, aff], radius=5)
+        assert check_records(recs, require_affinity=True) is recs
+        for bad, match in [(np.ones((34, 1)), "affinity must be \\(K, h, w\\)"),
+                           (np.full((34, 1, 1), np.inf), "affinity contains NaN"),
+                           (-np.ones((34, 1, 1)), "affinity must be non-negative")]:
+            with pytest.raises(ValueError, match=r"X\[1\]: " + match):
+                check_records(_records().with_affinity([aff, bad], radius=5))
+        with pytest.raises(ValueError, match=r"X\[0\]: affinity without its radius"):
+            check_records(_records().with_affinity([aff, aff], radius=None))
+
+    def test_cams_optional(self):
+        recs = _records(cams=None)
+        assert check_records(recs, require_cams=False) is recs
+
+
+@pytest.mark.parametrize("low, high", [(-0.1, 0.5), (0.0, 1.5)])
+def test_cams_outside_the_unit_interval_are_refused(low, high):
+    cams = np.full((1, 8, 8), 0.5)
+    cams[0, 0, 0], cams[0, 1, 1] = low, high
+    recs = Records([Record(np.zeros((8, 8, 3), np.uint8), [0], cams)], n_classes=1)
+    with pytest.raises(ValueError, match=r"X\[0\]: cams must lie in \[0, 1\]"):
+        check_records(recs)
+    recs = Records([Record(np.zeros((8, 8, 3), np.uint8), [0], np.clip(cams, 0, 1))], n_classes=1)
+    assert check_records(recs) is recs

@@ -21,7 +21,7 @@ _SPLITS_DIR = ("ImageSets", "Segmentation")
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-def _find_voc2012(root):
+def find_voc2012(root):
     """The ``VOC2012`` folder: ``root`` itself, ``root/VOC2012`` or ``root/VOCdevkit/VOC2012``."""
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a path to a VOC2012 devkit folder, got {root!r}")
@@ -225,7 +225,7 @@ def load_voc(root, split="train"):
     >>> [data.class_names[j] for j in data.labels[0].nonzero()[0]]
     ['dog', 'person']
     """
-    voc = _find_voc2012(root)
+    voc = find_voc2012(root)
     images_dir = _require_dir(voc, "JPEGImages")
     annotations_dir = _require_dir(voc, "Annotations")
     list_file = _find_list_file(voc, split).resolve()

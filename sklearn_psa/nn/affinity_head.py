@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._affinity_labels import shift_slices
+from .._grid import shift_slices
 
-__all__ = ["AffinityHead", "AffinityNet", "affinity_loss", "backbone_levels", "pairwise_affinity"]
+__all__ = ["AffinityHead", "AffinityNet", "affinity_loss", "backbone_levels", "pairwise_affinity",
+           "resize_to"]
 
 EPS = 1e-5
 
@@ -78,7 +79,8 @@ def affinity_loss(affinity, bg_pos, fg_pos, neg):
     return loss, {"bg": bg.detach(), "fg": fg.detach(), "neg": ng.detach()}
 
 
-def _resize_to(x, size):
+def resize_to(x, size):
+    """``x`` (``(N, C, h, w)``) at spatial ``size``: average-pooled down, or bilinearly up."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
@@ -122,7 +124,7 @@ class AffinityHead(nn.Module):
         if len(levels) != 3:
             raise ValueError(f"AffinityHead needs three feature levels, got {len(levels)}")
         size = tuple(levels[-1].shape[-2:]) if size is None else tuple(size)
-        parts = [_resize_to(F.elu(conv(f)), size) for conv, f in zip(self.reduce, levels)]
+        parts = [resize_to(F.elu(conv(f)), size) for conv, f in zip(self.reduce, levels)]
         return F.elu(self.fuse(torch.cat(parts, dim=1)))
 
 
