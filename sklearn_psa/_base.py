@@ -34,7 +34,8 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._torch_estimator import TorchEstimatorMixin, device_type, module_type
-from ._training import Augmentation, TrainConfig, optimizer_names, seeded, train, weights_hash
+from . import _training
+from ._training import Augmentation, TrainConfig, optimizer_names, seeded, weights_hash
 from .callbacks import Callback
 
 __all__ = ["TrainedNetworkMixin", "training_parameters_doc"]
@@ -267,7 +268,7 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
                                       scale_range=scale_range,
                                       pad_value=tuple(net.backbone.input_mean)),
         )
-        result = train(
+        result = _training.train(  # looked up at each fit, so that tests can replace it
             net, samples, self.get_loss, config,
             param_groups=[(net.backbone.parameters(), 1.0), (net.head.parameters(), head_lr_mult)],
             device=device, seed=seed, verbose=self.verbose, checkpoint=self.checkpoint,
