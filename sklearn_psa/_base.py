@@ -75,7 +75,9 @@ _TRAINING_PARAMETERS = """
         training resumes at its epoch (it must come from the same data and
         parameters, else ``fit`` raises an error naming the parameters that
         differ). A warm-started fit has its own checkpoint, identified by the
-        fitted weights it starts from.
+        fitted weights it starts from: it replaces the finished checkpoint of
+        the fit that gave those weights, and an interrupted warm-started fit
+        resumes from it. A fit that a callback stopped early is complete.
 """
 
 
