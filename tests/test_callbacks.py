@@ -393,3 +393,10 @@ def test_a_bad_callback_of_the_segmenter_fails_before_the_steps_train(shapes, mo
     monkeypatch.setattr(CAMClassifier, "_fit_network", never)
     with pytest.raises(TypeError, match=r"callbacks\[0\]"):
         PSASegmenter(**TINY, callbacks=[object()]).fit(X, Y)
+
+
+def test_callback_parameters_are_validated_when_training_begins():
+    with pytest.raises(InvalidParameterError, match="patience"):
+        _train([EarlyStopping(patience=0)], epochs=1)
+    with pytest.raises(InvalidParameterError, match="monitor"):
+        _train([EarlyStopping(monitor="accuracy")], epochs=1)
