@@ -107,6 +107,12 @@ ABLATIONS = {
                            "learning_rate": 0.01, "_freeze_bn": True, "max_epochs": "x2"},
     "lite0_x2": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
                  "learning_rate": 0.01, "max_epochs": "x2"},
+    "lite0_s5_x2": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": {"stages": 5},
+                    "learning_rate": 0.01, "max_epochs": "x2"},
+    "lite0_s5_x1": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": {"stages": 5},
+                    "learning_rate": 0.01},
+    "lite0_s5_x4": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": {"stages": 5},
+                    "learning_rate": 0.01, "max_epochs": "x4"},
     "lite0_stages5_scale2": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": {"stages": 5},
                              "input_scale": 2.0, "learning_rate": "auto"},
 }
