@@ -153,7 +153,7 @@ def job(cfg):
     grid = _walk_grid(er, masks[:n_ev], [1, 2, 4, 8, 16], [8, 16, 32, 64, 128], DEVICE)
     cams = {a: mean_iou(masks[:n_ev], RandomWalkRefiner(alpha=a, t=0, device=DEVICE).predict(ev)) for a in [0.5, 1, 2, 4, 8]}
     best = max(grid, key=grid.get); cam0 = max(cams.values())
-    h = aff.train_result_.history
+    h = aff.loss_curve_
     drop = f" edge-dropped {STATS[0] / max(STATS[1], 1):.2f} of bg pairs" if STATS[1] else ""
     if STATS[3]:
         drop += f", {STATS[2] / STATS[3]:.2f} of negative pairs"

@@ -37,17 +37,19 @@ MANIFEST = "sklearn-psa-model.json"
 
 
 def _estimator_classes():
-    """The classes a model file may name: this package's estimators and ``Pipeline``."""
+    """The classes a model file may name: this package's estimators, its callbacks (their
+    parameters and results) and ``Pipeline``."""
     from sklearn.pipeline import Pipeline
 
     from .affinity import AffinityEstimator
+    from .callbacks import EarlyStopping, TensorBoard
     from .cam import CAMClassifier
     from .feature_affinity import FeatureAffinity
     from .segmenter import PSASegmenter
     from .walk import RandomWalkRefiner
 
     classes = (CAMClassifier, AffinityEstimator, FeatureAffinity, RandomWalkRefiner,
-               PSASegmenter, Pipeline)
+               PSASegmenter, Pipeline, EarlyStopping, TensorBoard)
     return {cls.__name__: cls for cls in classes}
 
 
@@ -324,8 +326,9 @@ class _Reader:
         state = value.get("state")
         if not isinstance(state, dict):
             raise ValueError(f"{where}: an estimator needs its state")
-        est.__dict__.update({k: self.decode(v, f"{where}.{k}") for k, v in state.items()
-                             if k not in self.skip})
+        state = {k: self.decode(v, f"{where}.{k}") for k, v in state.items() if k not in self.skip}
+        upgrade = getattr(cls, "_upgrade_state", None)  # the state of an earlier version
+        est.__dict__.update(state if upgrade is None else upgrade(state))
         return est
 
     def module(self, value, where):

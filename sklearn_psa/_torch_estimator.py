@@ -2,23 +2,21 @@
 
 Use :class:`TorchEstimatorMixin` as the first base of an estimator whose
 parameters include ``device`` and ``random_state`` and whose fitted torch
-modules are listed in ``_torch_attributes``::
+modules are listed in ``_torch_attributes``; an estimator that trains its
+network takes :class:`sklearn_psa._base.TrainedNetworkMixin` (a subclass) and
+fills in its hooks instead of writing a fit recipe::
 
-    class AffinityEstimator(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
+    class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimator):
         _torch_attributes = ("network_",)
 
         def fit(self, X, y=None):
-            device = self._fit_device()          # resolve_device(self.device)
-            seed = self._fit_seed()              # int from random_state
-            with seeded(seed):                   # sklearn_psa._training.seeded
-                net = Network(make_backbone(...), AffinityHead(...))
-            self.train_result_ = train(net, samples, loss_fn, config, device=device, seed=seed, ...)
-            self.network_ = net
+            self.network_ = make_backbone(...)     # no training
             ...
 
         def transform(self, X):
             net = self._network("network_")      # on the inference device, eval mode
-            for idx, batch in iter_image_batches(images, self.batch_size, device):
+            for idx in iter_image_batches(shapes, self.batch_size):
+                x = images_to_tensor([images[i] for i in idx], resolve_device(self.device))
                 ...
 
 Pickling stores each module of ``_torch_attributes`` on the CPU, so a model

@@ -17,9 +17,13 @@ its objective as ``loss_fn(net, batch) -> scalar tensor``, and calls
                    param_groups=net.parameter_groups(1.0, 10.0),
                    device=device, seed=seed, verbose=verbose,
                    checkpoint=path_or_None, fingerprint=joblib.hash((params, data)),
-                   fingerprint_params=params)   # a mismatch names the params that differ
-    result.history          # mean loss per epoch run now
+                   fingerprint_params=params,   # a mismatch names the params that differ
+                   callbacks=[EarlyStopping()])  # sklearn_psa.callbacks
+    result.records          # one dict per epoch: epoch, loss, seconds (valid_loss ...)
     result.epoch_seconds    # wall time per epoch run now
+
+The estimators do not call it themselves: their base,
+:class:`sklearn_psa._base.TrainedNetworkMixin`, does, from their hooks.
 
 ``batch`` is a dict on the training device: ``"image"`` a float
 ``(N, 3, h, w)`` batch on the 0..255 RGB scale (channels_last; the network
@@ -27,13 +31,20 @@ normalises it), each pixel map under its name as ``(N, h, w)`` (int64 for
 integer maps, padded with 255 = ignore; float32 for float maps, padded with
 0), each per-image target under its name as a float32 ``(N, ...)`` tensor.
 
-What the loop does (the reference code's recipe where it has one):
+What the loop does (the reference code's recipe where it has one). The
+:class:`Trainer` runs the epochs and steps and notifies callbacks
+(:mod:`sklearn_psa.callbacks`) at each event; its own parts that are not the
+step itself are callbacks too (:class:`MixedPrecision`, the user's,
+:class:`CheckpointFile`, :class:`LRSchedule`, :class:`ProgressBar`, in that
+order):
 
-- SGD with momentum, weight decay on weights (not on biases and norm
-  parameters), the learning rate of each parameter group scaled by its
-  multiplier (layers trained from scratch on a pretrained backbone get a
-  higher rate, 10x in the reference) and decayed polynomially per step:
-  ``lr = base * (1 - step / max_step) ** power`` (power 0.9).
+- By default SGD with momentum 0.9 (``TrainConfig.optimizer`` and
+  ``optimizer_options``: any torch optimizer, :func:`make_optimizer`), weight
+  decay on weights (not on biases and norm parameters), the learning rate of
+  each parameter group scaled by its multiplier (layers trained from scratch
+  on a pretrained backbone get a higher rate, 10x in the reference) and by
+  default decayed polynomially per step: ``lr = base * (1 - step / max_step)
+  ** power`` (power 0.9; ``TrainConfig.lr_schedule``, :class:`LRSchedule`).
 - Augmentation: random rescale (optional), random crop to ``crop_size``
   (smaller images are placed at a random offset on a padded canvas),
   horizontal flip, colour jitter of brightness, contrast and saturation.
@@ -47,7 +58,8 @@ What the loop does (the reference code's recipe where it has one):
   start, training continues at its epoch (its ``fingerprint`` must match;
   ``fingerprint_params``, stored with it, let a mismatch name what differs).
   A checkpoint holding exactly the weights ``net`` starts from (the last one
-  of the fit that a warm start continues) is replaced rather than resumed.
+  of the fit that a warm start continues) is replaced rather than resumed. A
+  checkpoint written when a callback stopped the training is complete.
 - Progress: a tqdm bar over steps when ``verbose`` (:func:`progress`, which
   the estimators' inference loops use too): erased when done at ``verbose=1``,
   kept at ``verbose >= 2``.
@@ -63,14 +75,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._device import cuda_amp_dtype
+from .callbacks import Callback
 
 __all__ = [
     "Augmentation",
+    "CheckpointFile",
     "ImageSamples",
+    "LRSchedule",
+    "MixedPrecision",
+    "ProgressBar",
     "Sample",
     "TrainConfig",
     "TrainResult",
+    "Trainer",
     "load_checkpoint",
+    "make_optimizer",
+    "optimizer_names",
     "poly_lr",
     "progress",
     "seeded",
@@ -338,12 +358,19 @@ class TrainConfig:
     weight_decay : float
         L2 penalty on weights (conv/linear kernels), not on biases and norm parameters.
     momentum : float, default=0.9
+        Momentum of SGD where ``optimizer_options`` does not set it.
     power : float, default=0.9
         Exponent of the polynomial decay.
     augmentation : Augmentation
     amp : bool, default=True
         Mixed precision on CUDA (ignored on CPU).
     channels_last : bool, default=True
+    optimizer : str, torch optimizer class or callable, default="sgd"
+        See :func:`make_optimizer`.
+    optimizer_options : dict or None, default=None
+        Keyword arguments of the optimizer (e.g. ``{"momentum": 0.0}``).
+    lr_schedule : {"poly", "constant"} or callable, default="poly"
+        See :class:`LRSchedule`.
     """
 
     max_epochs: int
@@ -355,6 +382,9 @@ class TrainConfig:
     augmentation: Augmentation = field(default_factory=Augmentation)
     amp: bool = True
     channels_last: bool = True
+    optimizer: object = "sgd"
+    optimizer_options: dict = None
+    lr_schedule: object = "poly"
 
 
 @dataclass
@@ -370,11 +400,16 @@ class TrainResult:
         Wall time of each epoch run in this call.
     start_epoch : int
         Epoch this call started at (0, or the checkpoint's).
+    records : list of dict
+        One dict per epoch of ``history``: ``"epoch"`` (1-based), ``"loss"``,
+        ``"seconds"`` (None for an epoch of a checkpoint that did not store
+        it), ``"valid_loss"`` with a validation split, and what callbacks added.
     """
 
     history: list
     epoch_seconds: list
     start_epoch: int = 0
+    records: list = field(default_factory=list)
 
 
 def poly_lr(base, step, max_step, power=0.9):
@@ -404,6 +439,58 @@ def sgd_param_groups(groups, learning_rate, weight_decay):
                 out.append({"params": plist, "lr": lr, "initial_lr": lr, "weight_decay": wd})
     if not out:
         raise ValueError("the network has no trainable parameters")
+    return out
+
+
+def optimizer_names():
+    """``{lower-case name: class name}`` of the optimizers in ``torch.optim`` (``"sgd"``,
+    ``"adamw"`` ...): the names the ``optimizer`` parameter takes."""
+    import torch
+
+    return {name.lower(): name for name, obj in vars(torch.optim).items()
+            if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)
+            and obj is not torch.optim.Optimizer}
+
+
+def make_optimizer(optimizer, groups, learning_rate, options=None, momentum=0.9):
+    """The optimizer of :func:`sgd_param_groups`' ``groups``.
+
+    Parameters
+    ----------
+    optimizer : str, torch optimizer class or callable
+        A name from :func:`optimizer_names` (``"sgd"``, ``"adamw"`` ...) or a
+        ``torch.optim.Optimizer`` subclass, called as
+        ``cls(groups, lr=learning_rate, **options)``; or any other callable,
+        called as ``optimizer(groups, **options)``, that returns an optimizer.
+        Each group carries its own ``lr`` and ``weight_decay``.
+    groups : list of dict
+    learning_rate : float
+    options : dict or None
+        Keyword arguments of the optimizer.
+    momentum : float, default=0.9
+        SGD's momentum (by name or class) where ``options`` does not set it.
+
+    Returns
+    -------
+    torch.optim.Optimizer
+    """
+    import torch
+
+    options = dict(options or {})
+    if isinstance(optimizer, str):
+        names = optimizer_names()
+        if optimizer.lower() not in names:
+            raise ValueError(f"optimizer={optimizer!r} is not an optimizer of torch.optim "
+                             f"(e.g. {', '.join(sorted(names)[:6])} ...)")
+        optimizer = getattr(torch.optim, names[optimizer.lower()])
+    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        if issubclass(optimizer, torch.optim.SGD):
+            options.setdefault("momentum", momentum)
+        out = optimizer(groups, lr=learning_rate, **options)
+    else:
+        out = optimizer(groups, **options)
+    if not isinstance(out, torch.optim.Optimizer):
+        raise TypeError(f"optimizer returned a {type(out).__name__}, not a torch.optim.Optimizer")
     return out
 
 
@@ -449,6 +536,8 @@ def _plain(value):
         return value.item()
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -489,7 +578,7 @@ def _holds_state_of(state, net):
 
 
 def _save_checkpoint(path, net, optimizer, scaler, epoch, step, history, fingerprint,
-                     fingerprint_params=None):
+                     fingerprint_params=None, records=None, stopped=False):
     import torch
 
     from ._files import atomic_write
@@ -500,6 +589,8 @@ def _save_checkpoint(path, net, optimizer, scaler, epoch, step, history, fingerp
         "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "history": [float(h) for h in history],
+        "records": _plain(list(records or [])),
+        "stopped": bool(stopped),
         "fingerprint": "" if fingerprint is None else str(fingerprint),
     }
     if fingerprint_params is not None:
@@ -562,8 +653,288 @@ def _diverged_above(first_loss):
     return DIVERGENCE_FACTOR * max(1.0, abs(first_loss))
 
 
+# --------------------------------------------------------------------------- the loop's own callbacks
+
+
+class MixedPrecision(Callback):
+    """Autocast on CUDA (bfloat16 where the GPU has it, else float16 with a gradient
+    scaler); nothing on other devices or when not ``enabled``."""
+
+    def __init__(self, enabled=True):
+        self.enabled = enabled
+
+    def on_train_begin(self, trainer):
+        import torch
+
+        if self.enabled and trainer.device.type == "cuda":
+            trainer.amp_dtype = cuda_amp_dtype()
+            if trainer.amp_dtype == torch.float16:
+                trainer.scaler = torch.amp.GradScaler("cuda")
+
+
+class LRSchedule(Callback):
+    """Set each parameter group's rate before every step: its ``initial_lr`` times
+    the schedule's factor at ``(trainer.step, trainer.max_step)``.
+
+    Parameters
+    ----------
+    schedule : {"poly", "constant"} or callable, default="poly"
+        ``"poly"``: :func:`poly_lr`, ``(1 - step / max_step) ** power`` (the
+        reference's); ``"constant"``: 1; a callable: ``schedule(step, max_step)
+        -> factor``.
+    power : float, default=0.9
+    """
+
+    def __init__(self, schedule="poly", power=0.9):
+        self.schedule = schedule
+        self.power = power
+
+    def on_batch_begin(self, trainer, batch):
+        step, max_step = trainer.step, trainer.max_step
+        for g in trainer.optimizer.param_groups:
+            if callable(self.schedule):
+                g["lr"] = g["initial_lr"] * float(self.schedule(step, max_step))
+            elif self.schedule == "poly":
+                g["lr"] = poly_lr(g["initial_lr"], step, max_step, self.power)
+            elif self.schedule == "constant":
+                g["lr"] = g["initial_lr"]
+            else:
+                raise ValueError(f"lr_schedule={self.schedule!r}: expected 'poly', 'constant' "
+                                 "or a callable (step, max_step) -> factor")
+
+
+class CheckpointFile(Callback):
+    """Resume from ``path`` when it exists, and write it atomically after every epoch.
+
+    See :func:`train` for ``fingerprint`` and ``fingerprint_params``.
+    """
+
+    def __init__(self, path, fingerprint=None, fingerprint_params=None):
+        self.path = path
+        self.fingerprint = fingerprint
+        self.fingerprint_params = fingerprint_params
+
+    def on_train_begin(self, trainer):
+        if not os.path.exists(self.path):
+            return
+        state = load_checkpoint(self.path)
+        if self.fingerprint is not None and state.get("fingerprint", "") != str(self.fingerprint):
+            if not _holds_state_of(state["model"], trainer.net):
+                raise ValueError(_mismatch_message(self.path, state.get("fingerprint_params"),
+                                                   self.fingerprint_params))
+            return  # where this run starts: overwritten by its first epoch
+        from .nn.weights import load_weights
+
+        load_weights(trainer.net, state["model"], source=f"checkpoint {os.fspath(self.path)}")
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        if trainer.scaler is not None and "scaler" in state:
+            trainer.scaler.load_state_dict(state["scaler"])
+        trainer.start_epoch, trainer.step = int(state["epoch"]), int(state["step"])
+        losses = list(state.get("history", []))
+        records = list(state.get("records") or [])
+        if len(records) != len(losses):  # a checkpoint of an older version: losses only
+            records = [{"epoch": i + 1, "loss": float(h), "seconds": None} for i, h in enumerate(losses)]
+        trainer.history = records
+        trainer.stop = bool(state.get("stopped", False))
+
+    def on_epoch_end(self, trainer, epoch, record):
+        _save_checkpoint(self.path, trainer.net, trainer.optimizer, trainer.scaler, epoch + 1,
+                         trainer.step, [r["loss"] for r in trainer.history], self.fingerprint,
+                         self.fingerprint_params, records=trainer.history, stopped=trainer.stop)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the optimizer steps (see :func:`progress`), with the epoch and
+    its loss."""
+
+    def __init__(self, verbose=0, desc="training"):
+        self.verbose = verbose
+        self.desc = desc
+
+    def on_epoch_begin(self, trainer, epoch):
+        if getattr(self, "_bar", None) is None:  # after a validation split and a resume
+            self._bar = progress(verbose=self.verbose, desc=self.desc, total=trainer.max_step,
+                                 initial=min(trainer.step, trainer.max_step), unit="step")
+
+    def on_batch_end(self, trainer, batch, loss):
+        self._bar.update(1)
+
+    def on_epoch_end(self, trainer, epoch, record):
+        self._bar.set_postfix(epoch=record["epoch"], loss=f"{record['loss']:.4f}")
+
+    def on_train_end(self, trainer):
+        bar = self.__dict__.pop("_bar", None)
+        if bar is not None:
+            bar.close()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _Subset(Sequence):
+    """Items ``indices`` of ``samples``."""
+
+    def __init__(self, samples, indices):
+        self.samples, self.indices = samples, [int(i) for i in indices]
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.samples[self.indices[i]]
+
+
+class Trainer:
+    """The running training loop that callbacks see (see :mod:`sklearn_psa.callbacks`).
+
+    Made and run by :func:`train`; its attributes are the loop's state.
+    """
+
+    def __init__(self, net, samples, loss_fn, config, *, param_groups, device, seed, callbacks, desc):
+        self.net, self.samples, self.loss_fn, self.config = net, samples, loss_fn, config
+        self.param_groups, self.device, self.seed = param_groups, device, seed
+        self.callbacks, self.desc = list(callbacks), desc
+        self.max_epochs, self.batch_size = int(config.max_epochs), int(config.batch_size)
+        self.optimizer = self.scaler = self.amp_dtype = self.valid_samples = None
+        self.start_epoch, self.step, self.history, self.stop = 0, 0, [], False
+
+    @property
+    def max_step(self):
+        """Optimizer steps of the whole training."""
+        return _steps_per_epoch(len(self.samples), self.batch_size) * self.max_epochs
+
+    def hold_out(self, fraction):
+        """Set aside ``fraction`` of the samples (the same ones for the same seed) as the
+        validation split, whose loss each epoch then records as ``"valid_loss"``."""
+        if self.valid_samples is not None:
+            return
+        n = len(self.samples)
+        if n < 2:
+            raise ValueError(f"a validation split needs at least 2 training images, got {n}")
+        k = min(n - 1, max(1, round(float(fraction) * n)))
+        order = np.random.default_rng([int(self.seed) % (2**63), 1]).permutation(n)
+        self.valid_samples = _Subset(self.samples, np.sort(order[:k]))
+        self.samples = _Subset(self.samples, np.sort(order[k:]))
+
+    def _notify(self, event, *args):
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    def _autocast(self):
+        import torch
+
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def _batch(self, items, aug, rng):
+        """The device batch of ``items`` (samples) through ``aug`` drawing from ``rng``."""
+        pairs, targets = [], {}
+        for s in items:
+            if aug.jitters:  # mark the image's own pixels: the jitter leaves the padding
+                s = Sample(s.image, {**s.maps, _VALID: np.ones(np.shape(s.image)[:2], bool)}, s.targets)
+            pairs.append(aug.geometric(s, rng))
+            for k, v in s.targets.items():
+                targets.setdefault(k, []).append(np.asarray(v))
+        images, maps = _collate(pairs, aug.pad_value)
+        factors = aug.jitter_factors(len(items), rng)
+        return _to_device_batch(images, maps, targets, factors, self.device, self.config.channels_last,
+                                aug.pad_value)
+
+    def evaluate(self, samples):
+        """Mean loss over ``samples``: whole images, no augmentation, eval mode, no gradients."""
+        import torch
+
+        aug = Augmentation(crop_size=None, flip=False, color_jitter=0.0,
+                           pad_value=self.config.augmentation.pad_value)
+        was_training = self.net.training
+        self.net.eval()
+        total = 0.0
+        try:
+            with torch.no_grad():
+                for start in range(0, len(samples), self.batch_size):
+                    items = [samples[i] for i in range(start, min(start + self.batch_size, len(samples)))]
+                    with self._autocast():
+                        total += float(self.loss_fn(self.net, self._batch(items, aug, None))) * len(items)
+        finally:
+            self.net.train(was_training)
+        return total / max(len(samples), 1)
+
+    def _diverged(self, message):
+        rate = self.config.learning_rate
+        return TrainingDiverged(f"{self.desc} diverged at {message}; lower learning_rate (it was "
+                                f"{rate:g}; try {rate / 10:g})")
+
+    def _run_epoch(self, epoch, first_loss):
+        import torch
+
+        eseed = _epoch_seed(self.seed, epoch)
+        rng = np.random.default_rng(eseed)
+        torch.manual_seed(eseed)
+        self.net.train()
+        self._notify("on_epoch_begin", epoch)
+        aug, total, count = self.config.augmentation, 0.0, 0
+        for idx in _batches(len(self.samples), self.batch_size, rng):
+            batch = self._batch([self.samples[int(i)] for i in idx], aug, rng)
+            self._notify("on_batch_begin", batch)
+            with self._autocast():
+                loss = self.loss_fn(self.net, batch)
+            value = float(loss.detach())
+            first_loss = value if first_loss is None else first_loss
+            if not math.isfinite(value) or value > _diverged_above(first_loss):
+                raise self._diverged(f"epoch {epoch + 1}, step {self.step + 1}: the loss became "
+                                     f"{value:.4g} (the first was {first_loss:.4g})")
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            self.step += 1
+            total += value * len(idx)
+            count += len(idx)
+            self._notify("on_batch_end", batch, value)
+        if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
+            raise self._diverged(f"epoch {epoch + 1}: the network's weights are no longer finite "
+                                 "(NaN or infinite outputs would follow)")
+        return total / count, first_loss
+
+    def run(self):
+        """Train; return the :class:`TrainResult`."""
+        import torch
+
+        config = self.config
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.net.to(device=self.device, memory_format=memory_format)
+        groups = sgd_param_groups(self.param_groups, config.learning_rate, config.weight_decay)
+        self.optimizer = make_optimizer(config.optimizer, groups, config.learning_rate,
+                                        config.optimizer_options, config.momentum)
+        epoch_seconds, first_loss = [], None
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        try:
+            self._notify("on_train_begin")
+            with torch.random.fork_rng(devices=devices):
+                for epoch in range(self.start_epoch, self.max_epochs):
+                    if self.stop:
+                        break
+                    t0 = time.perf_counter()
+                    loss, first_loss = self._run_epoch(epoch, first_loss)
+                    record = {"epoch": epoch + 1, "loss": loss}
+                    if self.valid_samples is not None:
+                        record["valid_loss"] = self.evaluate(self.valid_samples)
+                    record["seconds"] = time.perf_counter() - t0
+                    epoch_seconds.append(record["seconds"])
+                    self.history.append(record)
+                    self._notify("on_epoch_end", epoch, record)
+        finally:
+            self._notify("on_train_end")
+            self.net.eval()
+        return TrainResult(history=[r["loss"] for r in self.history], epoch_seconds=epoch_seconds,
+                           start_epoch=self.start_epoch, records=self.history)
+
+
 def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", seed=0, verbose=0,
-          checkpoint=None, fingerprint=None, fingerprint_params=None, desc="training"):
+          checkpoint=None, fingerprint=None, fingerprint_params=None, desc="training", callbacks=()):
     """Train ``net`` in place on ``samples``; see the module docstring.
 
     Parameters
@@ -598,6 +969,11 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
         differ when they agree.
     desc : str
         Progress bar label.
+    callbacks : sequence of Callback, default=()
+        The user's callbacks (:mod:`sklearn_psa.callbacks`). They are notified
+        after the mixed-precision set-up and before the loop's checkpoint,
+        learning-rate schedule and progress bar, so that what they do at the
+        end of an epoch (stop, restore weights) is in its checkpoint.
 
     Returns
     -------
@@ -605,114 +981,14 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
     """
     import torch
 
-    device = torch.device(device)
-    n = len(samples)
-    if n == 0:
+    if len(samples) == 0:
         raise ValueError("no training samples")
-    max_epochs, batch_size = int(config.max_epochs), int(config.batch_size)
-    steps_per_epoch = _steps_per_epoch(n, batch_size)
-    max_step = steps_per_epoch * max_epochs
-    aug = config.augmentation
-
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    net.to(device=device, memory_format=memory_format)
+    own = [MixedPrecision(config.amp), *callbacks]
+    if checkpoint is not None:
+        own.append(CheckpointFile(checkpoint, fingerprint, fingerprint_params))
+    own += [LRSchedule(config.lr_schedule, config.power), ProgressBar(verbose, desc)]
     if param_groups is None:
         param_groups = [(net.parameters(), 1.0)]
-    groups = sgd_param_groups(param_groups, config.learning_rate, config.weight_decay)
-    optimizer = torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
-
-    use_amp = bool(config.amp) and device.type == "cuda"
-    amp_dtype = None
-    scaler = None
-    if use_amp:
-        amp_dtype = cuda_amp_dtype()
-        if amp_dtype == torch.float16:
-            scaler = torch.amp.GradScaler("cuda")
-
-    start_epoch, step, history = 0, 0, []
-    state = None
-    if checkpoint is not None and os.path.exists(checkpoint):
-        state = load_checkpoint(checkpoint)
-        if fingerprint is not None and state.get("fingerprint", "") != str(fingerprint):
-            if not _holds_state_of(state["model"], net):
-                raise ValueError(_mismatch_message(checkpoint, state.get("fingerprint_params"),
-                                                   fingerprint_params))
-            state = None  # where this run starts: overwritten by its first epoch
-    if state is not None:
-        from .nn.weights import load_weights
-
-        load_weights(net, state["model"], source=f"checkpoint {os.fspath(checkpoint)}")
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        history = list(state.get("history", []))
-
-    epoch_seconds, first_loss = [], None
-    bar = progress(verbose=verbose, desc=desc, total=max_step, initial=min(step, max_step), unit="step")
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            for epoch in range(start_epoch, max_epochs):
-                t0 = time.perf_counter()
-                eseed = _epoch_seed(seed, epoch)
-                rng = np.random.default_rng(eseed)
-                torch.manual_seed(eseed)
-                net.train()
-                total, count = 0.0, 0
-                for idx in _batches(n, batch_size, rng):
-                    items, targets = [], {}
-                    for i in idx:
-                        s = samples[int(i)]
-                        if aug.jitters:  # mark the image's own pixels: the jitter leaves the padding
-                            s = Sample(s.image, {**s.maps, _VALID: np.ones(np.shape(s.image)[:2], bool)},
-                                       s.targets)
-                        items.append(aug.geometric(s, rng))
-                        for k, v in s.targets.items():
-                            targets.setdefault(k, []).append(np.asarray(v))
-                    images, maps = _collate(items, aug.pad_value)
-                    factors = aug.jitter_factors(len(idx), rng)
-                    batch = _to_device_batch(images, maps, targets, factors, device, config.channels_last,
-                                             aug.pad_value)
-                    for g in optimizer.param_groups:
-                        g["lr"] = poly_lr(g["initial_lr"], step, max_step, config.power)
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        loss = loss_fn(net, batch)
-                    value = float(loss.detach())
-                    first_loss = value if first_loss is None else first_loss
-                    if not math.isfinite(value) or value > _diverged_above(first_loss):
-                        raise TrainingDiverged(
-                            f"{desc} diverged at epoch {epoch + 1}, step {step + 1}: the loss "
-                            f"became {value:.4g} (the first was {first_loss:.4g}); lower "
-                            f"learning_rate (it was {config.learning_rate:g}; try "
-                            f"{config.learning_rate / 10:g})"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
-                    step += 1
-                    total += value * len(idx)
-                    count += len(idx)
-                    bar.update(1)
-                if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
-                    raise TrainingDiverged(
-                        f"{desc} diverged at epoch {epoch + 1}: the network's weights are no "
-                        f"longer finite (NaN or infinite outputs would follow); lower "
-                        f"learning_rate (it was {config.learning_rate:g}; try "
-                        f"{config.learning_rate / 10:g})"
-                    )
-                history.append(total / count)
-                epoch_seconds.append(time.perf_counter() - t0)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
-                if checkpoint is not None:
-                    _save_checkpoint(checkpoint, net, optimizer, scaler, epoch + 1, step, history,
-                                     fingerprint, fingerprint_params)
-    finally:
-        bar.close()
-        net.eval()
-    return TrainResult(history=history, epoch_seconds=epoch_seconds, start_epoch=start_epoch)
+    trainer = Trainer(net, samples, loss_fn, config, param_groups=param_groups,
+                      device=torch.device(device), seed=seed, callbacks=own, desc=desc)
+    return trainer.run()

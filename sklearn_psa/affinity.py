@@ -11,6 +11,7 @@ stride-8 grid to its record, for :class:`~sklearn_psa.RandomWalkRefiner`.
 
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 
 import joblib
@@ -20,17 +21,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._affinity_labels import affinity_pairs, combine_confident, confident_regions, pool_index_map
+from ._base import TrainedNetworkMixin, training_parameters_doc
 from ._device import resolve_device
 from ._grid import IGNORE_INDEX, STRIDE, neighbor_offsets
 from ._parallel import N_JOBS_CONSTRAINT, map_images
 from ._store import ArrayStore, StoredArray, image_key, model_key
-from ._torch_estimator import (
-    TorchEstimatorMixin,
-    device_type,
-    images_to_tensor,
-    iter_image_batches,
-    module_type,
-)
+from ._torch_estimator import images_to_tensor, iter_image_batches
+from ._training import TrainResult
 from .crf import ImageCRF, check_crf_options, placed_crf_options
 from .records import Record, check_records
 
@@ -204,7 +201,8 @@ class AffinityTransformerMixin(TransformerMixin):
         return tags
 
 
-class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimator):
+@training_parameters_doc
+class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstimator):
     """Learn pixel affinities from CAM records and add them to the records.
 
     Read more in docs/method.md (sections 2 and 3).
@@ -294,6 +292,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         resumes. ``fit`` keeps its training label maps there too (read back
         as training samples them), so a second fit on the same CAMs skips
         the dense CRF. None keeps them in memory.
+    {training parameters}
 
     Attributes
     ----------
@@ -301,8 +300,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         The fitted AffinityNet (backbone + head).
     offsets_ : ndarray of shape (K, 2)
         ``neighbor_offsets(radius)``.
-    train_result_ : TrainResult
-        Loss history and epoch times.
+    {training attributes}
     n_epochs_ : int
         Epochs trained (``max_epochs``, or what ``"auto"`` chose).
     label_stats_ : dict
@@ -325,26 +323,17 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
     _torch_attributes = ("network_",)
 
     _parameter_constraints = {
-        "backbone": [str, module_type()],
-        "pretrained": [None, "boolean", str, os.PathLike],
+        **TrainedNetworkMixin._parameter_constraints,
         "alpha_low": [Interval(numbers.Real, 0, None, closed="neither")],
         "alpha_high": [Interval(numbers.Real, 0, None, closed="neither")],
         "radius": [Interval(numbers.Integral, 2, None, closed="left")],
         "crf": ["boolean", dict],
         "init": [StrOptions({"scratch", "cam"})],
-        "backbone_options": [None, dict],
         "head_widths": [tuple, list],
         "input_scale": [Interval(numbers.Real, 0, None, closed="neither")],
-        "crop_size": [Interval(numbers.Integral, 8, None, closed="left"), None],
-        "scale_range": [tuple, list],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "scale_range": ["array-like"],
         "max_epochs": [Interval(numbers.Integral, 0, None, closed="left"), StrOptions({"auto"})],
-        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "head_lr_mult": [Interval(numbers.Real, 0, None, closed="neither")],
-        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "device": [str, device_type()],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
         "n_jobs": N_JOBS_CONSTRAINT,
         "store": [str, os.PathLike, None],
     }
@@ -354,7 +343,8 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
                  input_scale=1.0, crop_size=128, scale_range=(0.9, 1.1), batch_size=8,
                  max_epochs="auto", learning_rate="auto", head_lr_mult=10.0, weight_decay=5e-4,
                  device="auto", random_state=None, verbose=0, n_jobs=None,
-                 store=None):
+                 store=None, warm_start=False, checkpoint=None, optimizer="sgd",
+                 optimizer_options=None, lr_schedule="poly", callbacks=None):
         self.backbone = backbone
         self.pretrained = pretrained
         self.alpha_low = alpha_low
@@ -377,6 +367,12 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         self.verbose = verbose
         self.n_jobs = n_jobs
         self.store = store
+        self.warm_start = warm_start
+        self.checkpoint = checkpoint
+        self.optimizer = optimizer
+        self.optimizer_options = optimizer_options
+        self.lr_schedule = lr_schedule
+        self.callbacks = callbacks
 
     # ------------------------------------------------------------------ helpers
 
@@ -390,12 +386,7 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
             )
         if self.crop_size is not None and self.crop_size % STRIDE:
             raise ValueError(f"crop_size must be a multiple of {STRIDE}, got {self.crop_size}")
-        try:
-            scale_range = tuple(float(s) for s in np.asarray(self.scale_range, dtype=float).ravel())
-        except (TypeError, ValueError):
-            scale_range = ()
-        if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range!r}")
+        scale_range = self._checked_scale_range()
         check_crf_options(self.crf)
         self._checked_head_widths()
         return scale_range
@@ -433,15 +424,18 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
         settings = (self.alpha_low, self.alpha_high, options)
         return _LabelMapStore(self.store, records, settings)
 
-    def _make_network(self, records, seed):
-        from ._training import seeded
+    def _from_cam(self):
+        """Whether the backbone starts from the CAM classifier's (``init="cam"``, no ``pretrained``)."""
+        return self.init == "cam" and self.pretrained in (None, False)
+
+    def _build_network(self, data):
         from .nn import make_backbone
         from .nn.affinity_head import AffinityNet
 
         widths = self._checked_head_widths()
         state = None
-        if self.init == "cam" and self.pretrained in (None, False):
-            source = getattr(records, "source", None) or {}
+        if self._from_cam():
+            source = getattr(data["records"], "source", None) or {}
             if "state_dict" not in source:
                 raise ValueError(
                     "init='cam' needs records made by a fitted CAMClassifier that carry its "
@@ -453,50 +447,36 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
             backbone, pretrained = source.get("backbone", self.backbone), None
             options = dict(source.get("backbone_options") or {})
             state = {k: torch.as_tensor(np.asarray(v)) for k, v in source["state_dict"].items()}
-            from_weights = True
         else:
             backbone, pretrained, options = self._resolved_backbone(warn=True)
             options = dict(options or {})
-            from_weights = pretrained not in (None, False)
-        with seeded(seed):
-            bb = make_backbone(backbone, pretrained=pretrained, **options)
-            if state is not None:
-                from .nn.weights import load_weights
+        bb = make_backbone(backbone, pretrained=pretrained, **options)
+        if state is not None:
+            from .nn.weights import load_weights
 
-                load_weights(bb, state, source="the CAM classifier's backbone")
-                if source.get("pretrained") not in (None, False):
-                    bb.prepare_pretrained()  # frozen layers, as the CAM classifier's backbone had
-            net = AffinityNet(bb, widths=widths, input_scale=self.input_scale)
-        return net, from_weights
+            load_weights(bb, state, source="the CAM classifier's backbone")
+            if source.get("pretrained") not in (None, False):
+                bb.prepare_pretrained()  # frozen layers, as the CAM classifier's backbone had
+        return AffinityNet(bb, widths=widths, input_scale=self.input_scale)
 
-    # ------------------------------------------------------------------ fit
+    def _rates(self, data):
+        from_weights = self._from_cam() or self._resolved_backbone()[1] not in (None, False)
+        return self._learning_rate(from_weights), float(self.head_lr_mult) if from_weights else 1.0
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Train AffinityNet on the confident regions of the records' CAMs.
+    def _desc(self):
+        return "AffinityNet"
 
-        Parameters
-        ----------
-        X : Records
-            Output of :meth:`CAMClassifier.fit_transform` (training images with
-            their CAMs).
-        y : ignored
-            Present for pipelines (the labels come with the records).
+    def _n_epochs(self, n_samples):
+        return auto_epochs(n_samples, self.batch_size) if self.max_epochs == "auto" else int(self.max_epochs)
 
-        Returns
-        -------
-        self : AffinityEstimator
-        """
-        from ._training import Augmentation, TrainConfig, train
+    def _data_fingerprint(self, data):
+        return [(image_key(r.image), _cams_key(r), r.labels.tolist()) for r in data["records"].records]
 
-        records = check_records(X, name="X")
-        scale_range = self._check_settings()
-        device = self._fit_device()
-        seed = self._fit_seed()
-        self.n_classes_ = records.n_classes
-        self.offsets_ = np.asarray(neighbor_offsets(self.radius))
-        crf, on_cuda = self._crf_function(device)
-
+    def _training_samples(self, data):
+        """The training images with their low/high label maps (the dense CRF's work, per
+        image, over ``n_jobs``), made on access; sets ``label_stats_``."""
+        records = data["records"]
+        crf, on_cuda = self._crf_function(data["device"])
         stats, pairs = np.zeros(3, np.int64), np.zeros(3, np.int64)
         stored = self._stored_label_maps(records)
         todo = [i for i in range(len(records)) if stored is None or not stored.has[i]]
@@ -525,44 +505,57 @@ class AffinityEstimator(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstim
             "foreground": stats[0] / total, "background": stats[1] / total, "ignored": stats[2] / total,
             "bg_pairs": int(pairs[0]), "fg_pairs": int(pairs[1]), "neg_pairs": int(pairs[2]),
         }
+        return samples
 
-        net, from_weights = self._make_network(records, seed)
-        head_mult = float(self.head_lr_mult) if from_weights else 1.0
-        offsets = self.offsets_
+    def get_loss(self, net, batch):
+        """AffinityNet's loss (docs/method.md, section 3) of ``batch``: the pairs of its
+        ``"low"`` and ``"high"`` label maps within ``radius``; see
+        :meth:`TrainedNetworkMixin.get_loss <sklearn_psa._base.TrainedNetworkMixin.get_loss>`."""
+        import torch
 
-        def loss_fn(net, batch):
-            import torch
+        from .nn.affinity_head import affinity_loss, pairwise_affinity
 
-            from .nn.affinity_head import affinity_loss, pairwise_affinity
-            from ._affinity_labels import affinity_pairs as pairs_of
+        feats = net(batch["image"])
+        grid = _grid_labels(batch["low"].cpu().numpy(), batch["high"].cpu().numpy())
+        labels = [np.stack(affinity_pairs(g, self.offsets_)) for g in grid]  # (3, K, h, w) each
+        labels = torch.from_numpy(np.stack(labels, axis=1)).to(feats.device)
+        aff = pairwise_affinity(feats.float(), self.offsets_)
+        loss, _ = affinity_loss(aff, labels[0], labels[1], labels[2])
+        return loss
 
-            feats = net(batch["image"])
-            grid = _grid_labels(batch["low"].cpu().numpy(), batch["high"].cpu().numpy())
-            labels = [np.stack(pairs_of(g, offsets)) for g in grid]  # (3, K, h, w) each
-            labels = torch.from_numpy(np.stack(labels, axis=1)).to(feats.device)
-            aff = pairwise_affinity(feats.float(), offsets)
-            loss, _ = affinity_loss(aff, labels[0], labels[1], labels[2])
-            return loss
+    # ------------------------------------------------------------------ fit
 
-        self.n_epochs_ = (auto_epochs(len(samples), self.batch_size) if self.max_epochs == "auto"
-                          else int(self.max_epochs))
-        config = TrainConfig(
-            max_epochs=self.n_epochs_,
-            batch_size=int(self.batch_size),
-            learning_rate=self._learning_rate(from_weights),
-            weight_decay=float(self.weight_decay),
-            augmentation=Augmentation(
-                crop_size=self.crop_size, flip=True, color_jitter=0.3, scale_range=scale_range,
-                pad_value=tuple(net.backbone.input_mean),
-            ),
-        )
-        self.train_result_ = train(
-            net, samples, loss_fn, config,
-            param_groups=[(net.backbone.parameters(), 1.0), (net.head.parameters(), head_mult)],
-            device=device, seed=seed, verbose=self.verbose, desc="AffinityNet",
-        )
-        self.network_ = net
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Train AffinityNet on the confident regions of the records' CAMs.
+
+        Parameters
+        ----------
+        X : Records
+            Output of :meth:`CAMClassifier.fit_transform` (training images with
+            their CAMs).
+        y : ignored
+            Present for pipelines (the labels come with the records).
+
+        Returns
+        -------
+        self : AffinityEstimator
+        """
+        records = check_records(X, name="X")
+        self._check_settings()
+        self.offsets_ = np.asarray(neighbor_offsets(self.radius))
+        self._fit_network({"records": records, "n_classes": records.n_classes})
+        self.n_classes_ = records.n_classes
+        self.n_epochs_ = self._n_epochs(len(records))
         return self
+
+    @property
+    def train_result_(self):
+        """Deprecated: the loss history and epoch times; use :attr:`history_`."""
+        warnings.warn("train_result_ is deprecated: use history_ (one dict per epoch), loss_curve_ "
+                      "and epoch_seconds_", FutureWarning, stacklevel=2)
+        return TrainResult(history=self.loss_curve_, epoch_seconds=self.epoch_seconds_,
+                           start_epoch=self.n_iter_ - len(self.epoch_seconds_), records=self.history_)
 
     # ------------------------------------------------------------------ transform
 
@@ -622,6 +615,12 @@ class _Samples(Sequence):
         return _LazySample(self.records.records[i], self.maps[i])
 
 
+def _cams_key(record):
+    """What identifies a record's CAMs: a stored array's file, else the hash of its values."""
+    cams = record.__dict__["cams"]
+    return getattr(cams, "path", None) or joblib.hash(np.ascontiguousarray(cams))
+
+
 class _LabelMapStore:
     """The affinity label maps of ``fit`` in a store: ``(2, H, W)`` uint8 per image, keyed
     by the image, its CAMs and classes, and the label settings (so a second fit, e.g.
@@ -629,11 +628,8 @@ class _LabelMapStore:
 
     def __init__(self, folder, records, settings):
         self.store = ArrayStore(folder)
-        self.keys = []
-        for r in records.records:
-            cams = r.__dict__["cams"]  # a stored array is known by its file, else by its values
-            cams = getattr(cams, "path", None) or joblib.hash(np.ascontiguousarray(cams))
-            self.keys.append(joblib.hash((image_key(r.image), cams, r.labels.tolist(), settings)))
+        self.keys = [joblib.hash((image_key(r.image), _cams_key(r), r.labels.tolist(), settings))
+                     for r in records.records]
         self.has = [self.store.has("affinity-labels", key) for key in self.keys]
 
     def save(self, i, low, high):

@@ -1,23 +1,24 @@
 """CAMClassifier: a multilabel image classifier whose transform gives class activation maps."""
 
-import copy
 import numbers
 import os
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
+from ._base import TrainedNetworkMixin, training_parameters_doc
 from ._cam_maps import checked_scales, multiscale_cams, sigmoid, stored_cams
-from ._torch_estimator import TorchEstimatorMixin, device_type, module_type
+from ._training import ImageSamples
 from ._validation import check_classes, check_images, check_targets, class_names_of
 from .records import Record, Records
 
 __all__ = ["CAMClassifier"]
 
 
-class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEstimator):
+@training_parameters_doc
+class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, BaseEstimator):
     """Multilabel image classifier producing class activation maps (CAMs).
 
     The first step of AffinityNet (Ahn & Kwak, CVPR 2018, section 3.1): a
@@ -81,19 +82,6 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         set its receptive field (27 + 16 * depth * dilation pixels; without
         ImageNet weights it decides where the CAMs land, see
         ``benchmarks/bench_cam.py``).
-    warm_start : bool, default=False
-        When True and already fitted on the same classes, ``fit`` continues
-        from the fitted weights (a new learning-rate schedule of
-        ``max_epochs``) instead of starting anew. It trains a copy:
-        ``network_`` is replaced only when ``fit`` completes.
-    checkpoint : str, path or None, default=None
-        File written atomically after every epoch; when it exists at ``fit``
-        training resumes at its epoch (it must come from the same data and
-        parameters, else ``fit`` raises an error naming the parameters that
-        differ). A warm-started fit has its own checkpoint, identified by the
-        fitted weights it starts from: the finished checkpoint of the fit
-        that gave those weights is replaced by it, and an interrupted
-        warm-started fit resumes from it.
     store : str, path or None, default=None
         A folder for the CAMs of ``transform``, ``fit_transform`` and
         ``compute_cams``: each image's CAMs are written there as they are
@@ -109,6 +97,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         number fixes the number of classes, also when ``y`` holds masks.
         None: the columns of ``y`` when it is a pandas DataFrame, else
         ``"class 1"``, ``"class 2"``, ... Only names: training ignores them.
+    {training parameters}
 
     Attributes
     ----------
@@ -121,12 +110,7 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
     n_classes_ : int
     network_ : sklearn_psa.nn.heads.Network
         The trained network (backbone + :class:`~sklearn_psa.nn.heads.CAMHead`).
-    loss_curve_ : list of float
-        Mean training loss per epoch.
-    epoch_seconds_ : list of float
-        Wall time of each epoch run by the last ``fit``.
-    n_iter_ : int
-        Epochs trained.
+    {training attributes}
 
     See Also
     --------
@@ -147,7 +131,8 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
     new classifier, BatchNorm and the first blocks frozen, on images whose
     long side is rescaled to 256..512 and colour-jittered (0.3, hue 0.1); its
     optimizer has effectively no momentum (the weight decay is passed where
-    SGD expects the momentum). Here biases get the base rate and momentum is 0.9.
+    SGD expects the momentum). Here biases get the base rate and momentum is 0.9;
+    ``optimizer_options={"momentum": 0.0}`` trains without it, as the reference did.
 
     Examples
     --------
@@ -166,25 +151,14 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
     _torch_attributes = ("network_",)
 
     _parameter_constraints = {
-        "backbone": [str, module_type()],
-        "pretrained": [None, "boolean", str, os.PathLike],
+        **TrainedNetworkMixin._parameter_constraints,
         "scales": ["array-like"],
         "flip": ["boolean"],
         "threshold": [Interval(numbers.Real, 0, 1, closed="both")],
-        "crop_size": [Interval(numbers.Integral, 8, None, closed="left"), None],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "max_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
-        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
-        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "device": [str, device_type()],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-        "backbone_options": [dict, None],
-        "warm_start": ["boolean"],
-        "checkpoint": [str, os.PathLike, None],
         "store": [str, os.PathLike, None],
         "classes": [None, "array-like"],
     }
+    _fingerprint_ignores = ("threshold", "scales", "flip")
 
     def __init__(
         self,
@@ -206,6 +180,10 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         checkpoint=None,
         store=None,
         classes=None,
+        optimizer="sgd",
+        optimizer_options=None,
+        lr_schedule="poly",
+        callbacks=None,
     ):
         self.backbone = backbone
         self.pretrained = pretrained
@@ -225,6 +203,10 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         self.checkpoint = checkpoint
         self.store = store
         self.classes = classes
+        self.optimizer = optimizer
+        self.optimizer_options = optimizer_options
+        self.lr_schedule = lr_schedule
+        self.callbacks = callbacks
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -241,39 +223,32 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
     def _check_settings(self):
         self._checked_scales()
 
-    def _build_network(self, n_classes, seed):
+    def _build_network(self, data):
         from .nn import make_backbone
         from .nn.heads import CAMHead, Network
-        from ._training import seeded
 
-        with seeded(seed):
-            backbone = make_backbone(self.backbone, pretrained=self.pretrained, **(self.backbone_options or {}))
-            head = CAMHead(backbone.out_channels[2], n_classes)
-            return Network(backbone, head)
+        backbone = make_backbone(self.backbone, pretrained=self.pretrained, **(self.backbone_options or {}))
+        return Network(backbone, CAMHead(backbone.out_channels[2], data["n_classes"]))
 
-    def _fingerprint(self, images, labels, start=None):
-        """``(fingerprint, params)`` of a checkpointed fit: the hash of the training
-        parameters, the data and, for a warm start, the ``start`` network's weights;
-        and those parameters."""
-        import joblib
+    def _training_samples(self, data):
+        return ImageSamples(data["images"], targets={"labels": data["labels"].astype(np.float32)})
 
-        from ._training import weights_hash
-
-        params = {k: v for k, v in self.get_params().items()
-                  if k not in ("verbose", "device", "checkpoint", "warm_start", "threshold", "scales", "flip",
-                               "classes")}
-        params["backbone"], params["pretrained"], params["backbone_options"] = self._resolved_backbone()
-        params["backbone"] = params["backbone"] if isinstance(params["backbone"], str) else repr(params["backbone"])
-        if start is not None:
-            params["warm_start_weights"] = weights_hash(start)
-        sources = [s if isinstance(s, str) else joblib.hash(s) for s in images.sources]
-        return joblib.hash((params, sources, labels)), params
-
-    @staticmethod
-    def _loss(net, batch):
+    def get_loss(self, net, batch):
+        """The multilabel soft-margin loss of the scores of ``batch["image"]`` against
+        ``batch["labels"]`` (the ``(N, n_classes)`` 0/1 indicator); see
+        :meth:`TrainedNetworkMixin.get_loss <sklearn_psa._base.TrainedNetworkMixin.get_loss>`."""
         from torch.nn import functional as F
 
         return F.multilabel_soft_margin_loss(net(batch["image"]).float(), batch["labels"])
+
+    def _rates(self, data):
+        pretrained = self._resolved_backbone()[1] not in (None, False)
+        return self._learning_rate(pretrained), 10.0 if pretrained else 1.0
+
+    def _data_fingerprint(self, data):
+        import joblib
+
+        return [s if isinstance(s, str) else joblib.hash(s) for s in data["images"].sources], data["labels"]
 
     def _check_fit_input(self, X, y):
         """``(images, labels, class names)`` of ``fit``'s ``X`` and ``y``."""
@@ -284,8 +259,6 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
         return images, targets.labels, class_names_of(classes, targets.labels.shape[1], y)
 
     def _fit(self, images, labels, class_names):
-        from ._training import Augmentation, ImageSamples, TrainConfig, train
-
         self._checked_scales()
         if not labels.any():
             raise ValueError(
@@ -294,49 +267,10 @@ class CAMClassifier(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, Base
                 "must contain one"
             )
         n_classes = labels.shape[1]
-        device = self._fit_device()
-        seed = self._fit_seed()
-        reuse = (
-            self.warm_start
-            and hasattr(self, "network_")
-            and getattr(self, "n_classes_", None) == n_classes
-        )
-        # a copy: an interrupted fit leaves the fitted model (and the warm start's checkpoint) valid
-        net = copy.deepcopy(self.network_) if reuse else self._build_network(n_classes, seed)
-        fingerprint, params = (None, None) if self.checkpoint is None else self._fingerprint(
-            images, labels, start=self.network_ if reuse else None)
-        pretrained = self._resolved_backbone()[1] not in (None, False)
-        config = TrainConfig(
-            max_epochs=self.max_epochs,
-            batch_size=self.batch_size,
-            learning_rate=self._learning_rate(pretrained),
-            weight_decay=self.weight_decay,
-            augmentation=Augmentation(
-                crop_size=self.crop_size, flip=True, color_jitter=0.3, pad_value=net.backbone.input_mean
-            ),
-        )
-        result = train(
-            net,
-            ImageSamples(images, targets={"labels": labels.astype(np.float32)}),
-            self._loss,
-            config,
-            param_groups=net.parameter_groups(1.0, 10.0 if pretrained else 1.0),
-            device=device,
-            seed=seed,
-            verbose=self.verbose,
-            checkpoint=self.checkpoint,
-            fingerprint=fingerprint,
-            fingerprint_params=params,
-            desc="CAMClassifier",
-        )
-        previous = list(getattr(self, "loss_curve_", [])) if reuse else []
-        self.network_ = net
+        self._fit_network({"images": images, "labels": labels, "n_classes": n_classes})
         self.classes_ = np.arange(n_classes)
         self.class_names_ = class_names
         self.n_classes_ = n_classes
-        self.loss_curve_ = previous + list(result.history)
-        self.epoch_seconds_ = list(result.epoch_seconds)
-        self.n_iter_ = len(self.loss_curve_)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)

@@ -15,18 +15,14 @@ from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._torch_estimator import (
-    TorchEstimatorMixin,
-    device_type,
-    images_to_tensor,
-    iter_image_batches,
-    module_type,
-)
+from ._base import TrainedNetworkMixin, training_parameters_doc
 from ._device import autocast, resolve_device
 from ._files import output_mark, save_mask
 from ._grid import IGNORE_INDEX
 from ._parallel import N_JOBS_CONSTRAINT, map_images
 from ._store import stored_masks
+from ._torch_estimator import images_to_tensor, iter_image_batches
+from ._training import ImageSamples, weights_hash
 from ._validation import (
     check_classes,
     check_images,
@@ -77,7 +73,8 @@ def _left_to_segmenter(key, value):
     return isinstance(value, type(unset)) and value == unset
 
 
-class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
+@training_parameters_doc
+class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
     """Weakly supervised semantic segmentation: AffinityNet end to end.
 
     ``fit(X, y)`` with image-level labels ``y``:
@@ -213,12 +210,6 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         device), then a line as each stage starts, with the time so far,
         above the steps' progress bars (erased when done). 2: the bars stay.
         Steps that leave theirs at 0 take it.
-    checkpoint : str, path or None, default=None
-        Checkpoint file of the segmentation network's training (written after
-        every epoch; an interrupted fit resumes from it). The steps before it
-        train again on resume (or load from ``memory``), so resuming needs
-        them to give the same masks: set ``random_state`` (a warning says so
-        otherwise); on a GPU, ``memory`` keeps the fitted steps themselves.
     n_jobs : int or None, default=None
         Processes (or cluster workers) for the per-image CPU work, through
         joblib: the dense CRF of :meth:`predict` and, for steps that leave
@@ -233,6 +224,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         None: the columns of ``y`` when it is a pandas DataFrame, else
         ``"class 1"``, ``"class 2"``, ... A CAM step whose own ``classes``
         is None takes the same names.
+    {training parameters}
     **step_params : dict
         Parameters of the steps, named ``<step>__<parameter>``
         (``cam__max_epochs=5``, ``refiner__beta=4``), held by this estimator:
@@ -264,10 +256,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         File names (without ``.png``) :meth:`save_pseudo_labels` uses: the
         training images' file stems when they were paths with distinct
         stems, else ``"000000"``, ``"000001"``, ...
-    loss_curve_ : list of float
-        Mean training loss per epoch of the segmentation network.
-    epoch_seconds_ : list of float
-        Wall time of each epoch of the segmentation network.
+    {training attributes}
 
     See Also
     --------
@@ -275,6 +264,14 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
 
     Notes
     -----
+    The training parameters (``max_epochs``, ``optimizer``, ``callbacks``,
+    ``warm_start``, ``checkpoint`` ...) and the history are the segmentation
+    network's; each step has its own (``cam__callbacks``). With
+    ``checkpoint``, the steps before the network train again on resume (or
+    load from ``memory``), so resuming needs them to give the same masks: set
+    ``random_state`` (a warning says so otherwise); on a GPU, ``memory``
+    keeps the fitted steps themselves.
+
     ``GridSearchCV`` over ``refiner__*`` with ``memory`` set trains the CAM
     and affinity networks once per training fold, but the segmentation
     network once per candidate (its training masks change with the walk's
@@ -305,32 +302,22 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
     _torch_attributes = ("network_",)
 
     _parameter_constraints = {
+        **TrainedNetworkMixin._parameter_constraints,
         "cam": [None, HasMethods(["fit_transform", "transform"])],
         "affinity": [None, HasMethods(["fit_transform", "transform"])],
         "refiner": [None, HasMethods(["fit", "predict"])],
         "supervision": [StrOptions({"image", "pixel"})],
         "init": [StrOptions({"cam", "scratch"})],
-        "backbone": [str, module_type()],
-        "pretrained": [None, "boolean", str, os.PathLike],
-        "backbone_options": [dict, None],
         "aspp_rates": ["array-like"],
         "head_channels": [Interval(numbers.Integral, 1, None, closed="left")],
         "crf": ["boolean", dict],
-        "crop_size": [Interval(numbers.Integral, 8, None, closed="left"), None],
         "scale_range": ["array-like"],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "max_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
-        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "head_lr_mult": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
-        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "memory": [None, str, os.PathLike, HasMethods(["cache"])],
-        "device": [str, device_type()],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-        "checkpoint": [str, os.PathLike, None],
         "n_jobs": N_JOBS_CONSTRAINT,
         "classes": [None, "array-like"],
     }
+    _fingerprint_ignores = ("cam", "affinity", "refiner", "memory", "crf")
 
     def __init__(
         self,
@@ -360,6 +347,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         checkpoint=None,
         n_jobs=None,
         classes=None,
+        warm_start=False,
+        optimizer="sgd",
+        optimizer_options=None,
+        lr_schedule="poly",
+        callbacks=None,
         **step_params,
     ):
         self.cam = cam
@@ -387,6 +379,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         self.checkpoint = checkpoint
         self.n_jobs = n_jobs
         self.classes = classes
+        self.warm_start = warm_start
+        self.optimizer = optimizer
+        self.optimizer_options = optimizer_options
+        self.lr_schedule = lr_schedule
+        self.callbacks = callbacks
         for key, value in step_params.items():
             name, _, sub = key.partition("__")
             if name not in _STEPS or not sub:
@@ -574,26 +571,28 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         """
         return not self._from_cam() and self._resolved_backbone()[1] not in (None, False)
 
-    def _build_network(self, n_outputs, seed):
-        from ._training import seeded
+    def _build_network(self, data):
         from .nn import make_backbone
         from .nn.heads import Network
         from .nn.seg_head import ASPPHead
 
-        rates = self._checked_aspp_rates()
-        with seeded(seed):
-            if self._from_cam():
-                backbone = make_backbone(self.cam_.network_.backbone)  # a copy, moved to CPU
-                backbone.to("cpu")
-            else:
-                name, pretrained, options = self._resolved_backbone(warn=True)
-                backbone = make_backbone(name, pretrained=pretrained, **(options or {}))
-            head = ASPPHead(backbone.out_channels[2], n_outputs, channels=self.head_channels,
-                            rates=rates)
-            return Network(backbone, head)
+        if self._from_cam():
+            backbone = make_backbone(self.cam_.network_.backbone)  # a copy, moved to CPU
+            backbone.to("cpu")
+        else:
+            name, pretrained, options = self._resolved_backbone(warn=True)
+            backbone = make_backbone(name, pretrained=pretrained, **(options or {}))
+        head = ASPPHead(backbone.out_channels[2], data["n_classes"] + 1, channels=self.head_channels,
+                        rates=self._checked_aspp_rates())
+        return Network(backbone, head)
 
-    @staticmethod
-    def _loss(net, batch):
+    def _training_samples(self, data):
+        return ImageSamples(data["images"], maps={"label": data["masks"]})
+
+    def get_loss(self, net, batch):
+        """Cross-entropy of the network's upsampled logits against ``batch["label"]``
+        (255 ignored); see
+        :meth:`TrainedNetworkMixin.get_loss <sklearn_psa._base.TrainedNetworkMixin.get_loss>`."""
         from torch.nn import functional as F
 
         labels = batch["label"]
@@ -603,24 +602,23 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             return logits.sum() * 0.0
         return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
-    def _fingerprint(self, images, masks):
-        """``(fingerprint, params)`` of a checkpointed fit: the hash of the training
-        parameters, the starting weights, the images and the masks; and those parameters."""
+    def _rates(self, data):
+        pretrained = self._from_pretrained()
+        head_lr_mult = self.head_lr_mult
+        if head_lr_mult == "auto":
+            head_lr_mult = 10.0 if pretrained else 1.0
+        return self._learning_rate(pretrained), head_lr_mult if pretrained or self._from_cam() else 1.0
+
+    def _data_fingerprint(self, data):
+        """The images, the masks and, from the CAM classifier's backbone, its weights."""
         import joblib
 
-        from ._training import weights_hash
+        start = weights_hash(self.cam_.network_.backbone) if self._from_cam() else None
+        sources = [s if isinstance(s, str) else joblib.hash(s) for s in data["images"].sources]
+        return sources, [joblib.hash(m) for m in data["masks"]], start
 
-        params = {k: v for k, v in self.get_params(deep=False).items()
-                  if k in ("supervision", "init", "pretrained", "backbone_options", "aspp_rates",
-                           "head_channels", "crop_size", "scale_range", "batch_size",
-                           "max_epochs", "learning_rate", "head_lr_mult", "weight_decay",
-                           "random_state")}
-        name, params["pretrained"], params["backbone_options"] = self._resolved_backbone()
-        params["backbone"] = name if isinstance(name, str) else repr(name)
-        if self._from_cam():  # the starting weights
-            params["backbone"] = weights_hash(self.cam_.network_.backbone)
-        sources = [s if isinstance(s, str) else joblib.hash(s) for s in images.sources]
-        return joblib.hash((params, sources, [joblib.hash(m) for m in masks])), params
+    def _desc(self):
+        return "segmentation" if self.supervision == "image" else "segmentation (masks)"
 
     def _checked_aspp_rates(self):
         try:
@@ -632,18 +630,11 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                 f"aspp_rates must be positive integers (dilations), got {self.aspp_rates!r}")
         return tuple(int(r) for r in values)
 
-    def _checked_scale_range(self):
-        scale_range = tuple(float(s) for s in np.asarray(self.scale_range, dtype=float).ravel())
-        if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(
-                f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range!r}"
-            )
-        return scale_range
-
     def _check_settings(self):
         self._crf_options()
         self._checked_scale_range()
         self._checked_aspp_rates()
+        self._checked_callbacks()
 
     def check_params(self):
         """Check the parameters of this estimator and of its steps, as :meth:`fit` does first.
@@ -712,44 +703,6 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
                 stacklevel=3,
             )
 
-    def _train_network(self, images, masks, n_classes):
-        from ._training import Augmentation, ImageSamples, TrainConfig, train
-
-        scale_range = self._checked_scale_range()
-        fingerprint, params = (None, None) if self.checkpoint is None else self._fingerprint(images, masks)
-        device = self._fit_device()
-        seed = self._fit_seed()
-        net = self._build_network(n_classes + 1, seed)
-        pretrained = self._from_pretrained()
-        from_weights = pretrained or self._from_cam()
-        head_lr_mult = self.head_lr_mult
-        if head_lr_mult == "auto":
-            head_lr_mult = 10.0 if pretrained else 1.0
-        config = TrainConfig(
-            max_epochs=self.max_epochs,
-            batch_size=self.batch_size,
-            learning_rate=self._learning_rate(pretrained),
-            weight_decay=self.weight_decay,
-            augmentation=Augmentation(crop_size=self.crop_size, flip=True, color_jitter=0.3,
-                                      scale_range=scale_range,
-                                      pad_value=tuple(net.backbone.input_mean)),
-        )
-        result = train(
-            net,
-            ImageSamples(images, maps={"label": masks}),
-            self._loss,
-            config,
-            param_groups=net.parameter_groups(1.0, head_lr_mult if from_weights else 1.0),
-            device=device,
-            seed=seed,
-            verbose=self.verbose,
-            checkpoint=self.checkpoint,
-            fingerprint=fingerprint,
-            fingerprint_params=params,
-            desc="segmentation" if self.supervision == "image" else "segmentation (masks)",
-        )
-        return net, result
-
     @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y):
         """Synthesize masks for the training images and train the segmentation network.
@@ -807,7 +760,7 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
             self.pseudo_labels_ = masks
             self.pseudo_label_names_ = _image_names(images)
         log.start(_STAGE_NAMES["network"])
-        self.network_, result = self._train_network(images, masks, n_classes)
+        self._fit_network({"images": images, "masks": masks, "n_classes": n_classes})
         log.done()
         self.classes_ = np.arange(n_classes)
         self.class_names_ = class_names
@@ -815,8 +768,6 @@ class PSASegmenter(TorchEstimatorMixin, BaseEstimator):
         # an indicator (or `classes`) declares every class; masks give a lower bound (a
         # fold may lack one)
         self._classes_declared = targets.masks is None or classes is not None
-        self.loss_curve_ = list(result.history)
-        self.epoch_seconds_ = list(result.epoch_seconds)
         return self
 
     # ------------------------------------------------------------------ inference

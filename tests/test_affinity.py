@@ -65,7 +65,7 @@ def test_fit_learns_affinities_that_separate_the_confident_regions(fitted, squar
     affs = fitted.predict_affinity(records)
     same, diff = mean_affinity_same_vs_different(records, affs, masks, fitted.radius)
     assert same > diff + 0.2, (same, diff)
-    hist = fitted.train_result_.history
+    hist = fitted.loss_curve_
     assert len(hist) == 6 and hist[-1] < hist[0]
 
 
@@ -149,9 +149,11 @@ def test_init_from_a_pretrained_cam_backbone_sets_it_up_as_pretrained(squares):
         with_source = Records(records.records, records.n_classes,
                               {"backbone": "efficientnet_lite0", "backbone_options": {"stages": 5},
                                "pretrained": pretrained, "state_dict": state})
-        net, from_weights = AffinityEstimator(init="cam", **FAST)._make_network(with_source, 0)
+        est = AffinityEstimator(init="cam", **FAST)
+        net = est._build_network({"records": with_source, "n_classes": records.n_classes})
         bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        assert from_weights and bns and {m.momentum for m in bns} == {momentum}
+        assert bns and {m.momentum for m in bns} == {momentum}
+        assert est._rates({})[1] == est.head_lr_mult  # the head learns faster: from weights
 
 
 def test_crf_snaps_blurred_cams_to_the_objects(squares):
@@ -256,7 +258,7 @@ def test_end_to_end_on_make_shapes():
     est = AffinityEstimator(max_epochs=2, **{**FAST, "crop_size": 64})
     out = est.fit_transform(records)
     assert len(out) == 20 and all(r.affinity.shape == (34, 8, 8) for r in out.records)
-    assert np.isfinite(est.train_result_.history).all()
+    assert np.isfinite(est.loss_curve_).all()
     pred = RandomWalkRefiner(t=16).predict(out)
     assert len(pred) == 20 and all(p.shape == (64, 64) and p.dtype == np.uint8 for p in pred)
 
@@ -282,7 +284,7 @@ def test_fit_trains_the_auto_epochs(squares, monkeypatch):
     monkeypatch.setattr(affinity, "AUTO_MIN_STEPS", 5 * len(records))  # 5 epochs of batch 1 ...
     monkeypatch.setattr(affinity, "AUTO_MIN_EPOCHS", 2)
     est = AffinityEstimator(max_epochs="auto", **{**FAST, "batch_size": 1}).fit(records)
-    assert est.n_epochs_ == 5 and len(est.train_result_.history) == 5
+    assert est.n_epochs_ == 5 and len(est.loss_curve_) == 5
     assert AffinityEstimator(max_epochs=3, **FAST).fit(records).n_epochs_ == 3
     with pytest.raises(ValueError, match="max_epochs"):
         AffinityEstimator(max_epochs="long", **FAST).fit(records)

@@ -10,7 +10,7 @@ import importlib
 import pytest
 
 MODULES = ["_grid", "_transition", "records", "walk", "cam", "classifier_cam", "affinity", "feature_affinity", "segmenter",
-           "exceptions", "crf"]
+           "exceptions", "crf", "callbacks"]
 
 
 @pytest.mark.parametrize("name", MODULES)

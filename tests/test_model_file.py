@@ -73,7 +73,7 @@ def test_segmenter_round_trip_predicts_the_same(segmenter, data, tmp_path):
     np.testing.assert_allclose(recs[0].affinity, ref[0].affinity, atol=1e-5)
     for a, b in zip(segmenter.pseudo_labels_, loaded.pseudo_labels_):
         np.testing.assert_array_equal(a, b)
-    assert loaded.affinity_.train_result_ == segmenter.affinity_.train_result_
+    assert loaded.affinity_.history_ == segmenter.affinity_.history_
     assert loaded.affinity_.label_stats_ == segmenter.affinity_.label_stats_
     # the loaded estimator clones, refits and saves again
     assert clone(loaded).get_params(deep=False).keys() == segmenter.get_params(deep=False).keys()
