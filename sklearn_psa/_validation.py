@@ -532,6 +532,18 @@ def format_masks(masks, images):
     return [np.asarray(m, dtype=np.uint8) for m in masks]
 
 
+def keep_params(estimator, values):
+    """Store each parameter of ``type(estimator).__init__`` from ``values``, untouched.
+
+    ``keep_params(self, locals())`` as the body of an estimator's ``__init__``
+    does what scikit-learn's ``self.x = x`` lines do (no check, no
+    conversion; the signature stays spelled out for ``get_params``), once for
+    the estimators whose long signatures share most of their parameters.
+    """
+    for name in type(estimator)._get_param_names():
+        setattr(estimator, name, values[name])
+
+
 def check_random_state_seed(random_state):
     """An int seed derived from ``random_state`` (None, int or RandomState)."""
     from sklearn.utils import check_random_state

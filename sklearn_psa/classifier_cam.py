@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._cam_maps import checked_scales, multiscale_cams, sigmoid, stored_cams
 from ._torch_estimator import TorchEstimatorMixin, device_type, images_to_tensor, module_type
-from ._validation import check_classes, check_images, check_targets, class_names_of
+from ._validation import check_classes, check_images, check_targets, class_names_of, keep_params
 from .records import Record, Records
 
 __all__ = ["ClassifierCAM"]
@@ -132,19 +132,7 @@ class ClassifierCAM(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
                  input_mean=(0.485, 0.456, 0.406), input_std=(0.229, 0.224, 0.225),
                  scales=(1.0, 0.5, 1.5, 2.0), flip=True, threshold=0.5, batch_size=16,
                  device="auto", verbose=0, classes=None, store=None):
-        self.module = module
-        self.feature_layer = feature_layer
-        self.linear_layer = linear_layer
-        self.input_mean = input_mean
-        self.input_std = input_std
-        self.scales = scales
-        self.flip = flip
-        self.threshold = threshold
-        self.batch_size = batch_size
-        self.device = device
-        self.verbose = verbose
-        self.classes = classes
-        self.store = store
+        keep_params(self, locals())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -21,6 +21,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ._device import resolve_device
 from ._grid import STRIDE, neighbor_offsets, shift_slices
 from ._torch_estimator import TorchEstimatorMixin, device_type, images_to_tensor, iter_image_batches, module_type
+from ._validation import keep_params
 from .affinity import AffinityTransformerMixin
 from .records import check_records
 
@@ -65,12 +66,11 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
         statistics) and of ``transform`` / ``predict_affinity``, each erased
         when done; 2: the bars stay, one line per stage.
     store : str, path or None, default=None
-        A folder for the affinities of ``transform``: each image's affinity is
-        written there as it is computed (atomically) and the records returned
-        hold it memory-mapped (read-only), so memory does not grow with the
-        number of images. Affinities already there for the same image, fitted
-        network and parameters are not computed again: an interrupted call
-        resumes. None keeps them in memory.
+        A folder for the affinities of ``transform``, as
+        :class:`~sklearn_psa.AffinityEstimator`'s ``store``: written as
+        computed, returned memory-mapped, reused for the same image, fitted
+        statistics and parameters (an interrupted call resumes). None keeps
+        them in memory.
 
     Attributes
     ----------
@@ -127,16 +127,7 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
     def __init__(self, backbone="efficientnet_lite0", pretrained=True, level="low", input_scale=2.0,
                  radius=5, backbone_options=None, batch_size=8, device="auto", verbose=0,
                  store=None):
-        self.backbone = backbone
-        self.pretrained = pretrained
-        self.level = level
-        self.input_scale = input_scale
-        self.radius = radius
-        self.backbone_options = backbone_options
-        self.batch_size = batch_size
-        self.device = device
-        self.verbose = verbose
-        self.store = store
+        keep_params(self, locals())
 
     # ------------------------------------------------------------------ helpers
 

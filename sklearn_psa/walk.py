@@ -28,7 +28,7 @@ from ._device import cpu_threads, flush_denormal, resolve_device
 from ._grid import STRIDE, grid_shape, neighbor_offsets
 from ._parallel import N_JOBS_CONSTRAINT, map_images
 from ._transition import as_tensor, check_affinity, first_bad, transition_matrix
-from ._validation import check_score_masks, format_masks
+from ._validation import check_score_masks, format_masks, keep_params
 from ._walk_kernels import scipy_walk, torch_walk
 from .metrics import mean_iou
 from .records import check_records
@@ -332,13 +332,7 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
 
     def __init__(self, alpha=16, beta=8, t=256, backend="auto", device="auto", verbose=0,
                  n_jobs=None):
-        self.alpha = alpha
-        self.beta = beta
-        self.t = t
-        self.backend = backend
-        self.device = device
-        self.verbose = verbose
-        self.n_jobs = n_jobs
+        keep_params(self, locals())
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
