@@ -71,6 +71,17 @@ class ImageSet(Sequence):
         return ImageSet([self.sources[i] for i in indices], self.from_array)
 
 
+def _items(seq, name, what):
+    """``list(seq)``, or an error naming ``name`` where it is no sequence of ``what`` or empty."""
+    try:
+        items = list(seq)
+    except TypeError as exc:
+        raise TypeError(f"{name}: expected a sequence of {what}s, got {describe(seq)}") from exc
+    if len(items) == 0:
+        raise ValueError(f"{name} is empty: expected at least one {what}")
+    return items
+
+
 def check_image_item(item, where):
     """One image (array, PIL image) as an ``(H, W, 3)`` uint8 array; ``where`` names it in errors."""
     from PIL import Image
@@ -156,12 +167,7 @@ def check_images(X, *, name="X"):
                 f"{name}: expected an (n, H, W, 3) uint8 array or a sequence of images, "
                 f"got {describe(X)}"
             )
-    try:
-        items = list(X)
-    except TypeError as exc:
-        raise TypeError(f"{name}: expected a sequence of images, got {describe(X)}") from exc
-    if len(items) == 0:
-        raise ValueError(f"{name} is empty: expected at least one image")
+    items = _items(X, name, "image")
     sources = []
     for i, item in enumerate(items):
         if is_path(item):
@@ -318,9 +324,7 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y",
     """
     if masks is None:
         raise TypeError(f"{name} is None: expected a sequence of (H, W) masks")
-    if isinstance(masks, np.ndarray) and masks.ndim == 3 and masks.dtype != object:
-        items = list(masks)
-    elif isinstance(masks, np.ndarray) and masks.ndim == 2 and masks.dtype != object:
+    if isinstance(masks, np.ndarray) and masks.ndim == 2 and masks.dtype != object:
         if n_samples is not None and n_samples > 1 and masks.shape[0] == n_samples:
             raise ValueError(
                 f"{name} has shape {masks.shape}, an (n_samples, n_classes) image-level "
@@ -331,15 +335,9 @@ def check_masks(masks, n_samples=None, *, n_classes=None, shapes=None, name="y",
             f"{name} is a single (H, W) mask of shape {masks.shape}: expected a sequence of "
             "masks or an (n, H, W) array; wrap it in a list"
         )
-    elif is_path(masks):
+    if is_path(masks):
         raise TypeError(f"{name} is a single path: expected a sequence of masks; wrap it in a list")
-    else:
-        try:
-            items = list(masks)
-        except TypeError as exc:
-            raise TypeError(f"{name}: expected a sequence of masks, got {describe(masks)}") from exc
-    if len(items) == 0:
-        raise ValueError(f"{name} is empty: expected at least one mask")
+    items = _items(masks, name, "mask")
     if n_samples is not None and len(items) != n_samples:
         raise ValueError(f"{name} has {len(items)} masks but {of[0]} has {n_samples} {of[1]}s: "
                          f"expected one mask per {of[1]}")

@@ -250,6 +250,8 @@ class ClassifierCAM(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         Returns
         -------
         records : sklearn_psa.records.Records
+            One record per image: the classes whose sigmoid score reaches
+            ``threshold`` and their CAMs, float32 ``(L, H, W)`` in [0, 1].
         """
         check_is_fitted(self, "network_")
         return self._records(check_images(X))

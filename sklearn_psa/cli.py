@@ -739,8 +739,19 @@ def build_parser():
                        help="largest image (width x height) read; larger files are refused "
                             "by name (default 40000000: sklearn_psa.io.MAX_PIXELS)")
 
-    p = sub.add_parser(
-        "demo", help="run the whole method on synthetic shapes and write a report",
+    def command(name, func, help, description):
+        p = sub.add_parser(name, help=help, description=description)
+        p.set_defaults(func=func)
+        return p
+
+    def model_file(p, required, help):
+        p.add_argument("--model", required=required, help=help)
+        p.add_argument("--trust-pickle", action="store_true",
+                       help="also accept a joblib pickle as --model; loading a pickle runs any "
+                            "code it holds, so only for files from a source you trust")
+
+    p = command(
+        "demo", cmd_demo, help="run the whole method on synthetic shapes and write a report",
         description="Fit the CAM classifier, AffinityNet, the random walk and the segmentation "
                     "network on make_shapes images (image-level labels only), fit the same "
                     "network on the true masks as a reference, and write report.md, report.json, "
@@ -756,10 +767,9 @@ def build_parser():
                         "'pretrained' extra is installed, else tiny from scratch")
     p.add_argument("--random-state", type=int, default=0)
     common(p)
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser(
-        "fit", help="fit a PSASegmenter on a VOC devkit or a folder of images",
+    p = command(
+        "fit", cmd_fit, help="fit a PSASegmenter on a VOC devkit or a folder of images",
         description="Fit a PSASegmenter and write it to --model (a model file that holds "
                     "no code: parameters as JSON, arrays as .npy; see sklearn_psa.io.save_model).",
     )
@@ -805,21 +815,16 @@ def build_parser():
                    help="any PSASegmenter parameter, nested ones too: --set refiner__beta=16 "
                         "--set cam__max_epochs=5 (values are Python literals)")
     common(p)
-    p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser(
-        "predict", help="write predicted masks for a folder of images or a VOC split",
+    p = command(
+        "predict", cmd_predict, help="write predicted masks for a folder of images or a VOC split",
         description="Predict a mask per image and write <image id>.png (VOC palette) into "
                     "--output, atomically; masks already there are skipped, so an "
                     "interrupted run resumes.",
     )
     p.add_argument("data", help="VOC devkit folder, or a folder of images")
-    p.add_argument("--model", required=True,
-                   help="a model written by 'sklearn-psa fit' or sklearn_psa.io.save_model "
-                        "(a fitted PSASegmenter or Pipeline)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="also accept a joblib pickle as --model; loading a pickle runs any "
-                        "code it holds, so only for files from a source you trust")
+    model_file(p, True, help="a model written by 'sklearn-psa fit' or "
+                             "sklearn_psa.io.save_model (a fitted PSASegmenter or Pipeline)")
     p.add_argument("--output", required=True, help="folder for the predicted masks")
     p.add_argument("--labels", help="CSV naming the images to predict (default: all images)")
     p.add_argument("--split", default="val", help="VOC split (default val)")
@@ -839,20 +844,16 @@ def build_parser():
                         "pixels): skip (default) reports it by name, goes on and exits with "
                         "status 1; stop ends the run at it (status 2)")
     common(p)
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser(
-        "evaluate", help="per-class IoU of predicted masks against true masks",
+    p = command(
+        "evaluate", cmd_evaluate, help="per-class IoU of predicted masks against true masks",
         description="Print the segmentation report (IoU, precision, recall per class, mean) "
                     "of every predicted mask against the true mask of the same name.",
     )
     p.add_argument("predictions", help="folder of predicted masks <image id>.png")
     p.add_argument("truth", help="folder of true masks, or a VOC devkit folder")
-    p.add_argument("--model", help="a model written by 'sklearn-psa fit' or "
-                                   "sklearn_psa.io.save_model: its class names")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="also accept a joblib pickle as --model; loading a pickle runs any "
-                        "code it holds, so only for files from a source you trust")
+    model_file(p, False, help="a model written by 'sklearn-psa fit' or "
+                              "sklearn_psa.io.save_model: its class names")
     p.add_argument("--labels", help="CSV whose header names the classes")
     p.add_argument("--class-names", help="comma-separated class names (1..K)")
     p.add_argument("--output", help="also write the report to this file")
@@ -860,7 +861,6 @@ def build_parser():
     p.add_argument("--max-pixels", type=_positive_int, default=None,
                    help="largest mask (width x height) read; larger files are refused by name "
                         "(default 40000000: sklearn_psa.io.MAX_PIXELS)")
-    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

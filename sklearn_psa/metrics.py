@@ -365,10 +365,8 @@ def segmentation_report(
 
     Parameters
     ----------
-    y_true : sequence of (H, W) integer arrays or mask file paths, or (n, H, W) array
-        True masks: 0 background, 1..K classes, ``ignore_index`` ignored.
-    y_pred : sequence of (H, W) integer arrays or mask file paths, or (n, H, W) array
-        Predicted masks, each the size of its true mask; values 0..n_classes.
+    y_true, y_pred : sequence of (H, W) integer arrays or mask file paths, or (n, H, W) array
+        True and predicted masks, as for :func:`mean_iou`.
     class_names : sequence of str, default=None
         Names of the classes 1..K (background excluded: it is added as
         "background"). Defaults to the class values ``"1"``, ``"2"``, ...

@@ -852,10 +852,9 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         Raises
         ------
         sklearn_psa.exceptions.MasksRequiredError
-            When ``y`` holds image-level labels. It is no ``Exception``, so
-            that ``GridSearchCV(...).fit(X, Y)`` stops with it instead of
-            scoring NaN: fit the search on the masks,
-            ``GridSearchCV(...).fit(X, masks)``.
+            When ``y`` is an image-level indicator; a ``BaseException``, so
+            that ``GridSearchCV(...).fit(X, Y)`` stops instead of scoring NaN:
+            fit the search on the masks.
         """
         if sample_weight is not None:
             raise ValueError("sample_weight is not supported: mean IoU counts pixels")

@@ -404,12 +404,12 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         return list(self._refined(X))
 
     def predict(self, X):
-        """One mask per record.
+        """One mask per record: the argmax of :meth:`transform`'s refined scores.
 
         Parameters
         ----------
         X : Records
-            Records with CAMs, and affinities unless ``t == 0``.
+            As for :meth:`transform`.
 
         Returns
         -------
@@ -472,15 +472,13 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         Returns
         -------
         score : float
-            Mean IoU in [0, 1].
+            Mean IoU in [0, 1] of the masks of :meth:`predict`.
 
         Raises
         ------
         sklearn_psa.exceptions.MasksRequiredError
-            When ``y`` holds image-level labels. It is no ``Exception``, so
-            that ``GridSearchCV(...).fit(X, Y)`` stops with it instead of
-            scoring NaN: fit the search on the masks,
-            ``GridSearchCV(...).fit(X, masks)``.
+            When ``y`` holds image-level labels (no ``Exception``: it stops a
+            grid search instead of scoring NaN; fit the search on the masks).
         """
         X = check_records(X, require_affinity=False, name="X")
         # a true class beyond X's (absent from a cross-validation training fold) is a miss
