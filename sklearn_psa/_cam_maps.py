@@ -15,8 +15,9 @@ import numpy as np
 from ._device import autocast
 from ._store import ArrayStore, image_key, model_key
 from ._torch_estimator import images_to_tensor, iter_image_batches
+from .records import Record, Records
 
-__all__ = ["checked_scales", "multiscale_cams", "sigmoid", "stored_cams"]
+__all__ = ["cam_records", "checked_scales", "multiscale_cams", "sigmoid", "stored_cams"]
 
 
 def sigmoid(z):
@@ -130,12 +131,30 @@ def multiscale_cams(net, images, *, n_classes, scales, flip, threshold, batch_si
     return logits, out
 
 
-def stored_cams(estimator, images, labels, run):
+def cam_records(estimator, net, images, labels, run, source=None):
+    """The :class:`~sklearn_psa.records.Records` of the CAMs that ``run`` computes.
+
+    ``run(images, labels, emit=None, done=0)`` returns ``(logits, [(present,
+    cams)])`` as :func:`multiscale_cams` does with ``net``, the estimator's
+    network already on its inference device (resolved once by the caller).
+    Where ``estimator.store`` is set, the CAMs go through it
+    (:func:`stored_cams`). ``source`` is the records' ``source``.
+    """
+    if estimator.store is None:
+        _, out = run(images, labels)
+    else:
+        out = stored_cams(estimator, net, images, labels, run)
+    records = [Record(images.sources[i], present, cams, shape=tuple(images.shape(i)))
+               for i, (present, cams) in enumerate(out)]
+    return Records(records, estimator.n_classes_, source=source, from_array=images.from_array)
+
+
+def stored_cams(estimator, net, images, labels, run):
     """``(present, cams reference)`` per image through ``estimator.store``, computing only the
     images whose CAMs are not there.
 
     The key of an image's CAMs: the estimator's class, its parameters (but
-    those in ``_store._NOT_IN_KEY``), its fitted network's weights, the image
+    those in ``_store._NOT_IN_KEY``), the weights of ``net``, its fitted network, the image
     and the classes asked for (``labels``; None: the predicted ones, kept
     beside the CAMs). ``run(images, labels, emit=, done=)`` computes CAMs as
     :func:`multiscale_cams` does, handing each image to ``emit``.
@@ -143,7 +162,7 @@ def stored_cams(estimator, images, labels, run):
     import joblib
 
     store = ArrayStore(estimator.store)
-    model = model_key(estimator, (estimator._network(),))
+    model = model_key(estimator, (net,))
     asked = [None if labels is None else np.flatnonzero(labels[i]) for i in range(len(images))]
     keys = [joblib.hash((model, image_key(src), None if a is None else a.tolist()))
             for src, a in zip(images.sources, asked)]

@@ -9,11 +9,10 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import TrainedNetworkMixin, training_parameters_doc
-from ._cam_maps import checked_scales, multiscale_cams, sigmoid, stored_cams
+from ._cam_maps import cam_records, checked_scales, multiscale_cams, sigmoid
 from ._training import ImageSamples
 from ._validation import (check_classes, check_images, check_targets, class_names_of,
                           keep_params)
-from .records import Record, Records
 
 __all__ = ["CAMClassifier"]
 
@@ -291,15 +290,17 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
 
     # ------------------------------------------------------------------ inference
 
-    def _run(self, images, labels=None, cams=True, emit=None, done=0):
+    def _run(self, images, labels=None, cams=True, emit=None, done=0, net=None):
         """Logits (n, C) and, when ``cams``, per-image CAM arrays of the classes in ``labels``.
 
         ``labels`` None means the predicted classes. With ``emit``, each image's
         ``(present, cams)`` goes to ``emit(i, present, cams)`` as it is computed
         and is not kept; ``done`` images computed earlier count in the progress bar.
+        ``net``: the network on its inference device, where the caller has it
+        already (None: ``self._network()``).
         """
         return multiscale_cams(
-            self._network(), images, n_classes=self.n_classes_,
+            self._network() if net is None else net, images, n_classes=self.n_classes_,
             scales=self._checked_scales() if cams else (1.0,), flip=self.flip,
             threshold=self.threshold, batch_size=self.batch_size, verbose=self.verbose,
             desc="CAMClassifier " + ("CAMs" if cams else "scores"), labels=labels, cams=cams,
@@ -307,14 +308,7 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
 
     def _records(self, images, labels=None):
         check_is_fitted(self)
-        if self.store is None:
-            _, out = self._run(images, labels, cams=True)
-        else:
-            out = self._stored_cams(images, labels)
-        records = [
-            Record(images.sources[i], present, cams, shape=tuple(images.shape(i)))
-            for i, (present, cams) in enumerate(out)
-        ]
+        net = self._network()  # the device resolved once per call
         # what a later step may start from (AffinityEstimator(init="cam")): the
         # fitted backbone, as numpy arrays so that the records hash stably
         backbone, pretrained, options = self._resolved_backbone()
@@ -322,14 +316,10 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
             "backbone": backbone,
             "backbone_options": dict(options or {}),
             "pretrained": pretrained,
-            "state_dict": self._network().backbone.state_dict(),
+            "state_dict": net.backbone.state_dict(),
         }
-        return Records(records, self.n_classes_, source=source, from_array=images.from_array)
-
-    def _stored_cams(self, images, labels):
-        """``(present, memory-mapped cams)`` per image, computing only those not in the store."""
-        return stored_cams(self, images, labels,
-                           lambda imgs, labs, **kw: self._run(imgs, labs, cams=True, **kw))
+        return cam_records(self, net, images, labels, source=source,
+                           run=lambda imgs, labs, **kw: self._run(imgs, labs, net=net, **kw))
 
     def decision_function(self, X):
         """Class scores (logits) of the whole images at scale 1.

@@ -9,10 +9,9 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ._cam_maps import checked_scales, multiscale_cams, sigmoid, stored_cams
+from ._cam_maps import cam_records, checked_scales, multiscale_cams, sigmoid
 from ._torch_estimator import TorchEstimatorMixin, device_type, images_to_tensor, module_type
 from ._validation import check_classes, check_images, check_targets, class_names_of, keep_params
-from .records import Record, Records
 
 __all__ = ["ClassifierCAM"]
 
@@ -225,20 +224,16 @@ class ClassifierCAM(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
             )
 
     def _records(self, images, labels=None):
+        net = self._network()  # the device resolved once per call
+
         def run(images, labels, emit=None, done=0):
             return multiscale_cams(
-                self._network(), images, n_classes=self.n_classes_,
+                net, images, n_classes=self.n_classes_,
                 scales=checked_scales(self.scales), flip=self.flip, threshold=self.threshold,
                 batch_size=self.batch_size, verbose=self.verbose, desc="ClassifierCAM CAMs",
                 labels=labels, emit=emit, done=done)
 
-        if self.store is None:
-            _, out = run(images, labels)
-        else:
-            out = stored_cams(self, images, labels, run)
-        records = [Record(images.sources[i], present, cams, shape=tuple(images.shape(i)))
-                   for i, (present, cams) in enumerate(out)]
-        return Records(records, self.n_classes_, from_array=images.from_array)
+        return cam_records(self, net, images, labels, run)
 
     def transform(self, X):
         """CAMs of the classes the classifier finds in each image.

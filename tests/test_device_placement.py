@@ -97,3 +97,35 @@ def test_segmenter_on_the_cpu_fits_and_predicts_there_with_the_crf(cuda_seen):
     for step in (seg.cam_, seg.affinity_):
         assert {p.device.type for p in step.network_.parameters()} == {"cpu"}
     assert {p.device.type for p in seg.network_.parameters()} == {"cpu"}
+
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_cam_transforms_resolve_the_device_once_per_call(cuda_seen, tmp_path, store):
+    # the network, the store's key and the records' source all use the one device
+    from torch import nn
+
+    from sklearn_psa import CAMClassifier, ClassifierCAM
+
+    X, Y, _ = make_shapes(3, image_size=32, random_state=0)
+    cam = CAMClassifier(backbone="tiny", backbone_options={"width": 4, "depth": 1}, scales=(1.0,),
+                        crop_size=None, batch_size=4, max_epochs=1, device="cpu", random_state=0,
+                        store=str(tmp_path / "cams") if store else None).fit(X, Y)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4, Y.shape[1])
+
+        def forward(self, x):
+            return self.fc(self.body(x).mean(dim=(2, 3)))
+
+    hooked = ClassifierCAM(Net(), "body", "fc", scales=(1.0,), device="cpu",
+                           store=str(tmp_path / "hooked") if store else None).fit(X, Y)
+    for call in (lambda: cam.transform(X), lambda: cam.compute_cams(X, Y),
+                 lambda: hooked.transform(X)):
+        for _ in range(2):  # computed, then (with a store) read back
+            del cuda_seen[:]
+            assert len(call()) == 3
+            assert [d.type for d in cuda_seen] == ["cpu"]
