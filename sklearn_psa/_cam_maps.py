@@ -154,7 +154,7 @@ def stored_cams(estimator, net, images, labels, run):
     images whose CAMs are not there.
 
     The key of an image's CAMs: the estimator's class, its parameters (but
-    those in ``_store._NOT_IN_KEY``), the weights of ``net``, its fitted network, the image
+    those in ``_store.NOT_IN_KEY``), the weights of ``net``, its fitted network, the image
     and the classes asked for (``labels``; None: the predicted ones, kept
     beside the CAMs). ``run(images, labels, emit=, done=)`` computes CAMs as
     :func:`multiscale_cams` does, handing each image to ``emit``.

@@ -32,10 +32,10 @@ import numpy as np
 from ._files import atomic_write
 
 __all__ = ["ArrayStore", "StoredArray", "StoredArrays", "stored_path", "image_key", "model_key",
-           "open_stored", "stored_masks"]
+           "open_stored", "array_key", "NOT_IN_KEY"]
 
 #: Parameters that do not change the arrays a step computes (``classes`` only names columns).
-_NOT_IN_KEY = frozenset({"verbose", "device", "n_jobs", "store", "classes"})
+NOT_IN_KEY = frozenset({"verbose", "device", "n_jobs", "store", "classes"})
 
 
 class StoredArray:
@@ -97,7 +97,7 @@ def model_key(estimator, fitted):
     def plain(value):
         return weights_hash(value) if hasattr(value, "state_dict") else value
 
-    params = {k: plain(v) for k, v in estimator.get_params(deep=False).items() if k not in _NOT_IN_KEY}
+    params = {k: plain(v) for k, v in estimator.get_params(deep=False).items() if k not in NOT_IN_KEY}
     return joblib.hash((type(estimator).__name__, params, [plain(v) for v in fitted]))
 
 
@@ -123,32 +123,11 @@ class StoredArrays(Sequence):
         return f"StoredArrays(n={len(self)})"
 
 
-def _array_key(arr):
+def array_key(arr):
     """What identifies a record's array: its store file (content-addressed), else its values."""
     import joblib
 
     return arr.path if isinstance(arr, StoredArray) else joblib.hash(arr)
-
-
-def stored_masks(folder, refiner, records):
-    """The masks of ``refiner.predict(records)``, written to ``folder`` as each is done.
-
-    A mask already there for the same CAMs, affinity and walk parameters is not
-    computed again. Returns :class:`StoredArrays` (``pseudo-labels/<key>.npy``).
-    """
-    import joblib
-
-    store = ArrayStore(folder)
-    params = {k: v for k, v in refiner.get_params(deep=False).items() if k not in _NOT_IN_KEY}
-    setting = (type(refiner).__name__, params)
-    keys = [joblib.hash((setting, r.labels.tolist(), r.shape, _array_key(r.__dict__["cams"]),
-                         _array_key(r.__dict__["affinity"]))) for r in records.records]
-    todo = [i for i, key in enumerate(keys) if not store.has("pseudo-labels", key)]
-    if todo:  # (the refiner has checked the records) the bar counts the masks found too
-        masks = refiner._refined(records[todo], as_mask=True, done=len(records) - len(todo))
-        for i, mask in zip(todo, masks):
-            store.save("pseudo-labels", keys[i], mask)
-    return StoredArrays(store.path("pseudo-labels", key) for key in keys)
 
 
 class ArrayStore:

@@ -440,11 +440,11 @@ def cmd_demo(args):
 
 
 def _check_feature_affinity(affinity):
-    """Build FeatureAffinity's backbone before any training (a fraction of a second), so that
-    weights it cannot load (package not installed, no such file) or a backbone it cannot use
-    fail at once, with the estimator's own message, rather than after the CAM classifier."""
+    """Check FeatureAffinity's parameters before any training, so that weights it cannot load
+    (package not installed, no such file) or a backbone without trained weights fail at once,
+    with the estimator's own message, rather than after the CAM classifier."""
     try:
-        affinity._make_backbone()
+        affinity.check_params()
     except (ImportError, OSError, ValueError) as exc:
         raise CommandError(f"--affinity features: {exc}") from exc
 

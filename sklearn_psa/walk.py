@@ -27,6 +27,7 @@ from ._affinity_labels import score_stack
 from ._device import cpu_threads, flush_denormal, resolve_device
 from ._grid import STRIDE, grid_shape, neighbor_offsets
 from ._parallel import N_JOBS_CONSTRAINT, map_images
+from ._store import NOT_IN_KEY, ArrayStore, StoredArrays, array_key
 from ._transition import as_tensor, check_affinity, first_bad, transition_matrix
 from ._validation import check_score_masks, format_masks, keep_params
 from ._walk_kernels import scipy_walk, torch_walk
@@ -492,3 +493,30 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         tags.input_tags.two_d_array = False
         tags.non_deterministic = False
         return tags
+
+
+def stored_masks(folder, refiner, records):
+    """The masks of ``refiner.predict(records)``, written to ``folder`` as each is done.
+
+    A mask already there for the same CAMs, affinity and refiner parameters is
+    not computed again. Any refiner with ``predict`` works; a
+    :class:`RandomWalkRefiner` (which has checked the records at ``fit``) walks
+    the rest with a progress bar that counts the masks found too. Returns
+    :class:`~sklearn_psa._store.StoredArrays` (``pseudo-labels/<key>.npy``).
+    """
+    import joblib
+
+    store = ArrayStore(folder)
+    params = {k: v for k, v in refiner.get_params(deep=False).items() if k not in NOT_IN_KEY}
+    setting = (type(refiner).__name__, params)
+    keys = [joblib.hash((setting, r.labels.tolist(), r.shape, array_key(r.__dict__["cams"]),
+                         array_key(r.__dict__["affinity"]))) for r in records.records]
+    todo = [i for i, key in enumerate(keys) if not store.has("pseudo-labels", key)]
+    if todo:
+        if isinstance(refiner, RandomWalkRefiner):
+            masks = refiner._refined(records[todo], as_mask=True, done=len(records) - len(todo))
+        else:
+            masks = refiner.predict(records[todo])
+        for i, mask in zip(todo, masks):
+            store.save("pseudo-labels", keys[i], mask)
+    return StoredArrays(store.path("pseudo-labels", key) for key in keys)

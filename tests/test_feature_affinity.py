@@ -164,6 +164,23 @@ def test_errors():
         FeatureAffinity(backbone=small_net(), device="cpu").transform(records)
 
 
+def test_check_params_refuses_untrained_features_before_fit(tmp_path, monkeypatch):
+    # what fit would refuse, without building a network (the CLI calls it before training)
+    with pytest.raises(ValueError, match="instead of 'auto'"):
+        FeatureAffinity(backbone="auto").check_params()
+    with pytest.raises(ValueError, match="random weights"):
+        FeatureAffinity(backbone="tiny", pretrained=False).check_params()
+    with pytest.raises(ValueError, match="needs installed ImageNet weights"):
+        FeatureAffinity(backbone="tiny").check_params()
+    with pytest.raises(FileNotFoundError, match="no such weights file"):
+        FeatureAffinity(backbone="tiny", pretrained=str(tmp_path / "no.pt")).check_params()
+    import sklearn_psa.nn as nn_module
+
+    monkeypatch.setattr(nn_module, "make_backbone", lambda *a, **k: pytest.fail("built"))
+    est = FeatureAffinity(backbone=small_net())
+    assert est.check_params() is est
+
+
 def test_weights_file_for_a_named_backbone(tmp_path):
     records = random_records([(16, 16), (16, 16)])
     torch.manual_seed(3)

@@ -294,7 +294,7 @@ def test_predict_store_keeps_a_pipelines_arrays(image_folder, model_file, tmp_pa
 
 def test_progress_counts_the_masks_found_in_the_store(tmp_path, monkeypatch):
     from sklearn_psa import RandomWalkRefiner, neighbor_offsets
-    from sklearn_psa._store import stored_masks
+    from sklearn_psa.walk import stored_masks
     from sklearn_psa.records import Records
 
     rng = np.random.default_rng(0)
@@ -317,3 +317,36 @@ def test_progress_counts_the_masks_found_in_the_store(tmp_path, monkeypatch):
     assert both.paths[:2] == first.paths
     for a, b in zip(refiner.predict(records), both):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_pseudo_labels_store_takes_any_refiner_with_predict(tmp_path):
+    # a refiner of one's own (fit and predict only) writes its masks to the store too
+    from sklearn.base import BaseEstimator
+
+    from sklearn_psa import neighbor_offsets
+    from sklearn_psa.records import Records
+    from sklearn_psa.walk import stored_masks
+
+    class CAMArgmax(BaseEstimator):
+        def __init__(self, floor=0.5):
+            self.floor = floor
+
+        def fit(self, X, y=None):
+            return self
+
+        def predict(self, X):
+            return [np.where(r.cams.max(axis=0) > self.floor, r.labels[0] + 1, 0).astype(np.uint8)
+                    for r in X]
+
+    rng = np.random.default_rng(0)
+    n, K = 3, len(neighbor_offsets(5))
+    records = Records.from_arrays(
+        [np.zeros((16, 16, 3), np.uint8)] * n, labels=[[0, 1]] * n,
+        cams=[rng.random((1, 16, 16), dtype=np.float32) for _ in range(n)],
+        affinities=[rng.random((K, 2, 2), dtype=np.float32) for _ in range(n)], radius=5)
+    masks = stored_masks(tmp_path, CAMArgmax(), records)
+    assert len(list((tmp_path / "pseudo-labels").glob("*.npy"))) == n
+    for want, got in zip(CAMArgmax().predict(records), masks):
+        np.testing.assert_array_equal(want, got)
+    assert set(np.unique(masks[0])) <= {0, 2}
+    assert stored_masks(tmp_path, CAMArgmax(floor=0.9), records).paths != masks.paths
