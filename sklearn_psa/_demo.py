@@ -380,8 +380,8 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
                   "segmentation network (image-level labels only)")
         with watch("PSASegmenter.fit (image labels)"):
             seg.fit(X, Y)
-        # The CAM and affinity records of the training images: loaded from the cache.
-        records, _, _ = seg._fit_records(X, Y)
+        # The CAMs of the training images' true classes (those the affinity labels came from)
+        records = seg.cam_.compute_cams(X, Y)
         cam_masks = clone(seg.refiner_).set_params(t=0).predict(records)
         cam_heat = [r.cams.max(axis=0) if len(r.labels) else np.zeros(r.shape, np.float32)
                     for r in records]

@@ -151,3 +151,56 @@ def test_importing_the_torch_free_parts_does_not_load_torch(module):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT.parent)})
     assert result.stdout.strip() == "False"
+
+
+def _private_uses(modules):
+    """``[(module, line, what)]``: a private name of another module of the package imported
+    (``from .x import _y``), or a private method of the package called on an object other
+    than ``self``/``cls``/``super()`` outside the modules that define it (``est._fit(...)``)."""
+    trees = {m: ast.parse(path.read_text(encoding="utf-8")) for m, (path, _) in modules.items()}
+    defined = {}  # private function or method name -> modules defining it
+    for module, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    node.name.startswith("_") and not node.name.startswith("__"):
+                defined.setdefault(node.name, set()).add(module)
+    found = []
+    for module, tree in trees.items():
+        is_package = modules[module][1]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                for alias in node.names:
+                    single = ast.ImportFrom(module=node.module, names=[alias], level=node.level)
+                    (name,) = list(_imported_modules(single, module, is_package, modules)) or [None]
+                    private = alias.name.startswith("_") and not alias.name.startswith("__")
+                    if private and name is not None and not name.endswith("." + alias.name):
+                        found.append((module, node.lineno, f"imports {name}.{alias.name}"))
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                receiver, attr = node.func.value, node.func.attr
+                if attr not in defined or module in defined[attr]:
+                    continue
+                if isinstance(receiver, ast.Name) and receiver.id in ("self", "cls"):
+                    continue
+                if isinstance(receiver, ast.Call) and getattr(receiver.func, "id", None) == "super":
+                    continue
+                found.append((module, node.lineno, f"calls .{attr}() of another object"))
+    return sorted(set(found))
+
+
+def test_the_private_use_check_sees_imports_and_calls(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "_a.py").write_text("def _helper():\n    pass\n\nclass A:\n    def _run(self):\n"
+                               "        return self._run2()\n\n    def _run2(self):\n"
+                               "        pass\n\ndef use(a):\n    return a._run()\n")
+    (pkg / "b.py").write_text("from ._a import _helper, A\nfrom . import _a\n\n"
+                              "def f(a):\n    _a.use(a)\n    return a._run()\n")
+    found = _private_uses(package_modules(pkg, "pkg"))
+    assert found == [("pkg.b", 1, "imports pkg._a._helper"),
+                     ("pkg.b", 6, "calls ._run() of another object")]
+
+
+def test_no_private_name_crosses_modules():
+    found = _private_uses(package_modules())
+    assert not found, "\n".join(f"  {m}:{line}: {what}" for m, line, what in found)
