@@ -57,6 +57,8 @@ import warnings
 import numpy as np
 
 __all__ = [
+    "average_pool",
+    "upsample_grid",
     "chebyshev_power_coefficients",
     "inside_mask",
     "transition_weights",
@@ -77,6 +79,7 @@ STENCIL_MIN_CELLS = 4096
 # cpu_threads (and its threshold _device.SERIAL_WORK) are shared with the CRF and the other
 # per-image CPU kernels; re-exported here, where the walk first used them.
 from ._device import cpu_threads  # noqa: E402
+from ._grid import grid_shape  # noqa: E402
 
 
 def _binomial_half(t, j):
@@ -400,3 +403,36 @@ def scipy_walk(scores, affinity, offsets, beta, t, chebyshev=True):
 
     out = polynomial_walk(x, t, coefficients, matvec=lambda v: T @ v, chebyshev_step=chebyshev_step)
     return torch.from_numpy(np.ascontiguousarray(out.T).reshape(C, h, w))
+
+
+def average_pool(scores, stride):
+    """Mean over each ``stride x stride`` cell of the pixels inside the image.
+
+    ``(C, H, W) -> (C, ceil(H / stride), ceil(W / stride))``; cells at the
+    bottom and right borders average only their in-image pixels.
+    """
+    C, H, W = scores.shape
+    h, w = grid_shape((H, W), stride)
+    padded = np.zeros((C, h * stride, w * stride), dtype=np.float64)
+    padded[:, :H, :W] = scores
+    sums = padded.reshape(C, h, stride, w, stride).sum(axis=(2, 4))
+    rows = np.minimum(stride, H - stride * np.arange(h))
+    cols = np.minimum(stride, W - stride * np.arange(w))
+    return (sums / (rows[:, None] * cols[None, :])).astype(np.float32)
+
+
+def upsample_grid(grid_scores, shape, stride):
+    """Bilinear upsampling of grid scores to an ``(H, W)`` image.
+
+    Cell ``(y, x)`` covers pixels ``[8y, 8y + 8) x [8x, 8x + 8)``: the grid is
+    upsampled by ``stride`` (half-pixel centres, ``align_corners=False``) and
+    cropped to ``(H, W)``, as the reference implementation does.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    C, h, w = grid_scores.shape
+    x = torch.from_numpy(np.ascontiguousarray(grid_scores, dtype=np.float32))[None]
+    with cpu_threads(4 * C * h * w * stride * stride):  # 4 multiply-adds per output value
+        up = F.interpolate(x, size=(h * stride, w * stride), mode="bilinear", align_corners=False)
+    return up[0, :, : shape[0], : shape[1]].numpy().copy()

@@ -9,7 +9,7 @@ import importlib
 
 import pytest
 
-MODULES = ["_grid", "_transition", "records", "walk", "cam", "classifier_cam", "affinity", "feature_affinity", "segmenter",
+MODULES = ["_grid", "_transition", "_random_walk", "records", "walk", "cam", "classifier_cam", "affinity", "feature_affinity", "segmenter",
            "exceptions", "crf", "callbacks"]
 
 

@@ -105,7 +105,7 @@ def test_crf_work_counts_the_splat():
 
 
 def test_walk_upsampling_runs_on_one_thread(two_threads, monkeypatch):
-    from sklearn_psa import walk
+    from sklearn_psa import _walk_kernels
 
     seen = []
     interpolate = torch.nn.functional.interpolate
@@ -115,7 +115,7 @@ def test_walk_upsampling_runs_on_one_thread(two_threads, monkeypatch):
         return interpolate(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "interpolate", spy)
-    walk._upsample(np.ones((2, 3, 4), np.float32), (20, 30), 8)
+    _walk_kernels.upsample_grid(np.ones((2, 3, 4), np.float32), (20, 30), 8)
     assert seen == [1] and torch.get_num_threads() == 2
 
 

@@ -511,11 +511,11 @@ def test_predict_matches_the_hand_pipeline(records):
 
 
 def test_average_pool_counts_only_pixels_inside():
-    from sklearn_psa.walk import _average_pool
+    from sklearn_psa._walk_kernels import average_pool
 
     scores = np.random.default_rng(0).random((2, 13, 21)).astype(np.float32)
-    np.testing.assert_allclose(_average_pool(scores, 8), hand_pool(scores), rtol=1e-6)
-    np.testing.assert_allclose(_average_pool(np.ones((1, 9, 9), np.float32), 8), 1.0)
+    np.testing.assert_allclose(average_pool(scores, 8), hand_pool(scores), rtol=1e-6)
+    np.testing.assert_allclose(average_pool(np.ones((1, 9, 9), np.float32), 8), 1.0)
 
 
 def test_class_values_follow_the_labels():
