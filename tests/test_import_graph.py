@@ -204,3 +204,42 @@ def test_the_private_use_check_sees_imports_and_calls(tmp_path):
 def test_no_private_name_crosses_modules():
     found = _private_uses(package_modules())
     assert not found, "\n".join(f"  {m}:{line}: {what}" for m, line, what in found)
+
+
+#: The layers of docs/architecture.md, lowest first: a module imports only modules of its own
+#: layer or of a lower one. A new module takes its place here (and a line in that page).
+LAYERS = (
+    ("foundations", "sklearn_psa _grid _device _optional exceptions _files _validation datasets "
+                    "datasets._shapes datasets._voc"),
+    ("functional kernels", "_random_walk _walk_kernels _transition _affinity_labels crf "
+                           "_permutohedral nn nn.base nn.weights nn.heads nn.seg_head "
+                           "nn.affinity_head nn.tiny nn.resnet nn.efficientnet _training "
+                           "callbacks _parallel _store"),
+    ("records", "records metrics"),
+    ("estimators", "_torch_estimator _base _cam_maps cam classifier_cam affinity "
+                   "feature_affinity walk _walk_choice segmenter _stages"),
+    ("pipeline, files, command line", "cli __main__ _demo io _model_file plotting"),
+)
+
+
+def test_modules_import_only_their_layer_and_those_below():
+    layer = {}
+    for rank, (_, names) in enumerate(LAYERS):
+        for name in names.split():
+            layer[PACKAGE if name == PACKAGE else f"{PACKAGE}.{name}"] = rank
+    modules = package_modules()
+    assert sorted(set(modules) - set(layer)) == [], "modules without a layer in LAYERS"
+    assert sorted(set(layer) - set(modules)) == [], "LAYERS names modules that do not exist"
+    graph = import_graph(modules)
+    upward = [f"  {a} ({LAYERS[layer[a]][0]}) -> {b} ({LAYERS[layer[b]][0]}), line {line}"
+              for a, edges in graph.items() for b, line in edges.items() if layer[b] > layer[a]]
+    assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
+
+
+def test_the_architecture_page_lists_every_module():
+    page = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for module, (path, is_package) in package_modules().items():
+        if module == PACKAGE or module.count(".") > 1:
+            continue  # the package's own __init__, and submodules of nn/ and datasets/
+        name = f"`{path.parent.name}/`" if is_package else f"`{path.stem}`"
+        assert name in page or f"`{path.name}`" in page, module
