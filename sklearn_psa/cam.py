@@ -56,6 +56,10 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         class present.
     crop_size : int or None, default=112
         Side of the random training crops; None trains on whole images.
+    scale_range : tuple of 2 float, default=(1.0, 1.0)
+        Random rescaling of training images before cropping (uniform in the
+        range); the reference code rescales by about 0.5-1.0 (long side 256 to
+        512 px). (1, 1) keeps the images' size.
     batch_size : int, default=16
         Training batch size, and the most images per inference batch.
     max_epochs : int, default=50
@@ -153,6 +157,7 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
     _parameter_constraints = {
         **TrainedNetworkMixin._parameter_constraints,
         "scales": ["array-like"],
+        "scale_range": ["array-like"],
         "flip": ["boolean"],
         "threshold": [Interval(numbers.Real, 0, 1, closed="both")],
         "store": [str, os.PathLike, None],
@@ -168,6 +173,7 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         flip=True,
         threshold=0.5,
         crop_size=112,
+        scale_range=(1.0, 1.0),
         batch_size=16,
         max_epochs=50,
         learning_rate="auto",
@@ -191,6 +197,7 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         self.flip = flip
         self.threshold = threshold
         self.crop_size = crop_size
+        self.scale_range = scale_range
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.learning_rate = learning_rate
@@ -222,6 +229,7 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
 
     def _check_settings(self):
         self._checked_scales()
+        self._checked_scale_range()
 
     def _build_network(self, data):
         from .nn import make_backbone
