@@ -271,6 +271,8 @@ def run(args):
         cam_params["max_epochs"] = args.cam_epochs
     if args.cam_learning_rate:
         cam_params["learning_rate"] = args.cam_learning_rate
+    if args.cam_scale_range is not None:  # rescale augmentation of the CAM classifier's training
+        cam_params["scale_range"] = tuple(args.cam_scale_range)
     if args.cam_depth is not None:  # the CAM classifier's receptive field (tiny: 27 + 16 * depth px)
         cam_params["backbone_options"] = {"depth": args.cam_depth}
     t0 = time.perf_counter()
@@ -388,6 +390,8 @@ def main(argv=None):
     parser.add_argument("--cam-epochs", type=int, default=None, help="override CAMClassifier max_epochs")
     parser.add_argument("--cam-learning-rate", type=float, default=None,
                         help="override CAMClassifier learning_rate")
+    parser.add_argument("--cam-scale-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="CAMClassifier scale_range (random rescaling of its training images)")
     parser.add_argument("--cam-depth", type=int, default=None,
                         help="the tiny CAM classifier's depth at stride 8 (receptive field 27 + 16 * depth px)")
     parser.add_argument("--seed", type=int, default=0)

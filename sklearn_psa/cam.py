@@ -55,6 +55,10 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         class present.
     crop_size : int or None, default=112
         Side of the random training crops; None trains on whole images.
+    scale_range : tuple of 2 float, default=(1.0, 1.0)
+        Random rescaling of training images before cropping (uniform in the
+        range); the reference code rescales by about 0.5-1.0 (long side 256 to
+        512 px). (1, 1) keeps the images' size.
     batch_size : int, default=16
         Training batch size, and the most images per inference batch.
     max_epochs : int, default=50
@@ -152,6 +156,7 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
     _parameter_constraints = {
         **TrainedNetworkMixin._parameter_constraints,
         "scales": ["array-like"],
+        "scale_range": ["array-like"],
         "flip": ["boolean"],
         "threshold": [Interval(numbers.Real, 0, 1, closed="both")],
         "store": [str, os.PathLike, None],
@@ -167,6 +172,7 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         flip=True,
         threshold=0.5,
         crop_size=112,
+        scale_range=(1.0, 1.0),
         batch_size=16,
         max_epochs=50,
         learning_rate="auto",
@@ -200,6 +206,7 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
 
     def _check_settings(self):
         self._checked_scales()
+        self._checked_scale_range()
 
     def _build_network(self, data):
         from .nn import make_backbone

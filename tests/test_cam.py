@@ -469,3 +469,23 @@ def test_plot_cams_draws_image_classes_and_background(square_cam):
     with pytest.raises(ValueError, match="class_names has 1 names"):
         plot_cams(r, class_names=["red"])
     plt.close("all")
+
+
+def test_scale_range_rescales_the_training_images(shapes_data, monkeypatch):
+    """CAM rescale augmentation (issue #17): the range reaches the training loop's augmentation;
+    a bad range fails before training."""
+    X, Y = shapes_data[0][:4], shapes_data[1][:4]
+    seen = []
+
+    def record_config(net, samples, loss_fn, config, **kwargs):
+        seen.append(config.augmentation.scale_range)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("sklearn_psa._training.train", record_config)
+    for value, expected in (((0.5, 1.0), (0.5, 1.0)), (None, (1.0, 1.0))):
+        params = {} if value is None else {"scale_range": value}
+        with pytest.raises(RuntimeError, match="stop here"):
+            CAMClassifier(backbone="tiny", max_epochs=1, device="cpu", **params).fit(X, Y)
+        assert seen[-1] == expected
+    with pytest.raises(ValueError, match="scale_range"):
+        CAMClassifier(backbone="tiny", scale_range=(2.0, 1.0)).check_params()
