@@ -12,6 +12,11 @@ does), and :meth:`~TrainedNetworkMixin._fit_network`, the one fit recipe::
     train(net, samples, get_loss, optimizer, lr_schedule, callbacks, checkpoint, ...)
     network_, history_
 
+Under ``torchrun`` (or in a process group the user initialised) the recipe
+trains data-parallel (:mod:`sklearn_psa._distributed`, docs/distributed.md):
+the device is the rank's, the seed rank 0's, and every rank ends with the same
+``network_`` and ``history_``.
+
 An estimator describes its data in a dict ``data`` (its own keys, plus
 ``"n_classes"``; the recipe adds the resolved ``"device"`` and ``"seed"``) and
 fills in the hooks, in the way skorch's ``NeuralNet`` has
@@ -34,7 +39,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._torch_estimator import TorchEstimatorMixin, device_type, module_type
-from . import _training
+from . import _distributed, _training
 from ._training import Augmentation, TrainConfig, optimizer_names, seeded, weights_hash
 from .callbacks import Callback
 
@@ -247,6 +252,9 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         scale_range = self._checked_scale_range()
         callbacks = self._checked_callbacks()
         device, seed = self._fit_device(), self._fit_seed()
+        group = _distributed.process_group(device)  # under torchrun: data-parallel
+        if group is not None:
+            device, seed = group.device, group.broadcast_object(seed)  # random_state=None: rank 0's
         data = {**data, "device": device, "seed": seed}  # resolved once: the hooks take them
         start = (self.network_ if self.warm_start and hasattr(self, "network_")
                  and self._can_warm_start(data) else None)
@@ -275,7 +283,7 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
             param_groups=[(net.backbone.parameters(), 1.0), (net.head.parameters(), head_lr_mult)],
             device=device, seed=seed, verbose=self.verbose, checkpoint=self.checkpoint,
             fingerprint=fingerprint, fingerprint_params=params, desc=self._desc(),
-            callbacks=callbacks,
+            callbacks=callbacks, group=group,
         )
         previous = list(self.history_) if start is not None else []
         self.network_ = net

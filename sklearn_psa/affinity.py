@@ -611,6 +611,10 @@ class _Samples(Sequence):
     def __len__(self):
         return len(self.records)
 
+    def shape(self, i):
+        """``(H, W)`` of image ``i`` (without reading it)."""
+        return tuple(self.records.records[i].shape)
+
     def __getitem__(self, i):
         return _LazySample(self.records.records[i], self.maps[i])
 
