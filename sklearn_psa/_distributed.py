@@ -82,6 +82,14 @@ class ProcessGroup:
         dist.broadcast_object_list(box, src=0, device=self._comm_device if self.backend == "nccl" else None)
         return box[0]
 
+    def all_gather(self, obj):
+        """The ``obj`` (picklable) of every rank, in rank order."""
+        import torch.distributed as dist
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def broadcast_module(self, module):
         """Copy rank 0's parameters and buffers of ``module`` to every rank, in place."""
         import torch

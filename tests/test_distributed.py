@@ -194,3 +194,70 @@ def test_a_single_process_is_not_data_parallel(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     assert not launched()  # a world of one
+
+
+# ----------------------------------------------------------------------------- the CLI under torchrun
+
+
+def _torchrun(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        env.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "sklearn_psa", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_cli_under_torchrun_writes_one_model_whose_masks_it_predicts(tmp_path):
+    from PIL import Image
+
+    from sklearn_psa.io import load_mask, load_model
+
+    images = tmp_path / "images"
+    images.mkdir()
+    X, Y, _ = make_shapes(6, image_size=32, random_state=3)
+    rows = ["filename,disc,square,triangle,cross"]
+    for i, (x, y) in enumerate(zip(X, Y)):
+        Image.fromarray(x).save(images / f"img{i}.png")
+        rows.append(f"img{i}.png," + ",".join(str(int(v)) for v in y))
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    models = tmp_path / "models"
+    models.mkdir()
+    fit = _torchrun("fit", "images", "--labels", "labels.csv", "--model", "models/m.psa",
+                    "--device", "cpu", "-q", "--backbone", "tiny", "--max-epochs", "1",
+                    "--set", "cam__max_epochs=1", "--set", "cam__scales=(1.0,)",
+                    "--set", "batch_size=4", "--set", "affinity__max_epochs=1",
+                    "--set", "affinity__crf=False", "--set", "affinity__crop_size=32", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    said = [line for line in fit.stderr.splitlines() if "sklearn" in line or "data-parallel" in line
+            or "fitting" in line]
+    assert said[0] == "data-parallel over 2 processes (gloo)", fit.stderr
+    assert fit.stderr.count("data-parallel over") == 1 and fit.stderr.count("fitting on 6") == 1
+    assert fit.stdout.count("model written to models/m.psa") == 1
+    assert sorted(p.name for p in models.iterdir()) == ["m.psa"]  # one model, nothing left over
+    model = load_model(models / "m.psa")
+    assert [model.cam_.n_iter_, model.affinity_.n_iter_, model.n_iter_] == [1, 1, 1]
+
+    class SecondOfTwo:  # what rank 1 of 2 sees of its process group
+        rank, world_size = 1, 2
+        share = staticmethod(lambda items: items[1::2])
+        broadcast_object = staticmethod(lambda obj: obj)
+        sum = staticmethod(lambda values: values)
+        all_gather = staticmethod(lambda obj: [obj])
+
+    from sklearn_psa import cli
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "_data_parallel", lambda args: SecondOfTwo())
+        assert cli.main(["predict", str(images), "--model", str(models / "m.psa"),
+                         "--output", str(tmp_path / "rank1"), "--device", "cpu", "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "rank1").iterdir()) == ["img1.png", "img3.png", "img5.png"]
+
+    predict = _torchrun("predict", "images", "--model", "models/m.psa", "--output", "masks",
+                        "--device", "cpu", "-q", cwd=tmp_path)
+    assert predict.returncode == 0, predict.stderr
+    assert predict.stdout.count("6 masks written to masks") == 1  # the ranks' counts, said once
+    expected = model.predict([str(images / f"img{i}.png") for i in range(6)])
+    for i in range(6):
+        np.testing.assert_array_equal(load_mask(tmp_path / "masks" / f"img{i}.png"), expected[i])
