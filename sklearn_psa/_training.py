@@ -89,6 +89,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "auto_workers",
     "load_checkpoint",
     "make_optimizer",
     "optimizer_names",
@@ -607,6 +608,22 @@ def seeded(seed, device=None):
         yield
 
 
+def auto_workers(num_workers, device):
+    """The DataLoader workers of ``num_workers`` (an int, or ``"auto"``) for training on
+    ``device``: ``"auto"`` is none on the CPU (the network's threads use the cores), else
+    the cores of this process (those of the machine shared by the ``LOCAL_WORLD_SIZE``
+    processes a launcher started) less one, at most 8."""
+    if not (isinstance(num_workers, str) and num_workers == "auto"):
+        return int(num_workers)
+    import torch
+
+    if torch.device(device).type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, per_process - 1))
+
+
 def _epoch_seed(seed, epoch):
     return int(np.random.SeedSequence([int(seed) % (2**63), epoch]).generate_state(1, np.uint64)[0] % (2**63))
 
@@ -969,10 +986,13 @@ class Trainer:
         dataset = _PlannedBatches(self.samples, plans, self.config.augmentation)
         if self.num_workers <= 0 or len(plans) < 2:
             return iter(dataset)
+        import torch
         from torch.utils.data import DataLoader
 
+        # its own generator: the workers' seeds are not drawn from the global one (dropout's)
         return iter(DataLoader(dataset, batch_size=None, shuffle=False, collate_fn=_as_is,
-                               num_workers=min(self.num_workers, len(plans))))
+                               num_workers=min(self.num_workers, len(plans)),
+                               generator=torch.Generator().manual_seed(0)))
 
     def _share(self, idx):
         """``(positions, n)``: the positions in the global batch ``idx`` that this rank

@@ -344,7 +344,7 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
                  max_epochs="auto", learning_rate="auto", head_lr_mult=10.0, weight_decay=5e-4,
                  device="auto", random_state=None, verbose=0, n_jobs=None,
                  store=None, warm_start=False, checkpoint=None, optimizer="sgd",
-                 optimizer_options=None, lr_schedule="poly", callbacks=None):
+                 optimizer_options=None, lr_schedule="poly", callbacks=None, num_workers="auto"):
         self.backbone = backbone
         self.pretrained = pretrained
         self.alpha_low = alpha_low
@@ -373,6 +373,7 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         self.optimizer_options = optimizer_options
         self.lr_schedule = lr_schedule
         self.callbacks = callbacks
+        self.num_workers = num_workers
 
     # ------------------------------------------------------------------ helpers
 

@@ -184,6 +184,7 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         optimizer_options=None,
         lr_schedule="poly",
         callbacks=None,
+        num_workers="auto",
     ):
         self.backbone = backbone
         self.pretrained = pretrained
@@ -207,6 +208,7 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         self.optimizer_options = optimizer_options
         self.lr_schedule = lr_schedule
         self.callbacks = callbacks
+        self.num_workers = num_workers
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

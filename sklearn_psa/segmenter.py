@@ -44,7 +44,7 @@ _STEPS = ("cam", "affinity", "refiner")
 #: it to the segmenter (the segmenter's own default): a step at that value takes the
 #: segmenter's at fit (FeatureAffinity's named backbone, for one, stays its own).
 _SHARED = {"backbone": "auto", "device": "auto", "random_state": None, "verbose": 0,
-           "n_jobs": None}
+           "n_jobs": None, "num_workers": "auto"}
 #: How the progress lines (verbose) call each stage of fit.
 _STAGE_NAMES = {"cam": "CAM classifier", "affinity": "affinity", "refiner": "random walk",
                 "network": "segmentation network"}
@@ -352,6 +352,7 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         optimizer_options=None,
         lr_schedule="poly",
         callbacks=None,
+        num_workers="auto",
         **step_params,
     ):
         self.cam = cam
@@ -384,6 +385,7 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         self.optimizer_options = optimizer_options
         self.lr_schedule = lr_schedule
         self.callbacks = callbacks
+        self.num_workers = num_workers
         for key, value in step_params.items():
             name, _, sub = key.partition("__")
             if name not in _STEPS or not sub:
