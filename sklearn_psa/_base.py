@@ -271,7 +271,8 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         else:
             with seeded(seed):
                 net = self._build_network(data)
-        samples = self._training_samples(data)
+        with _distributed.split_work(group):  # per-image work (labels, CRF): each rank its share
+            samples = self._training_samples(data)
         fingerprint, params = (None, None) if self.checkpoint is None else self._fingerprint(data, start)
         learning_rate, head_lr_mult = self._rates(data)
         config = TrainConfig(

@@ -9,12 +9,17 @@ CUDA device of its ``LOCAL_RANK`` (one process per device).
 
 :class:`ProcessGroup` is what the training loop needs of the group: the rank's
 share of a batch, sums of numbers over the ranks, and broadcasts from rank 0
-(objects, a network's weights).
+(objects, a network's weights). Within :func:`split_work` (the per-image CPU
+stages of a data-parallel fit, which every rank runs at the same point),
+:func:`sklearn_psa._parallel.map_images` gives each rank its share of the
+images and gathers the results.
 """
 
+import contextlib
 import os
 
-__all__ = ["ProcessGroup", "launched", "process_group", "set_batchnorm_sync"]
+__all__ = ["ProcessGroup", "launched", "process_group", "set_batchnorm_sync", "split_work",
+           "work_group"]
 
 #: The variables a launcher sets (``torchrun`` sets these and more).
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
@@ -140,6 +145,26 @@ def process_group(device):
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", _local_rank() % torch.cuda.device_count())
     return ProcessGroup(device)
+
+
+_WORK_GROUPS = []
+
+
+@contextlib.contextmanager
+def split_work(group):
+    """Within the block, per-image work (:func:`~sklearn_psa._parallel.map_images`) is split
+    over ``group``'s ranks (nothing changes where ``group`` is None). Only for code that
+    every rank runs at the same point, as a data-parallel fit: each call is a collective."""
+    _WORK_GROUPS.append(group)
+    try:
+        yield group
+    finally:
+        _WORK_GROUPS.pop()
+
+
+def work_group():
+    """The group of the innermost :func:`split_work` block, else None."""
+    return _WORK_GROUPS[-1] if _WORK_GROUPS else None
 
 
 def _trains_statistics(bn):

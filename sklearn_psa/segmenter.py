@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import TrainedNetworkMixin, training_parameters_doc
 from ._device import autocast, resolve_device
+from ._distributed import process_group, split_work
 from ._files import output_mark, save_mask
 from ._grid import IGNORE_INDEX
 from ._parallel import N_JOBS_CONSTRAINT, map_images
@@ -757,7 +758,9 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
                 steps_X, labels, {"cam": steps["cam"], "affinity": steps["affinity"]}, log)
             log.start(_STAGE_NAMES["refiner"])
             self.refiner_ = steps["refiner"].fit(records)
-            masks = self._pseudo_labels(records)
+            # data-parallel (torchrun): each rank walks its share of the images
+            with split_work(process_group(self._fit_device())):
+                masks = self._pseudo_labels(records)
             del records
             self.pseudo_labels_ = masks
             self.pseudo_label_names_ = _image_names(images)

@@ -113,6 +113,17 @@ def _rank(rank, world_size, port, out):
         seg = PSASegmenter(**TINY, max_epochs=1, batch_size=4, supervision="pixel",
                            init="scratch").fit(X, masks)
         results["aff"], results["seg"] = _state(aff), _state(seg)
+        from sklearn_psa import walk
+
+        walked, refine = [], walk._refine  # the random walk of one image
+        walk._refine = lambda *args: walked.append(1) or refine(*args)
+        psa = PSASegmenter(**TINY, max_epochs=1, batch_size=4, cam__max_epochs=1,
+                           cam__scales=(1.0,), affinity__max_epochs=1, affinity__crf=False,
+                           affinity__crop_size=24).fit(X, Y)
+        walk._refine = refine
+        results["walked"] = len(walked)
+        results["pseudo_labels"] = torch.from_numpy(np.stack(psa.pseudo_labels_))
+        results["psa"] = _state(psa)
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -149,9 +160,16 @@ def test_each_rank_computes_its_share_of_every_global_batch(ranks):
     assert rank0["batch_sizes"] == [3, 3, 1] and rank1["batch_sizes"] == [2, 2, 1]
 
 
+def test_each_rank_walks_its_share_of_the_images_and_all_get_every_mask(ranks):
+    _, (rank0, rank1) = ranks
+    assert rank0["walked"] == rank1["walked"] == N_IMAGES // 2
+    assert rank0["pseudo_labels"].shape == (N_IMAGES, 32, 32)
+    assert torch.equal(rank0["pseudo_labels"], rank1["pseudo_labels"])
+
+
 def test_every_rank_returns_the_same_fitted_networks(ranks):
     _, (rank0, rank1) = ranks
-    for name in ("aff", "seg"):  # the segmentation head's BatchNorm statistics included
+    for name in ("aff", "seg", "psa"):  # the segmentation head's BatchNorm statistics included
         _assert_same_weights(rank0[name], rank1[name], rtol=0, atol=0)
     _assert_same_weights(rank0["cam"][0], rank1["cam"][0], rtol=0, atol=0)
     assert rank0["cam"][1] == rank1["cam"][1]  # history_, seconds and all
@@ -165,6 +183,29 @@ def test_a_checkpoint_of_rank_0_resumes_in_one_process(ranks):
     straight = _cam(max_epochs=2).fit(X, Y)
     _assert_same_weights(_state(resumed), _state(straight), rtol=1e-5, atol=1e-6)
     assert resumed.loss_curve_ == pytest.approx(straight.loss_curve_, rel=1e-5)
+
+
+def test_split_work_gives_each_rank_its_share_and_everyone_all_results_in_order():
+    from sklearn_psa._distributed import split_work
+    from sklearn_psa._parallel import map_images
+
+    class SecondOfThree:  # rank 1 of 3; the others computed theirs as it does
+        rank, world_size = 1, 3
+
+        @staticmethod
+        def all_gather(mine):
+            return [[10 * k for k in range(r, 8, 3)] if r != 1 else mine for r in range(3)]
+
+    called = []
+
+    def times_ten(k):
+        called.append(k)
+        return 10 * k
+
+    with split_work(SecondOfThree()):
+        out = list(map_images(times_ten, ((k,) for k in range(8)), total=8))
+    assert called == [1, 4, 7] and out == [10 * k for k in range(8)]
+    assert list(map_images(times_ten, [(2,)])) == [20]  # outside the block: everything here
 
 
 def test_batchnorm_syncs_where_it_trains_and_stays_frozen_where_frozen():
