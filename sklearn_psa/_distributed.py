@@ -18,7 +18,7 @@ images and gathers the results.
 import contextlib
 import os
 
-__all__ = ["ProcessGroup", "launched", "process_group", "set_batchnorm_sync", "split_work",
+__all__ = ["ProcessGroup", "is_main_process", "launched", "process_group", "set_batchnorm_sync", "split_work",
            "work_group"]
 
 #: The variables a launcher sets (``torchrun`` sets these and more).
@@ -33,6 +33,14 @@ def launched():
         return int(os.environ["WORLD_SIZE"]) > 1
     except ValueError:
         return False
+
+
+def is_main_process():
+    """False in the processes of a process group other than rank 0 (which say nothing:
+    no progress bars, no plans)."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _local_rank():

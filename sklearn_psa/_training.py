@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._device import cuda_amp_dtype
-from ._distributed import set_batchnorm_sync
+from ._distributed import is_main_process, set_batchnorm_sync
 from .callbacks import Callback
 
 __all__ = [
@@ -111,7 +111,7 @@ def progress(iterable=None, *, verbose, desc, total=None, unit="image", initial=
         Wrapped as ``tqdm(iterable)``; without it, call ``update`` on the bar.
     verbose : int
         0: no bar; 1: a bar erased when the loop ends; 2 or more: the bar
-        stays (one line per stage).
+        stays (one line per stage). In a process group, on rank 0 only.
     desc : str
         Label naming the stage.
     total : int, optional
@@ -124,6 +124,8 @@ def progress(iterable=None, *, verbose, desc, total=None, unit="image", initial=
     """
     from tqdm.auto import tqdm
 
+    if verbose and not is_main_process():  # a data-parallel run: rank 0 shows the bars
+        verbose = 0
     return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit,
                 disable=not verbose, leave=verbose > 1)
 
@@ -1193,8 +1195,7 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
     own = [MixedPrecision(config.amp), *callbacks]
     if checkpoint is not None:
         own.append(CheckpointFile(checkpoint, fingerprint, fingerprint_params))
-    rank = 0 if group is None else group.rank
-    own += [LRSchedule(config.lr_schedule, config.power), ProgressBar(verbose if rank == 0 else 0, desc)]
+    own += [LRSchedule(config.lr_schedule, config.power), ProgressBar(verbose, desc)]
     if param_groups is None:
         param_groups = [(net.parameters(), 1.0)]
     trainer = Trainer(net, samples, loss_fn, config, param_groups=param_groups,
