@@ -90,11 +90,11 @@ ABLATIONS = {
     "rf43": {"backbone_options": {"depth": 1}},
     "rf27_alpha_1": {"backbone_options": {"depth": 0}, "alpha_low": 1},
     "rf27_x2": {"backbone_options": {"depth": 0}, "max_epochs": "x2"},
-    # levers of issue #17 not (yet) estimator parameters: "_momentum" (SGD momentum, the reference
-    # runs ~0), "_freeze_bn" (BatchNorm in eval mode with fixed affine weights, as the reference)
-    "momentum_0_x8": {"_momentum": 0.0, "max_epochs": "x8"},
-    "momentum_0_lr1_x8": {"_momentum": 0.0, "learning_rate": 1.0, "max_epochs": "x8"},
-    "momentum_0.5_x8": {"_momentum": 0.5, "max_epochs": "x8"},
+    # levers of issue #17: SGD momentum (the reference runs ~0); "_freeze_bn" (not a parameter:
+    # BatchNorm in eval mode with fixed affine weights, as the reference)
+    "momentum_0_x8": {"optimizer_options": {"momentum": 0.0}, "max_epochs": "x8"},
+    "momentum_0_lr1_x8": {"optimizer_options": {"momentum": 0.0}, "learning_rate": 1.0, "max_epochs": "x8"},
+    "momentum_0.5_x8": {"optimizer_options": {"momentum": 0.5}, "max_epochs": "x8"},
     "lr_0.03_x8": {"learning_rate": 0.03, "max_epochs": "x8"},
     "lr_0.3_x8": {"learning_rate": 0.3, "max_epochs": "x8"},
     "lite0_x8": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
@@ -102,7 +102,10 @@ ABLATIONS = {
     "lite0_frozen_bn_x8": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
                            "learning_rate": 0.01, "_freeze_bn": True, "max_epochs": "x8"},
     "lite0_frozen_bn_m0_x8": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
-                              "learning_rate": 0.1, "_freeze_bn": True, "_momentum": 0.0, "max_epochs": "x8"},
+                              "learning_rate": 0.1, "_freeze_bn": True, "optimizer_options": {"momentum": 0.0},
+                              "max_epochs": "x8"},
+    "lite0_x4": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
+                 "learning_rate": 0.01, "max_epochs": "x4"},
     "lite0_frozen_bn_x2": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
                            "learning_rate": 0.01, "_freeze_bn": True, "max_epochs": "x2"},
     "lite0_x2": {"backbone": "efficientnet_lite0", "pretrained": True, "backbone_options": None,
@@ -208,44 +211,38 @@ def _label_quality(records, masks, crf, alpha_low=4, alpha_high=32):
 
 
 @contextlib.contextmanager
-def _levers(momentum=None, freeze_bn=False):
-    """Patch the training loop's SGD momentum and/or freeze the backbone's BatchNorm layers
-    (eval mode, affine weights fixed) for the AffinityEstimator fits inside the block."""
+def _levers(freeze_bn=False):
+    """Freeze the backbone's BatchNorm layers (eval mode, affine weights fixed) for the
+    AffinityEstimator fits inside the block (not an estimator parameter)."""
     from unittest import mock
 
     from torch import nn
 
-    from sklearn_psa import AffinityEstimator, _training
+    from sklearn_psa import AffinityEstimator
 
-    patches = []
-    if momentum is not None:
-        config = _training.TrainConfig
-        patches.append(mock.patch.object(_training, "TrainConfig",
-                                         lambda *a, **k: config(*a, **{"momentum": momentum, **k})))
-    if freeze_bn:
-        make = AffinityEstimator._make_network
+    if not freeze_bn:
+        yield
+        return
+    build = AffinityEstimator._build_network
 
-        def frozen(self, records, seed):
-            net, from_weights = make(self, records, seed)
-            bb = net.backbone
-            norms = [m for m in bb.modules() if isinstance(m, nn.BatchNorm2d)]
+    def frozen(self, data):
+        net = build(self, data)
+        bb = net.backbone
+        norms = [m for m in bb.modules() if isinstance(m, nn.BatchNorm2d)]
+        for m in norms:
+            m.requires_grad_(False)
+        train = bb.train
+
+        def train_frozen(mode=True):
+            train(mode)
             for m in norms:
-                m.requires_grad_(False)
-            train = bb.train
+                m.eval()
+            return bb
 
-            def train_frozen(mode=True):
-                train(mode)
-                for m in norms:
-                    m.eval()
-                return bb
+        bb.train = train_frozen
+        return net
 
-            bb.train = train_frozen
-            return net, from_weights
-
-        patches.append(mock.patch.object(AffinityEstimator, "_make_network", frozen))
-    with contextlib.ExitStack() as stack:
-        for p in patches:
-            stack.enter_context(p)
+    with mock.patch.object(AffinityEstimator, "_build_network", frozen):
         yield
 
 

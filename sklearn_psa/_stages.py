@@ -12,7 +12,7 @@ import sys
 import time
 
 from ._device import resolve_device
-from .affinity import AUTO_MIN_EPOCHS, AUTO_MIN_STEPS, auto_epochs
+from .affinity import AUTO_MIN_EPOCHS, AUTO_MIN_STEPS, AUTO_MIN_STEPS_PRETRAINED, auto_epochs
 
 __all__ = ["StageLog", "describe_network", "describe_step", "epochs"]
 
@@ -44,9 +44,10 @@ def describe_network(backbone, pretrained, options, *, auto=False):
 
 
 def epochs(n):
-    """``"1 epoch"``, ``"20 epochs"``, ``"epochs auto (at least 1600 steps)"``."""
+    """``"1 epoch"``, ``"20 epochs"``, ``"epochs auto (at least 8, and 1600 steps ...)"``."""
     if isinstance(n, str) and n == "auto":
-        return f"epochs auto (at least {AUTO_MIN_EPOCHS} and {AUTO_MIN_STEPS} steps)"
+        return (f"epochs auto (at least {AUTO_MIN_EPOCHS}, and {AUTO_MIN_STEPS} steps from scratch or "
+                f"{AUTO_MIN_STEPS_PRETRAINED} from weights)")
     return f"{n} epoch{'' if n == 1 else 's'}"
 
 
@@ -66,7 +67,8 @@ def describe_step(name, step, n_images=None):
         backbone = describe_network(params.get("backbone"), params.get("pretrained"),
                                     params.get("backbone_options"))
         return f"{title}: features of the {backbone}, nothing trained, on {_device(step)}"
-    if params.get("init") == "cam" and params.get("pretrained") in (None, False):
+    from_weights = params.get("init") == "cam" and params.get("pretrained") in (None, False)
+    if from_weights:
         network = "the CAM classifier's backbone"
     elif "backbone" in params:
         from .nn import resolve_backbone
@@ -76,13 +78,14 @@ def describe_step(name, step, n_images=None):
         resolved = resolve_backbone(backbone, params.get("pretrained"),
                                     params.get("backbone_options"), warn=False)
         network = describe_network(*resolved, auto=auto)
+        from_weights = resolved[1] not in (None, False)
     else:
         network = "its own network"
     n_epochs = params["max_epochs"]
     if isinstance(n_epochs, str) and n_epochs == "auto" and n_images:
-        n_epochs = auto_epochs(n_images, params.get("batch_size", 8))
-        return (f"{title}: {network}, {epochs(n_epochs)} (auto: at least {AUTO_MIN_STEPS} steps), "
-                f"on {_device(step)}")
+        n_epochs = auto_epochs(n_images, params.get("batch_size", 8), pretrained=from_weights)
+        steps = AUTO_MIN_STEPS_PRETRAINED if from_weights else AUTO_MIN_STEPS
+        return f"{title}: {network}, {epochs(n_epochs)} (auto: at least {steps} steps), on {_device(step)}"
     return f"{title}: {network}, {epochs(n_epochs)}, on {_device(step)}"
 
 

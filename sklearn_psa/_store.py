@@ -140,6 +140,8 @@ def stored_masks(folder, refiner, records):
 
     store = ArrayStore(folder)
     params = {k: v for k, v in refiner.get_params(deep=False).items() if k not in _NOT_IN_KEY}
+    for name in ("alpha", "beta"):  # what "auto" chose, when it did
+        params[name] = getattr(refiner, name + "_", params.get(name))
     setting = (type(refiner).__name__, params)
     keys = [joblib.hash((setting, r.labels.tolist(), r.shape, _array_key(r.__dict__["cams"]),
                          _array_key(r.__dict__["affinity"]))) for r in records.records]

@@ -31,28 +31,43 @@ from ._training import TrainResult
 from .crf import ImageCRF, check_crf_options, placed_crf_options
 from .records import Record, check_records
 
-__all__ = ["AffinityEstimator", "auto_epochs"]
+__all__ = ["AffinityEstimator", "auto_epochs", "starts_from_weights"]
 
-#: ``max_epochs="auto"``: at least this many SGD steps (measured: docs/benchmarks.md, issue #17) ...
+#: ``max_epochs="auto"``: at least this many SGD steps from random weights (measured:
+#: docs/benchmarks.md, issue #17) ...
 AUTO_MIN_STEPS = 1600
+#: ... or from pretrained weights (ImageNet, or the CAM classifier's with ``init="cam"``) ...
+AUTO_MIN_STEPS_PRETRAINED = 400
 #: ... and at least the paper's epochs.
 AUTO_MIN_EPOCHS = 8
 
 
-def auto_epochs(n_samples, batch_size=8):
+def auto_epochs(n_samples, batch_size=8, pretrained=False):
     """Epochs of ``AffinityEstimator(max_epochs="auto")`` for ``n_samples`` training images.
 
-    The paper's 8 epochs, or more where a small training set would give fewer than
-    1600 SGD steps (``ceil(n_samples / batch_size)`` steps per epoch).
+    The paper's 8 epochs, or more where a small training set would give fewer
+    than 1600 SGD steps from random weights, 400 from pretrained ones
+    (``ceil(n_samples / batch_size)`` steps per epoch).
 
     Examples
     --------
     >>> from sklearn_psa.affinity import auto_epochs
-    >>> auto_epochs(200), auto_epochs(10582), auto_epochs(8)
-    (64, 8, 1600)
+    >>> auto_epochs(200), auto_epochs(200, pretrained=True), auto_epochs(10582), auto_epochs(8)
+    (64, 16, 8, 1600)
     """
     steps_per_epoch = max(1, -(-int(n_samples) // max(1, int(batch_size))))
-    return max(AUTO_MIN_EPOCHS, -(-AUTO_MIN_STEPS // steps_per_epoch))
+    steps = AUTO_MIN_STEPS_PRETRAINED if pretrained else AUTO_MIN_STEPS
+    return max(AUTO_MIN_EPOCHS, -(-steps // steps_per_epoch))
+
+
+def starts_from_weights(backbone="auto", pretrained=None, init="scratch", backbone_options=None):
+    """Whether an ``AffinityEstimator`` with these parameters starts from trained weights
+    (``init="cam"``, ``pretrained`` weights, or ``"auto"`` resolving to ImageNet weights)."""
+    from .nn import resolve_backbone
+
+    if init == "cam" and pretrained in (None, False):
+        return True
+    return resolve_backbone(backbone, pretrained, backbone_options, warn=False)[1] not in (None, False)
 
 
 def _value_maps(record, alpha_low, alpha_high, crf):
@@ -254,13 +269,14 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
     batch_size : int, default=8
     max_epochs : int or "auto", default="auto"
         Training epochs. ``"auto"``: the paper's 8 epochs, or more on small
-        training sets, so that training makes at least 1600 SGD steps
-        (:func:`auto_epochs`; 64 epochs on 200 images, 8 on PASCAL VOC's
-        10,582). On ``make_shapes`` (200 images, tiny backbone) the learned
-        walk gained +0.7 points over CAM alone at 8 epochs, +3.2 at 16 and 32,
-        and +10.0 at 64 (docs/benchmarks.md); the real-object check gained
-        +11.3 at 16 epochs against +8.3 at 6 on 400 images. An int trains
-        exactly that many epochs. :attr:`n_epochs_` is what was trained.
+        training sets, so that training makes at least 1600 SGD steps from
+        random weights, 400 from pretrained ones (:func:`auto_epochs`: 64 and
+        16 epochs on 200 images, 8 on PASCAL VOC's 10,582). On ``make_shapes``
+        (200 images of 128 px) the learned walk gained +0.7 points over CAM
+        alone at 200 steps and +10.0 at 1600 with the tiny backbone from
+        scratch, +10.9 at 400 steps with EfficientNet-Lite0's ImageNet weights
+        (docs/benchmarks.md, issue #17). An int trains exactly that many
+        epochs. :attr:`n_epochs_` is what was trained.
     learning_rate : float or "auto", default="auto"
         Base SGD rate (poly decay); the head trains at ``head_lr_mult`` times it
         when the backbone starts from weights (``pretrained`` or ``init="cam"``).
@@ -460,15 +476,20 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
                 bb.prepare_pretrained()  # frozen layers, as the CAM classifier's backbone had
         return AffinityNet(bb, widths=widths, input_scale=self.input_scale)
 
+    def _from_weights(self):
+        return self._from_cam() or self._resolved_backbone()[1] not in (None, False)
+
     def _rates(self, data):
-        from_weights = self._from_cam() or self._resolved_backbone()[1] not in (None, False)
+        from_weights = self._from_weights()
         return self._learning_rate(from_weights), float(self.head_lr_mult) if from_weights else 1.0
 
     def _desc(self):
         return "AffinityNet"
 
     def _n_epochs(self, n_samples):
-        return auto_epochs(n_samples, self.batch_size) if self.max_epochs == "auto" else int(self.max_epochs)
+        if self.max_epochs == "auto":
+            return auto_epochs(n_samples, self.batch_size, pretrained=self._from_weights())
+        return int(self.max_epochs)
 
     def _data_fingerprint(self, data):
         return [(image_key(r.image), _cams_key(r), r.labels.tolist()) for r in data["records"].records]

@@ -495,9 +495,13 @@ def _set_epochs(model, args, n_images=None):
         if given is None and args.epoch_scale is not None:
             default = model.get_params()[key]
             if isinstance(default, str) and default == "auto":  # AffinityNet: by the data's size
-                from .affinity import AUTO_MIN_EPOCHS, auto_epochs
+                from .affinity import AUTO_MIN_EPOCHS, auto_epochs, starts_from_weights
 
-                default = (auto_epochs(n_images, model.get_params()["affinity__batch_size"]) if n_images
+                p = {k[len("affinity__"):]: v for k, v in model.get_params().items()
+                     if k.startswith("affinity__")}
+                pretrained = starts_from_weights(p["backbone"], p["pretrained"], p["init"],
+                                                 p["backbone_options"])
+                default = (auto_epochs(n_images, p["batch_size"], pretrained=pretrained) if n_images
                            else AUTO_MIN_EPOCHS)
             given = max(1, round(default * args.epoch_scale))
         if given is not None:

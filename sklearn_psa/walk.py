@@ -262,14 +262,24 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
     upsampling: it is exactly the CAM baseline (argmax at full resolution) and
     needs no affinity.
 
-    Stateless: ``fit`` only validates the parameters and the records.
+    Stateless unless ``alpha`` or ``beta`` is ``"auto"``: ``fit`` then chooses
+    them on its records without masks; otherwise it only validates the
+    parameters and the records.
 
     Parameters
     ----------
-    alpha : float, default=16
+    alpha : float or "auto", default=16
         Exponent of the background score; larger weakens the background.
-    beta : float, default=8
-        Power applied to the affinities.
+        ``"auto"``: chosen by ``fit`` among ``(1, 2, 4, 8, 16, 32)`` as the
+        value whose walk agrees best (mean IoU) with the CAMs' confident
+        regions, the labels AffinityNet learns from (the class still wins
+        against ``(1 - max_c M_c) ** 4``; the background still wins against
+        ``** 32``; both refined by the dense CRF; other pixels ignored), on at
+        most 100 of the records. No mask is needed; docs/method.md ("Choosing
+        alpha and beta without masks") compares it with the best choice on masks.
+    beta : float or "auto", default=8
+        Power applied to the affinities. ``"auto"``: chosen by ``fit`` among
+        ``(8, 16, 32)`` with alpha, as for ``alpha="auto"``.
     t : int, default=256
         Number of random-walk steps; 0 gives the CAM baseline.
     backend : {"auto", "torch", "scipy"}, default="auto"
@@ -288,6 +298,15 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         this process. Results are those of ``n_jobs=1`` (bit for bit on grids
         below ``2**24 / (2K + 1)`` multiply-adds per product, which walk on one
         thread either way; to float32 rounding above).
+
+    Attributes
+    ----------
+    alpha_, beta_ : float
+        The alpha and beta ``transform`` uses: the parameters, or those ``fit``
+        chose for ``"auto"``.
+    agreement_ : dict
+        With ``"auto"``: ``{(alpha, beta): mean IoU}`` of the walk against the
+        confident regions, for every candidate.
 
     See Also
     --------
@@ -321,8 +340,8 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "alpha": [Interval(numbers.Real, 0, None, closed="neither")],
-        "beta": [Interval(numbers.Real, 0, None, closed="neither")],
+        "alpha": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
+        "beta": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "t": [Interval(numbers.Integral, 0, None, closed="left")],
         "backend": [StrOptions(_BACKENDS)],
         "device": [str, None],
@@ -342,21 +361,51 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Validate the parameters and the records; nothing is learned.
+        """Validate the parameters and the records; choose alpha and beta where "auto".
 
         Parameters
         ----------
         X : Records
             Records with CAMs, and affinities unless ``t == 0``.
         y : ignored
-            Accepted for pipelines (image-level labels or masks).
+            Accepted for pipelines (image-level labels or masks): ``"auto"``
+            uses no masks.
 
         Returns
         -------
         self : RandomWalkRefiner
         """
-        self._check_records(X)
+        X = self._check_records(X)
+        if not self._auto():
+            self.alpha_, self.beta_ = self.alpha, self.beta
+            return self
+        from ._walk_choice import AUTO_ALPHAS, AUTO_BETAS, walk_agreement
+
+        if self.t == 0:
+            raise ValueError("alpha='auto' and beta='auto' choose the walk's settings: they need t > 0")
+        alphas = AUTO_ALPHAS if self.alpha == "auto" else (self.alpha,)
+        betas = AUTO_BETAS if self.beta == "auto" else (self.beta,)
+        _, device = self._walk_settings()
+        self.agreement_ = walk_agreement(X, alphas, betas, t=self.t, backend=self.backend,
+                                         device=device, n_jobs=self.n_jobs, verbose=self.verbose)
+        self.alpha_, self.beta_ = max(self.agreement_, key=self.agreement_.get)
         return self
+
+    def _auto(self):
+        return "auto" in (self.alpha, self.beta)
+
+    def _settings(self):
+        """``(alpha, beta)`` of the walk: the parameters, or what ``fit`` chose for "auto"."""
+        if not self._auto():
+            return self.alpha, self.beta
+        if not hasattr(self, "alpha_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(
+                "This RandomWalkRefiner has alpha or beta 'auto': call fit on records with "
+                "affinities first, which chooses them (no masks needed)"
+            )
+        return self.alpha_, self.beta_
 
     def check_params(self):
         """Check the parameters as :meth:`fit` does first (``ValueError`` naming the bad one).
@@ -380,12 +429,13 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
     def _refined(self, records, as_mask=False, done=0):
         """Refined scores (or masks) of each record, in order, with the progress bar (``done``
         records refined earlier, e.g. found in a store, count in it)."""
+        alpha, beta = self._settings()
         backend, device = self._walk_settings()
         on_cuda = device is not None and device.type == "cuda"
         device = None if device is None else str(device)  # explicit: a worker never picks CUDA
         stage = "random walk" if self.t > 0 else "CAM baseline (t=0)"
-        tasks = ((r.cams, r.affinity if self.t > 0 else None, r.shape, r.labels, self.alpha,
-                  self.beta, self.t, backend, device, as_mask) for r in records.records)
+        tasks = ((r.cams, r.affinity if self.t > 0 else None, r.shape, r.labels, alpha,
+                  beta, self.t, backend, device, as_mask) for r in records.records)
         return map_images(_refine, tasks, n_jobs=self.n_jobs, in_parent=on_cuda,
                           verbose=self.verbose, desc=stage, total=len(records) + done, done=done)
 

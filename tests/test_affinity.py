@@ -264,17 +264,40 @@ def test_end_to_end_on_make_shapes():
 
 
 def test_auto_epochs_reach_a_number_of_steps():
-    from sklearn_psa.affinity import AUTO_MIN_EPOCHS, AUTO_MIN_STEPS, auto_epochs
+    from sklearn_psa.affinity import AUTO_MIN_EPOCHS, AUTO_MIN_STEPS, AUTO_MIN_STEPS_PRETRAINED, auto_epochs
 
     assert AffinityEstimator().max_epochs == "auto"
     assert auto_epochs(200, 8) == 64 and auto_epochs(10582, 8) == AUTO_MIN_EPOCHS
-    for n in (1, 7, 8, 9, 100, 201, 5000, 20000):
-        for batch in (1, 4, 8, 16):
-            epochs = auto_epochs(n, batch)
-            steps_per_epoch = -(-n // batch)
-            assert epochs >= AUTO_MIN_EPOCHS and epochs * steps_per_epoch >= AUTO_MIN_STEPS
-            # the fewest such epochs
-            assert epochs == AUTO_MIN_EPOCHS or (epochs - 1) * steps_per_epoch < AUTO_MIN_STEPS
+    assert auto_epochs(200, 8, pretrained=True) == 16
+    for pretrained, min_steps in ((False, AUTO_MIN_STEPS), (True, AUTO_MIN_STEPS_PRETRAINED)):
+        for n in (1, 7, 8, 9, 100, 201, 5000, 20000):
+            for batch in (1, 4, 8, 16):
+                epochs = auto_epochs(n, batch, pretrained=pretrained)
+                steps_per_epoch = -(-n // batch)
+                assert epochs >= AUTO_MIN_EPOCHS and epochs * steps_per_epoch >= min_steps
+                # the fewest such epochs
+                assert epochs == AUTO_MIN_EPOCHS or (epochs - 1) * steps_per_epoch < min_steps
+
+
+def test_auto_epochs_count_the_weights_the_network_starts_from(squares, monkeypatch, tmp_path):
+    import torch
+
+    import sklearn_psa.affinity as affinity
+    from sklearn_psa.affinity import starts_from_weights
+    from sklearn_psa.nn import make_backbone
+
+    assert not starts_from_weights("tiny", None)
+    assert starts_from_weights("tiny", None, init="cam")
+    assert starts_from_weights("tiny", "weights.pt")
+    records, _ = squares
+    monkeypatch.setattr(affinity, "AUTO_MIN_STEPS", 3 * len(records))  # batch 1: 3 epochs
+    monkeypatch.setattr(affinity, "AUTO_MIN_STEPS_PRETRAINED", 2 * len(records))  # 2 epochs
+    monkeypatch.setattr(affinity, "AUTO_MIN_EPOCHS", 1)
+    weights = tmp_path / "tiny.pt"
+    torch.save(make_backbone("tiny", **FAST["backbone_options"]).state_dict(), weights)
+    common = {**FAST, "batch_size": 1}
+    assert AffinityEstimator(**common).fit(records).n_epochs_ == 3
+    assert AffinityEstimator(pretrained=str(weights), **common).fit(records).n_epochs_ == 2
 
 
 def test_fit_trains_the_auto_epochs(squares, monkeypatch):

@@ -645,9 +645,12 @@ def test_the_plan_names_what_auto_resolved_to(monkeypatch):
     assert "efficientnet_lite0 backbone with its pretrained weights, nothing trained" in text
     # max_epochs="auto": resolved for the training images where their number is known
     aff = AffinityEstimator(backbone="tiny", device="cpu")
-    assert "epochs auto (at least 8 and 1600 steps)" in describe_step("affinity", aff)
+    assert "epochs auto (at least 8, and 1600 steps from scratch or 400 from weights)" in describe_step(
+        "affinity", aff)
     assert ", 64 epochs (auto: at least 1600 steps), on cpu" in describe_step("affinity", aff, 200)
     assert ", 3 epochs, on cpu" in describe_step("affinity", aff.set_params(max_epochs=3), 200)
+    from_cam = AffinityEstimator(backbone="tiny", init="cam", device="cpu")
+    assert ", 16 epochs (auto: at least 400 steps), on cpu" in describe_step("affinity", from_cam, 200)
 
 
 def test_pickle_round_trip(fitted, shapes):
