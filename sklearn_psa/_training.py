@@ -369,6 +369,10 @@ def _sample_shape(samples, i):
     return tuple(shape(i)) if callable(shape) else np.shape(samples[i].image)[:2]
 
 
+#: The :meth:`Augmentation.draw` choices that leave an image as it is.
+_AS_IS = {"scale": 1.0, "crop": None, "flip": False}
+
+
 @dataclass
 class _Plan:
     """What one process prepares of a batch: the samples ``indices``, each with its
@@ -1022,7 +1026,7 @@ class Trainer:
             with torch.no_grad():
                 for start in range(0, len(mine), self.batch_size):
                     items = mine[start:start + self.batch_size]
-                    plan = _Plan([int(i) for i in items], [aug.draw((0, 0), None)] * len(items))
+                    plan = _Plan([int(i) for i in items], [_AS_IS] * len(items))
                     batch = self._device_batch(_host_batch(samples, plan, aug))
                     with self._autocast():
                         total += float(self.loss_fn(self.net, batch)) * len(items)
@@ -1103,8 +1107,9 @@ class Trainer:
                 from torch.nn.parallel import DistributedDataParallel
 
                 ids = [self.device.index] if self.device.type == "cuda" else None
-                self.model = DistributedDataParallel(self.net, device_ids=ids, output_device=None
-                                                     if ids is None else ids[0])
+                # static graph: parameters that take no gradient (EfficientNet's ImageNet
+                # classifier) are found at the first step, without a search at every step
+                self.model = DistributedDataParallel(self.net, device_ids=ids, static_graph=True)
             with torch.random.fork_rng(devices=devices):
                 for epoch in range(self.start_epoch, self.max_epochs):
                     if self.stop:

@@ -933,7 +933,10 @@ def main(argv=None):
         if args.group is not None and args.group.rank != 0:  # rank 0 reports (errors: every rank)
             args.quiet = True
             sys.stdout = open(os.devnull, "w")
-        return args.func(args)
+        status = args.func(args)
+        if args.group is not None:  # the ranks end together (rank 0 writes while others wait)
+            args.group.barrier()
+        return status
     except (CommandError, OSError, ValueError, TypeError) as exc:
         if os.environ.get("SKLEARN_PSA_TRACEBACK"):
             raise

@@ -124,6 +124,10 @@ def _rank(rank, world_size, port, out):
         results["walked"] = len(walked)
         results["pseudo_labels"] = torch.from_numpy(np.stack(psa.pseudo_labels_))
         results["psa"] = _state(psa)
+        # a backbone with parameters that take no gradient (its ImageNet classifier)
+        lite = CAMClassifier(**dict(TINY, backbone="efficientnet_lite0", backbone_options=None),
+                             max_epochs=1, batch_size=4, scales=(1.0,), crop_size=32).fit(X, Y)
+        results["lite"] = _state(lite)
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -169,7 +173,7 @@ def test_each_rank_walks_its_share_of_the_images_and_all_get_every_mask(ranks):
 
 def test_every_rank_returns_the_same_fitted_networks(ranks):
     _, (rank0, rank1) = ranks
-    for name in ("aff", "seg", "psa"):  # the segmentation head's BatchNorm statistics included
+    for name in ("aff", "seg", "psa", "lite"):  # the segmentation head's BatchNorm statistics included
         _assert_same_weights(rank0[name], rank1[name], rtol=0, atol=0)
     _assert_same_weights(rank0["cam"][0], rank1["cam"][0], rtol=0, atol=0)
     assert rank0["cam"][1] == rank1["cam"][1]  # history_, seconds and all
@@ -286,6 +290,7 @@ def test_the_cli_under_torchrun_writes_one_model_whose_masks_it_predicts(tmp_pat
         broadcast_object = staticmethod(lambda obj: obj)
         sum = staticmethod(lambda values: values)
         all_gather = staticmethod(lambda obj: [obj])
+        barrier = staticmethod(lambda: None)
 
     from sklearn_psa import cli
 
