@@ -24,10 +24,20 @@ __all__ = ["ProcessGroup", "is_main_process", "launched", "process_group", "set_
 #: The variables a launcher sets (``torchrun`` sets these and more).
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
 
+#: The process a launcher started: the first to import this module with its variables set.
+#: Processes it starts (joblib workers of a ``GridSearchCV(n_jobs=2)``) inherit the
+#: variables, and this one, and are not ranks.
+_RANK_PID = "SKLEARN_PSA_RANK_PID"
+if os.environ.get("RANK"):
+    os.environ.setdefault(_RANK_PID, str(os.getpid()))
+
 
 def launched():
-    """Whether a launcher started this process as one of several (``WORLD_SIZE > 1``)."""
+    """Whether a launcher started this process as one of several (``WORLD_SIZE > 1``),
+    not a process that one of those started."""
     if not all(os.environ.get(k) for k in LAUNCH_VARIABLES):
+        return False
+    if os.environ.get(_RANK_PID, str(os.getpid())) != str(os.getpid()):
         return False
     try:
         return int(os.environ["WORLD_SIZE"]) > 1

@@ -239,6 +239,11 @@ def test_a_single_process_is_not_data_parallel(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     assert not launched()  # a world of one
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("SKLEARN_PSA_RANK_PID", str(os.getpid()))
+    assert launched()
+    monkeypatch.setenv("SKLEARN_PSA_RANK_PID", str(os.getpid() + 1))
+    assert not launched()  # a worker process that a rank started
 
 
 # ----------------------------------------------------------------------------- the CLI under torchrun
