@@ -12,6 +12,11 @@ does), and :meth:`~TrainedNetworkMixin._fit_network`, the one fit recipe::
     train(net, samples, get_loss, optimizer, lr_schedule, callbacks, checkpoint, ...)
     network_, history_
 
+Under ``torchrun`` (or in a process group the user initialised) the recipe
+trains data-parallel (:mod:`sklearn_psa._distributed`, docs/distributed.md):
+the device is the rank's, the seed rank 0's, and every rank ends with the same
+``network_`` and ``history_``.
+
 An estimator describes its data in a dict ``data`` (its own keys, plus
 ``"n_classes"``; the recipe adds the resolved ``"device"`` and ``"seed"``) and
 fills in the hooks, in the way skorch's ``NeuralNet`` has
@@ -34,7 +39,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._torch_estimator import TorchEstimatorMixin, device_type, module_type
-from . import _training
+from . import _distributed, _training
 from ._training import Augmentation, TrainConfig, optimizer_names, seeded, weights_hash
 from .callbacks import Callback
 
@@ -78,6 +83,13 @@ _TRAINING_PARAMETERS = """
         fitted weights it starts from: it replaces the finished checkpoint of
         the fit that gave those weights, and an interrupted warm-started fit
         resumes from it. A fit that a callback stopped early is complete.
+    num_workers : int or "auto", default="auto"
+        DataLoader worker processes that read and augment the training images
+        while the network trains (0: in the training process). ``"auto"``:
+        none on the CPU, where the network's own threads use the cores; on
+        CUDA the cores of this process (its share under ``torchrun``) less
+        one, at most 8. The same samples, in the same order with the same
+        augmentation, for any value.
 """
 
 
@@ -143,11 +155,12 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         "device": [str, device_type()],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "num_workers": [Interval(numbers.Integral, 0, None, closed="left"), StrOptions({"auto"})],
     }
 
     #: Never in a fingerprint: how and where the training runs, not what it learns.
     _NOT_FINGERPRINTED = ("verbose", "device", "checkpoint", "warm_start", "store", "n_jobs",
-                          "classes")
+                          "classes", "num_workers")
     _fingerprint_ignores = ()
 
     # ------------------------------------------------------------------ hooks
@@ -247,6 +260,9 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         scale_range = self._checked_scale_range()
         callbacks = self._checked_callbacks()
         device, seed = self._fit_device(), self._fit_seed()
+        group = _distributed.process_group(device)  # under torchrun: data-parallel
+        if group is not None:
+            device, seed = group.device, group.broadcast_object(seed)  # random_state=None: rank 0's
         data = {**data, "device": device, "seed": seed}  # resolved once: the hooks take them
         start = (self.network_ if self.warm_start and hasattr(self, "network_")
                  and self._can_warm_start(data) else None)
@@ -255,7 +271,8 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         else:
             with seeded(seed):
                 net = self._build_network(data)
-        samples = self._training_samples(data)
+        with _distributed.split_work(group):  # per-image work (labels, CRF): each rank its share
+            samples = self._training_samples(data)
         fingerprint, params = (None, None) if self.checkpoint is None else self._fingerprint(data, start)
         learning_rate, head_lr_mult = self._rates(data)
         config = TrainConfig(
@@ -275,7 +292,8 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
             param_groups=[(net.backbone.parameters(), 1.0), (net.head.parameters(), head_lr_mult)],
             device=device, seed=seed, verbose=self.verbose, checkpoint=self.checkpoint,
             fingerprint=fingerprint, fingerprint_params=params, desc=self._desc(),
-            callbacks=callbacks,
+            callbacks=callbacks, group=group,
+            num_workers=_training.auto_workers(getattr(self, "num_workers", "auto"), device),
         )
         previous = list(self.history_) if start is not None else []
         self.network_ = net
@@ -302,7 +320,10 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         return state
 
     def __setstate__(self, state):
-        super().__setstate__(self._upgrade_state(state))
+        state = self._upgrade_state(state)
+        if "num_workers" not in state:  # pickled by a version without it
+            state = {**state, "num_workers": "auto"}
+        super().__setstate__(state)
 
     # ------------------------------------------------------------------ views of history_
 

@@ -310,6 +310,12 @@ def demo_estimator(quick=False, *, device="auto", random_state=0, verbose=0, mem
                         memory=memory).set_params(**params)
 
 
+def _walk_settings(refiner):
+    """``(alpha, beta)`` the fitted refiner walks with (what ``"auto"`` chose, else its own)."""
+    return (float(getattr(refiner, "alpha_", refiner.alpha)),
+            float(getattr(refiner, "beta_", refiner.beta)))
+
+
 def _best_cam_masks(refiner, records, masks):
     """The CAM alone (the walk with ``t = 0``) at the alpha of :data:`AUTO_ALPHAS` that
     scores best on ``masks``: the baseline at its best, whatever alpha the walk uses."""
@@ -317,8 +323,8 @@ def _best_cam_masks(refiner, records, masks):
     from ._walk_choice import AUTO_ALPHAS
 
     best, best_score = None, -1.0
-    for alpha in AUTO_ALPHAS:
-        pred = clone(refiner).set_params(alpha=alpha, t=0).predict(records)
+    for alpha in AUTO_ALPHAS:  # (beta is unused at t = 0)
+        pred = clone(refiner).set_params(alpha=alpha, beta=8, t=0).predict(records)
         score = mean_iou(masks, pred)
         if score > best_score:
             best, best_score = pred, score
@@ -430,7 +436,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
         stages, class_names, times=watch.times, cpu_times=watch.cpu, peak_mb=peak,
         settings={"n_train": n_train, "n_test": n_test, "image_size": size, "device": used_device,
                   "random_state": random_state, "setting": setting, **settings["params"],
-                  "walk alpha and beta used": (seg.refiner_.alpha_, seg.refiner_.beta_),
+                  "walk alpha and beta used": _walk_settings(seg.refiner_),
                   "AffinityNet epochs trained": seg.affinity_.n_epochs_},
     )
     files = {"report": output / "report.md", "report_json": output / "report.json",
@@ -439,7 +445,8 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
         f.write(text)
     numbers = report_numbers(scores, ratio, time.perf_counter() - start, setting=setting, n_train=n_train,
                              n_test=n_test, image_size=size, device=used_device, random_state=random_state,
-                             walk_alpha=float(seg.refiner_.alpha_), walk_beta=float(seg.refiner_.beta_),
+                             walk_alpha=_walk_settings(seg.refiner_)[0],
+                             walk_beta=_walk_settings(seg.refiner_)[1],
                              affinity_epochs=int(seg.affinity_.n_epochs_))
     with atomic_write(files["report_json"], "w") as f:
         json.dump(numbers, f, indent=2)

@@ -70,11 +70,32 @@ def map_images(func, tasks, *, n_jobs=None, in_parent=False, verbose=0, desc=Non
     done : int, default=0
         Images done earlier (found in a store), counted in the bar from the start.
 
+    Within :func:`sklearn_psa._distributed.split_work` (a data-parallel fit),
+    each rank runs every ``world_size``-th task and the results of all are
+    gathered (in order) on every rank.
+
     Yields
     ------
     result
         ``func(*args)``, in the order of ``tasks``.
     """
+    from ._distributed import work_group
+
+    group = work_group()
+    if group is not None:  # a data-parallel fit: this rank's share, then everyone's results
+        mine = (args for k, args in enumerate(tasks) if k % group.world_size == group.rank)
+        share = None if total is None else len(range(group.rank, total - done, group.world_size))
+        results = list(_map_here(func, mine, n_jobs, in_parent, verbose if group.rank == 0 else 0,
+                                 desc, share, 0))
+        gathered = group.all_gather(results)
+        for i in range(sum(len(g) for g in gathered)):
+            yield gathered[i % group.world_size][i // group.world_size]
+        return
+    yield from _map_here(func, tasks, n_jobs, in_parent, verbose, desc, total, done)
+
+
+def _map_here(func, tasks, n_jobs, in_parent, verbose, desc, total, done):
+    """:func:`map_images` in this process (and its joblib workers)."""
     import joblib
 
     from ._training import progress

@@ -104,7 +104,9 @@ class StageLog:
     """
 
     def __init__(self, verbose, title, stages, file=None):
-        self.verbose = verbose
+        from ._distributed import is_main_process
+
+        self.verbose = verbose if is_main_process() else 0  # data-parallel: rank 0 says it
         self.stages = list(stages)
         self.file = file
         self.started = time.perf_counter()

@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._device import cuda_amp_dtype
+from ._distributed import is_main_process, set_batchnorm_sync
 from .callbacks import Callback
 
 __all__ = [
@@ -88,6 +89,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "auto_workers",
     "load_checkpoint",
     "make_optimizer",
     "optimizer_names",
@@ -109,7 +111,7 @@ def progress(iterable=None, *, verbose, desc, total=None, unit="image", initial=
         Wrapped as ``tqdm(iterable)``; without it, call ``update`` on the bar.
     verbose : int
         0: no bar; 1: a bar erased when the loop ends; 2 or more: the bar
-        stays (one line per stage).
+        stays (one line per stage). In a process group, on rank 0 only.
     desc : str
         Label naming the stage.
     total : int, optional
@@ -122,6 +124,8 @@ def progress(iterable=None, *, verbose, desc, total=None, unit="image", initial=
     """
     from tqdm.auto import tqdm
 
+    if verbose and not is_main_process():  # a data-parallel run: rank 0 shows the bars
+        verbose = 0
     return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit,
                 disable=not verbose, leave=verbose > 1)
 
@@ -172,6 +176,11 @@ class ImageSamples(Sequence):
     def __len__(self):
         return len(self.images)
 
+    def shape(self, i):
+        """``(H, W)`` of image ``i`` (a file's from its header)."""
+        shape = getattr(self.images, "shape", None)
+        return tuple(shape(i)) if callable(shape) else np.shape(self.images[i])[:2]
+
     def __getitem__(self, i):
         return Sample(
             self.images[i],
@@ -218,21 +227,45 @@ class Augmentation:
     scale_range: tuple = (1.0, 1.0)
     pad_value: tuple = (0.0, 0.0, 0.0)
 
-    def geometric(self, sample, rng):
-        """Rescale, crop and flip one sample; return ``(image float32 HxWx3, maps)``."""
+    def draw(self, shape, rng):
+        """The random choices for an image of ``shape`` ``(H, W)``, drawn from ``rng``:
+        a dict for :meth:`geometric` (``"scale"``, ``"crop"`` offsets, ``"flip"``).
+
+        Only the shape is needed, so one process can draw for a whole batch, in
+        order, whichever process or rank then decodes and transforms each image.
+        """
+        h, w = shape[:2]
+        params = {"scale": 1.0, "crop": None, "flip": False}
+        lo, hi = self.scale_range
+        if (lo, hi) != (1.0, 1.0):
+            params["scale"] = scale = rng.uniform(lo, hi)
+            h, w = _scaled_size((h, w), scale)
+        if self.crop_size is not None:
+            size = int(self.crop_size)
+            ch, cw = min(h, size), min(w, size)
+            params["crop"] = (rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1),
+                              rng.integers(0, size - ch + 1), rng.integers(0, size - cw + 1))
+        params["flip"] = bool(self.flip and rng.random() < 0.5)
+        return params
+
+    def geometric(self, sample, rng=None, params=None):
+        """Rescale, crop and flip one sample; return ``(image float32 HxWx3, maps)``.
+
+        The choices are ``params`` (of :meth:`draw`), else drawn from ``rng``.
+        """
         image = np.asarray(sample.image)
         maps = {k: np.asarray(v) for k, v in sample.maps.items()}
         for k, v in maps.items():
             if v.shape != image.shape[:2]:
                 raise ValueError(f"map {k!r} has shape {v.shape} but its image is {image.shape[:2]}")
-        lo, hi = self.scale_range
-        if (lo, hi) != (1.0, 1.0):
-            scale = rng.uniform(lo, hi)
-            image, maps = _rescale(image, maps, scale)
+        if params is None:
+            params = self.draw(image.shape, rng)
+        if params["scale"] != 1.0:
+            image, maps = _rescale(image, maps, params["scale"])
         image = image.astype(np.float32, copy=False)
-        if self.crop_size is not None:
-            image, maps = _random_crop(image, maps, int(self.crop_size), rng, self.pad_value)
-        if self.flip and rng.random() < 0.5:
+        if params["crop"] is not None:
+            image, maps = _crop(image, maps, int(self.crop_size), params["crop"], self.pad_value)
+        if params["flip"]:
             image = image[:, ::-1]
             maps = {k: v[:, ::-1] for k, v in maps.items()}
         return np.ascontiguousarray(image), {k: np.ascontiguousarray(v) for k, v in maps.items()}
@@ -250,12 +283,17 @@ class Augmentation:
         return rng.uniform(max(0.0, 1 - j), 1 + j, size=(n, 3)).astype(np.float32)
 
 
+def _scaled_size(shape, scale):
+    h, w = shape
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def _rescale(image, maps, scale):
     import torch
     from torch.nn import functional as F
 
     h, w = image.shape[:2]
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    size = _scaled_size((h, w), scale)
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
     out = F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0]
     image = out.clamp_(0, 255).permute(1, 2, 0).numpy()
@@ -264,14 +302,12 @@ def _rescale(image, maps, scale):
     return image, {k: v[ys][:, xs] for k, v in maps.items()}
 
 
-def _random_crop(image, maps, size, rng, pad_value):
-    """Crop a ``size`` square; an image smaller than it lands at a random offset on a canvas."""
+def _crop(image, maps, size, offsets, pad_value):
+    """Crop a ``size`` square at ``offsets`` ``(y0, x0, oy, ox)`` (of :meth:`Augmentation.draw`):
+    the image from ``(y0, x0)``; one smaller than it lands at ``(oy, ox)`` on a canvas."""
     h, w = image.shape[:2]
     ch, cw = min(h, size), min(w, size)
-    y0 = rng.integers(0, h - ch + 1)
-    x0 = rng.integers(0, w - cw + 1)
-    oy = rng.integers(0, size - ch + 1)
-    ox = rng.integers(0, size - cw + 1)
+    y0, x0, oy, ox = offsets
     canvas = np.empty((size, size, 3), np.float32)
     canvas[...] = np.asarray(pad_value, np.float32)
     canvas[oy:oy + ch, ox:ox + cw] = image[y0:y0 + ch, x0:x0 + cw]
@@ -324,6 +360,72 @@ def _color_jitter(x, factors, valid=None, pad_value=None):
         return jittered
     pad = torch.as_tensor(pad_value, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return torch.where(valid, jittered, pad)
+
+
+def _sample_shape(samples, i):
+    """``(H, W)`` of sample ``i``: from the sequence's ``shape(i)`` where it has one
+    (without decoding the image), else from the sample."""
+    shape = getattr(samples, "shape", None)
+    return tuple(shape(i)) if callable(shape) else np.shape(samples[i].image)[:2]
+
+
+#: The :meth:`Augmentation.draw` choices that leave an image as it is.
+_AS_IS = {"scale": 1.0, "crop": None, "flip": False}
+
+
+@dataclass
+class _Plan:
+    """What one process prepares of a batch: the samples ``indices``, each with its
+    :meth:`Augmentation.draw` choices, and their colour jitter factors (or None)."""
+
+    indices: list
+    params: list
+    factors: np.ndarray = None
+
+
+def _plan(samples, idx, aug, rng, keep):
+    """The draws for the batch ``idx`` from ``rng``, in the order of a single process
+    (each image's geometry, then the batch's colour jitter), of which the positions
+    ``keep`` (this rank's share) are planned."""
+    params = [aug.draw(_sample_shape(samples, int(i)), rng) for i in idx]
+    factors = aug.jitter_factors(len(idx), rng)
+    return _Plan([int(idx[k]) for k in keep], [params[k] for k in keep],
+                 None if factors is None else factors[keep])
+
+
+def _host_batch(samples, plan, aug):
+    """``(images, maps, targets, jitter factors)``: the samples of ``plan`` augmented and
+    collated as numpy arrays (what a loader worker makes; :func:`_to_device_batch`
+    takes it to the device)."""
+    pairs, targets = [], {}
+    for i, params in zip(plan.indices, plan.params):
+        s = samples[i]
+        if aug.jitters:  # mark the image's own pixels: the jitter leaves the padding
+            s = Sample(s.image, {**s.maps, _VALID: np.ones(np.shape(s.image)[:2], bool)}, s.targets)
+        pairs.append(aug.geometric(s, params=params))
+        for k, v in s.targets.items():
+            targets.setdefault(k, []).append(np.asarray(v))
+    images, maps = _collate(pairs, aug.pad_value)
+    return images, maps, targets, plan.factors
+
+
+class _PlannedBatches(Sequence):
+    """Host batches: item ``k`` is the :func:`_host_batch` of ``plans[k]`` (the dataset of
+    a DataLoader with ``batch_size=None``)."""
+
+    def __init__(self, samples, plans, aug):
+        self.samples, self.plans, self.aug = samples, plans, aug
+
+    def __len__(self):
+        return len(self.plans)
+
+    def __getitem__(self, k):
+        return _host_batch(self.samples, self.plans[k], self.aug)
+
+
+def _as_is(item):
+    """A loader's collate function that leaves the numpy batch as it is."""
+    return item
 
 
 def _batches(n, batch_size, rng):
@@ -510,6 +612,22 @@ def seeded(seed, device=None):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed) % (2**63))
         yield
+
+
+def auto_workers(num_workers, device):
+    """The DataLoader workers of ``num_workers`` (an int, or ``"auto"``) for training on
+    ``device``: ``"auto"`` is none on the CPU (the network's threads use the cores), else
+    the cores of this process (those of the machine shared by the ``LOCAL_WORLD_SIZE``
+    processes a launcher started) less one, at most 8."""
+    if not (isinstance(num_workers, str) and num_workers == "auto"):
+        return int(num_workers)
+    import torch
+
+    if torch.device(device).type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, per_process - 1))
 
 
 def _epoch_seed(seed, epoch):
@@ -706,6 +824,9 @@ class LRSchedule(Callback):
 class CheckpointFile(Callback):
     """Resume from ``path`` when it exists, and write it atomically after every epoch.
 
+    In a data-parallel fit rank 0 alone reads it (and sends it to the others)
+    and writes it.
+
     See :func:`train` for ``fingerprint`` and ``fingerprint_params``.
     """
 
@@ -714,15 +835,32 @@ class CheckpointFile(Callback):
         self.fingerprint = fingerprint
         self.fingerprint_params = fingerprint_params
 
-    def on_train_begin(self, trainer):
+    def _read(self, trainer):
+        """The checkpoint's state to resume from; None to start anew."""
         if not os.path.exists(self.path):
-            return
+            return None
         state = load_checkpoint(self.path)
         if self.fingerprint is not None and state.get("fingerprint", "") != str(self.fingerprint):
             if not _holds_state_of(state["model"], trainer.net):
                 raise ValueError(_mismatch_message(self.path, state.get("fingerprint_params"),
                                                    self.fingerprint_params))
-            return  # where this run starts: overwritten by its first epoch
+            return None  # where this run starts: overwritten by its first epoch
+        return state
+
+    def on_train_begin(self, trainer):
+        if trainer.group is None:
+            state = self._read(trainer)
+        else:  # rank 0 reads (other machines need not see the file) and tells the others
+            try:
+                outcome = self._read(trainer) if trainer.rank == 0 else None
+            except ValueError as exc:
+                outcome = exc
+            outcome = trainer.group.broadcast_object(outcome)
+            if isinstance(outcome, Exception):
+                raise outcome
+            state = outcome
+        if state is None:
+            return
         from .nn.weights import load_weights
 
         load_weights(trainer.net, state["model"], source=f"checkpoint {os.fspath(self.path)}")
@@ -738,6 +876,8 @@ class CheckpointFile(Callback):
         trainer.stop = bool(state.get("stopped", False))
 
     def on_epoch_end(self, trainer, epoch, record):
+        if trainer.rank != 0:  # one writer
+            return
         _save_checkpoint(self.path, trainer.net, trainer.optimizer, trainer.scaler, epoch + 1,
                          trainer.step, [r["loss"] for r in trainer.history], self.fingerprint,
                          self.fingerprint_params, records=trainer.history, stopped=trainer.stop)
@@ -780,6 +920,9 @@ class _Subset(Sequence):
     def __len__(self):
         return len(self.indices)
 
+    def shape(self, i):
+        return _sample_shape(self.samples, self.indices[i])
+
     def __getitem__(self, i):
         return self.samples[self.indices[i]]
 
@@ -790,13 +933,26 @@ class Trainer:
     Made and run by :func:`train`; its attributes are the loop's state.
     """
 
-    def __init__(self, net, samples, loss_fn, config, *, param_groups, device, seed, callbacks, desc):
+    def __init__(self, net, samples, loss_fn, config, *, param_groups, device, seed, callbacks, desc,
+                 group=None, num_workers=0):
         self.net, self.samples, self.loss_fn, self.config = net, samples, loss_fn, config
+        self.group, self.num_workers = group, int(num_workers)
+        self.model = net  # what the loss runs: net, or its DistributedDataParallel wrapper
         self.param_groups, self.device, self.seed = param_groups, device, seed
         self.callbacks, self.desc = list(callbacks), desc
         self.max_epochs, self.batch_size = int(config.max_epochs), int(config.batch_size)
         self.optimizer = self.scaler = self.amp_dtype = self.valid_samples = None
         self.start_epoch, self.step, self.history, self.stop = 0, 0, [], False
+
+    @property
+    def rank(self):
+        """This process's rank in a data-parallel fit (0 in a single process)."""
+        return 0 if self.group is None else self.group.rank
+
+    @property
+    def world_size(self):
+        """The processes of a data-parallel fit (1 in a single process)."""
+        return 1 if self.group is None else self.group.world_size
 
     @property
     def max_step(self):
@@ -825,37 +981,59 @@ class Trainer:
 
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def _batch(self, items, aug, rng):
-        """The device batch of ``items`` (samples) through ``aug`` drawing from ``rng``."""
-        pairs, targets = [], {}
-        for s in items:
-            if aug.jitters:  # mark the image's own pixels: the jitter leaves the padding
-                s = Sample(s.image, {**s.maps, _VALID: np.ones(np.shape(s.image)[:2], bool)}, s.targets)
-            pairs.append(aug.geometric(s, rng))
-            for k, v in s.targets.items():
-                targets.setdefault(k, []).append(np.asarray(v))
-        images, maps = _collate(pairs, aug.pad_value)
-        factors = aug.jitter_factors(len(items), rng)
-        return _to_device_batch(images, maps, targets, factors, self.device, self.config.channels_last,
-                                aug.pad_value)
+    def _device_batch(self, host):
+        """The device batch of a :func:`_host_batch`."""
+        return _to_device_batch(*host, self.device, self.config.channels_last,
+                                self.config.augmentation.pad_value)
+
+    def _host_batches(self, plans):
+        """The host batches of ``plans``, prepared in ``num_workers`` loader workers (in
+        order), or here without workers."""
+        dataset = _PlannedBatches(self.samples, plans, self.config.augmentation)
+        if self.num_workers <= 0 or len(plans) < 2:
+            return iter(dataset)
+        import torch
+        from torch.utils.data import DataLoader
+
+        # its own generator: the workers' seeds are not drawn from the global one (dropout's)
+        return iter(DataLoader(dataset, batch_size=None, shuffle=False, collate_fn=_as_is,
+                               num_workers=min(self.num_workers, len(plans)),
+                               generator=torch.Generator().manual_seed(0)))
+
+    def _share(self, idx):
+        """``(positions, n)``: the positions in the global batch ``idx`` that this rank
+        computes, and how many of them are its own (a rank with none runs the first
+        one, weighted 0, since every rank takes part in every step)."""
+        positions = np.arange(len(idx))
+        if self.group is None:
+            return positions, len(idx)
+        own = self.group.share(positions)
+        return (own, len(own)) if len(own) else (positions[:1], 0)
 
     def evaluate(self, samples):
-        """Mean loss over ``samples``: whole images, no augmentation, eval mode, no gradients."""
+        """Mean loss over ``samples``: whole images, no augmentation, eval mode, no gradients
+        (in a data-parallel fit each rank evaluates its share and the means are combined)."""
         import torch
 
         aug = Augmentation(crop_size=None, flip=False, color_jitter=0.0,
                            pad_value=self.config.augmentation.pad_value)
         was_training = self.net.training
         self.net.eval()
-        total = 0.0
+        total, mine = 0.0, np.arange(len(samples))
+        if self.group is not None:
+            mine = self.group.share(mine)
         try:
             with torch.no_grad():
-                for start in range(0, len(samples), self.batch_size):
-                    items = [samples[i] for i in range(start, min(start + self.batch_size, len(samples)))]
+                for start in range(0, len(mine), self.batch_size):
+                    items = mine[start:start + self.batch_size]
+                    plan = _Plan([int(i) for i in items], [_AS_IS] * len(items))
+                    batch = self._device_batch(_host_batch(samples, plan, aug))
                     with self._autocast():
-                        total += float(self.loss_fn(self.net, self._batch(items, aug, None))) * len(items)
+                        total += float(self.loss_fn(self.net, batch)) * len(items)
         finally:
             self.net.train(was_training)
+        if self.group is not None:
+            total = self.group.sum([total])[0]
         return total / max(len(samples), 1)
 
     def _diverged(self, message):
@@ -868,16 +1046,25 @@ class Trainer:
 
         eseed = _epoch_seed(self.seed, epoch)
         rng = np.random.default_rng(eseed)
-        torch.manual_seed(eseed)
+        torch.manual_seed((eseed + self.rank) % (2**63))  # dropout: each rank its own masks
         self.net.train()
         self._notify("on_epoch_begin", epoch)
-        aug, total, count = self.config.augmentation, 0.0, 0
-        for idx in _batches(len(self.samples), self.batch_size, rng):
-            batch = self._batch([self.samples[int(i)] for i in idx], aug, rng)
+        total, count = 0.0, 0
+        aug = self.config.augmentation
+        batches = _batches(len(self.samples), self.batch_size, rng)
+        shares = [self._share(idx) for idx in batches]
+        plans = [_plan(self.samples, idx, aug, rng, own) for idx, (own, _) in zip(batches, shares)]
+        for idx, (_, n_own), host in zip(batches, shares, self._host_batches(plans)):
+            batch = self._device_batch(host)
             self._notify("on_batch_begin", batch)
             with self._autocast():
-                loss = self.loss_fn(self.net, batch)
+                loss = self.loss_fn(self.model, batch)
             value = float(loss.detach())
+            if self.group is not None:  # the global batch's mean loss, the same on every rank
+                value = self.group.sum([value * n_own])[0] / len(idx)
+                # DistributedDataParallel averages the ranks' gradients: weighted by each
+                # rank's share of the batch, they are the gradient of the batch's mean
+                loss = loss * (n_own * self.world_size / len(idx))
             first_loss = value if first_loss is None else first_loss
             if not math.isfinite(value) or value > _diverged_above(first_loss):
                 raise self._diverged(f"epoch {epoch + 1}, step {self.step + 1}: the loss became "
@@ -905,6 +1092,9 @@ class Trainer:
 
         config = self.config
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        # SyncBatchNorm where BatchNorm trains (CUDA only: torch has no CPU SyncBatchNorm)
+        synced = (self.group is not None and self.device.type == "cuda"
+                  and set_batchnorm_sync(self.net, True) > 0)
         self.net.to(device=self.device, memory_format=memory_format)
         groups = sgd_param_groups(self.param_groups, config.learning_rate, config.weight_decay)
         self.optimizer = make_optimizer(config.optimizer, groups, config.learning_rate,
@@ -913,6 +1103,13 @@ class Trainer:
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         try:
             self._notify("on_train_begin")
+            if self.group is not None:
+                from torch.nn.parallel import DistributedDataParallel
+
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                # static graph: parameters that take no gradient (EfficientNet's ImageNet
+                # classifier) are found at the first step, without a search at every step
+                self.model = DistributedDataParallel(self.net, device_ids=ids, static_graph=True)
             with torch.random.fork_rng(devices=devices):
                 for epoch in range(self.start_epoch, self.max_epochs):
                     if self.stop:
@@ -926,15 +1123,23 @@ class Trainer:
                     epoch_seconds.append(record["seconds"])
                     self.history.append(record)
                     self._notify("on_epoch_end", epoch, record)
+            if self.group is not None:  # every rank ends with rank 0's model and history
+                self.group.broadcast_module(self.net)  # BatchNorm statistics differ by rank
+                self.history = self.group.broadcast_object(self.history)
+                epoch_seconds = [r["seconds"] for r in self.history[len(self.history) - len(epoch_seconds):]]
         finally:
+            self.model = self.net
             self._notify("on_train_end")
+            if synced:
+                set_batchnorm_sync(self.net, False)
             self.net.eval()
         return TrainResult(history=[r["loss"] for r in self.history], epoch_seconds=epoch_seconds,
                            start_epoch=self.start_epoch, records=self.history)
 
 
 def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", seed=0, verbose=0,
-          checkpoint=None, fingerprint=None, fingerprint_params=None, desc="training", callbacks=()):
+          checkpoint=None, fingerprint=None, fingerprint_params=None, desc="training", callbacks=(),
+          group=None, num_workers=0):
     """Train ``net`` in place on ``samples``; see the module docstring.
 
     Parameters
@@ -974,6 +1179,15 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
         after the mixed-precision set-up and before the loop's checkpoint,
         learning-rate schedule and progress bar, so that what they do at the
         end of an epoch (stop, restore weights) is in its checkpoint.
+    group : sklearn_psa._distributed.ProcessGroup or None, default=None
+        Train data-parallel in this group: ``net`` wrapped in
+        ``DistributedDataParallel`` on ``device`` (this rank's), each global
+        batch of ``config.batch_size`` split over the ranks, losses and
+        validation losses combined, checkpoints written and progress shown by
+        rank 0 only, and rank 0's weights and history on every rank at the end.
+    num_workers : int, default=0
+        DataLoader worker processes that load and augment the batches (0: in
+        this process). The same batches either way.
 
     Returns
     -------
@@ -990,5 +1204,6 @@ def train(net, samples, loss_fn, config, *, param_groups=None, device="cpu", see
     if param_groups is None:
         param_groups = [(net.parameters(), 1.0)]
     trainer = Trainer(net, samples, loss_fn, config, param_groups=param_groups,
-                      device=torch.device(device), seed=seed, callbacks=own, desc=desc)
+                      device=torch.device(device), seed=seed, callbacks=own, desc=desc, group=group,
+                      num_workers=num_workers)
     return trainer.run()

@@ -360,7 +360,7 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
                  max_epochs="auto", learning_rate="auto", head_lr_mult=10.0, weight_decay=5e-4,
                  device="auto", random_state=None, verbose=0, n_jobs=None,
                  store=None, warm_start=False, checkpoint=None, optimizer="sgd",
-                 optimizer_options=None, lr_schedule="poly", callbacks=None):
+                 optimizer_options=None, lr_schedule="poly", callbacks=None, num_workers="auto"):
         keep_params(self, locals())
 
     # ------------------------------------------------------------------ helpers
@@ -604,6 +604,10 @@ class _Samples(Sequence):
 
     def __len__(self):
         return len(self.records)
+
+    def shape(self, i):
+        """``(H, W)`` of image ``i`` (without reading it)."""
+        return tuple(self.records.records[i].shape)
 
     def __getitem__(self, i):
         return _LazySample(self.records.records[i], self.maps[i])

@@ -18,9 +18,11 @@ callback at these events, in this order::
 per epoch, as the estimator's ``history_``), ``trainer.evaluate(samples)``
 (mean loss without gradients), ``trainer.hold_out(fraction)`` (set aside a
 validation split, whose loss each epoch's record then holds as
-``"valid_loss"``), and ``trainer.stop``: set it to True to end training after
-this epoch. A callback may add numbers to ``record``; they go to
-``history_``.
+``"valid_loss"``), ``trainer.rank`` and ``trainer.world_size`` (0 and 1
+but in a data-parallel fit, see docs/distributed.md: every rank runs the
+callbacks, with the same losses; write files on rank 0 only), and
+``trainer.stop``: set it to True to end training after this epoch. A callback
+may add numbers to ``record``; they go to ``history_``.
 
 The loop's own parts are callbacks too: mixed precision (set up before the
 user's callbacks), then the user's, then checkpoints, the learning-rate
@@ -220,15 +222,17 @@ class TensorBoard(Callback):
 
     def on_train_begin(self, trainer):
         self._validate_params()
-        self._writer = self._make_writer()
+        # in a data-parallel fit rank 0 writes (the ranks' numbers are the same)
+        self._writer = self._make_writer() if getattr(trainer, "rank", 0) == 0 else None
 
     def on_batch_end(self, trainer, batch, loss):
-        self._writer.add_scalar("train/loss", loss, trainer.step)
-        self._writer.add_scalar("train/lr", trainer.optimizer.param_groups[0]["lr"], trainer.step)
+        if self._writer is not None:
+            self._writer.add_scalar("train/loss", loss, trainer.step)
+            self._writer.add_scalar("train/lr", trainer.optimizer.param_groups[0]["lr"], trainer.step)
 
     def on_epoch_end(self, trainer, epoch, record):
         for key, value in record.items():
-            if key != "epoch" and isinstance(value, numbers.Real):
+            if self._writer is not None and key != "epoch" and isinstance(value, numbers.Real):
                 self._writer.add_scalar(f"epoch/{key}", value, record["epoch"])
 
     def on_train_end(self, trainer):

@@ -189,6 +189,7 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         optimizer_options=None,
         lr_schedule="poly",
         callbacks=None,
+        num_workers="auto",
     ):
         keep_params(self, locals())
 

@@ -543,9 +543,13 @@ def cmd_fit(args):
     if args.affinity == "features" and args.supervision == "image":
         _check_feature_affinity(model.affinity)
     y = data["masks"] if args.supervision == "pixel" else data["labels"]
-    print(f"fitting on {len(data['images'])} images from {args.data} "
-          f"({args.supervision}-level supervision)", file=sys.stderr)
-    model.fit(data["images"], y)
+    main_rank = getattr(args, "group", None) is None or args.group.rank == 0
+    if main_rank:
+        print(f"fitting on {len(data['images'])} images from {args.data} "
+              f"({args.supervision}-level supervision)", file=sys.stderr)
+    model.fit(data["images"], y)  # data-parallel under torchrun: every rank the same model
+    if not main_rank:  # rank 0 writes
+        return 0
     save_model(model, args.model)
     print(f"model written to {args.model}")
     if args.pseudo_labels and args.supervision == "image":
@@ -563,6 +567,21 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _PER_IMAGE_ERRORS = (ValueError, OSError, MemoryError, RuntimeError)
 
 
+def _data_parallel(args):
+    """The process group of ``fit`` and ``predict`` launched by ``torchrun`` (first said on
+    stderr by rank 0: "data-parallel over 2 processes (gloo)"), else None."""
+    from ._distributed import launched, process_group
+
+    if args.command not in ("fit", "predict") or not launched():
+        return None
+    from ._device import resolve_device
+
+    group = process_group(resolve_device(args.device or "auto"))
+    if group is not None and group.rank == 0:
+        print(repr(group), file=sys.stderr, flush=True)
+    return group
+
+
 def cmd_predict(args):
     _check_folder(args.output, "--output")
     if not Path(args.model).is_file():
@@ -576,16 +595,20 @@ def cmd_predict(args):
                                  args.device, args.crf, args.n_jobs, args.store)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    group = getattr(args, "group", None)
     todo = [(i, p) for i, p in zip(data["ids"], data["images"])
             if args.overwrite or not (out / f"{i}.png").exists()]
     skipped = len(data["ids"]) - len(todo)
-    if skipped:
+    if skipped and (group is None or group.rank == 0):
         print(f"{skipped} masks already in {out}: skipped (resume; --overwrite redoes them)",
               file=sys.stderr)
+    n_todo = len(todo)
+    if group is not None:  # rank 0's list (before any rank writes), each rank its share
+        todo = group.share(group.broadcast_object(todo))
     from tqdm.auto import tqdm
 
-    # over the whole dataset: the masks found from an earlier run count as done
-    bar = tqdm(total=len(data["ids"]), initial=skipped, desc="predict", unit="img",
+    # over the whole dataset (this rank's share of it): masks from an earlier run count as done
+    bar = tqdm(total=len(todo) + skipped, initial=skipped, desc="predict", unit="img",
                disable=args.quiet, file=sys.stderr)
     failed, written = [], 0
 
@@ -642,9 +665,12 @@ def cmd_predict(args):
                 written += 1
         bar.update(len(chunk))
     bar.close()
+    if group is not None:  # the counts of all ranks, said once
+        written = int(group.sum([written])[0])
+        failed = [path for rank_failed in group.all_gather(failed) for path in rank_failed]
     print(f"{written} masks written to {out}")
     if failed:
-        print(f"sklearn-psa predict: {len(failed)} of {len(todo)} images failed (listed above; "
+        print(f"sklearn-psa predict: {len(failed)} of {n_todo} images failed (listed above; "
               f"first: {failed[0]})", file=sys.stderr)
         return 1
     return 0
@@ -901,8 +927,16 @@ def main(argv=None):
     limit = io.MAX_PIXELS
     if getattr(args, "max_pixels", None) is not None:
         io.MAX_PIXELS = args.max_pixels
+    stdout = sys.stdout
     try:
-        return args.func(args)
+        args.group = _data_parallel(args)
+        if args.group is not None and args.group.rank != 0:  # rank 0 reports (errors: every rank)
+            args.quiet = True
+            sys.stdout = open(os.devnull, "w")
+        status = args.func(args)
+        if args.group is not None:  # the ranks end together (rank 0 writes while others wait)
+            args.group.barrier()
+        return status
     except (CommandError, OSError, ValueError, TypeError) as exc:
         if os.environ.get("SKLEARN_PSA_TRACEBACK"):
             raise
@@ -920,3 +954,11 @@ def main(argv=None):
         return 130
     finally:
         io.MAX_PIXELS = limit
+        if sys.stdout is not stdout:
+            sys.stdout.close()
+            sys.stdout = stdout
+        if getattr(args, "group", None) is not None:
+            import torch.distributed as dist
+
+            if dist.is_initialized():  # the one _data_parallel began
+                dist.destroy_process_group()

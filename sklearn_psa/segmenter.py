@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import TrainedNetworkMixin, training_parameters_doc
 from ._device import autocast, resolve_device
+from ._distributed import process_group, split_work
 from ._files import output_mark, save_mask
 from ._grid import IGNORE_INDEX
 from ._parallel import N_JOBS_CONSTRAINT, map_images
@@ -45,7 +46,7 @@ _STEPS = ("cam", "affinity", "refiner")
 #: it to the segmenter (the segmenter's own default): a step at that value takes the
 #: segmenter's at fit (FeatureAffinity's named backbone, for one, stays its own).
 _SHARED = {"backbone": "auto", "device": "auto", "random_state": None, "verbose": 0,
-           "n_jobs": None}
+           "n_jobs": None, "num_workers": "auto"}
 #: How the progress lines (verbose) call each stage of fit.
 _STAGE_NAMES = {"cam": "CAM classifier", "affinity": "affinity", "refiner": "random walk",
                 "network": "segmentation network"}
@@ -352,6 +353,7 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         optimizer_options=None,
         lr_schedule="poly",
         callbacks=None,
+        num_workers="auto",
         **step_params,
     ):
         keep_params(self, locals())
@@ -726,7 +728,9 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
                 steps_X, labels, {"cam": steps["cam"], "affinity": steps["affinity"]}, log)
             log.start(_STAGE_NAMES["refiner"])
             self.refiner_ = steps["refiner"].fit(records)
-            masks = self._pseudo_labels(records)
+            # data-parallel (torchrun): each rank walks its share of the images
+            with split_work(process_group(self._fit_device())):
+                masks = self._pseudo_labels(records)
             del records
             self.pseudo_labels_ = masks
             self.pseudo_label_names_ = _image_names(images)

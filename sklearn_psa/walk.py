@@ -103,8 +103,8 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
     Attributes
     ----------
     alpha_, beta_ : float
-        The alpha and beta ``transform`` uses: the parameters, or those ``fit``
-        chose for ``"auto"``.
+        Set by ``fit`` where ``alpha`` or ``beta`` is ``"auto"``: the alpha and
+        beta ``transform`` uses (the given value where one was given).
     agreement_ : dict
         With ``"auto"``: ``{(alpha, beta): mean IoU}`` of the walk against the
         confident regions, for every candidate.
@@ -172,7 +172,6 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         """
         X = self._check_records(X)
         if not self._auto():
-            self.alpha_, self.beta_ = self.alpha, self.beta
             return self
         from ._walk_choice import AUTO_ALPHAS, AUTO_BETAS, walk_agreement
 

@@ -477,3 +477,31 @@ def test_mixed_precision_on_cuda():
     assert next(net.parameters()).device.type == "cuda"
     assert next(net.parameters()).dtype == torch.float32  # autocast, master weights stay fp32
     assert np.isfinite(result.history).all()
+
+
+def test_loader_workers_prepare_the_same_batches_in_the_same_order():
+    """Crops, flips, rescales and jitter drawn in order by the training process, applied in
+    DataLoader workers: the same weights as without workers, bit for bit."""
+    config = _config(2, augmentation=Augmentation(crop_size=16, color_jitter=0.2,
+                                                  scale_range=(0.7, 1.3)))
+    states = []
+    for workers in (0, 2):
+        with seeded(0):
+            net = _Net()
+        result = train(net, _colour_samples(20), _loss, config, seed=3, num_workers=workers)
+        states.append((net.state_dict(), result.history))
+    (a, losses_a), (b, losses_b) = states
+    assert losses_a == losses_b
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_num_workers_auto_leaves_the_cpu_to_the_network(monkeypatch):
+    from sklearn_psa._training import auto_workers
+
+    assert auto_workers("auto", "cpu") == 0 and auto_workers(3, "cpu") == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 processes on the machine: 4 cores each
+    assert auto_workers("auto", "cuda") == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert auto_workers("auto", "cuda:1") == 8
