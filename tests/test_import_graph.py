@@ -209,7 +209,7 @@ def test_no_private_name_crosses_modules():
 #: The layers of docs/architecture.md, lowest first: a module imports only modules of its own
 #: layer or of a lower one. A new module takes its place here (and a line in that page).
 LAYERS = (
-    ("foundations", "sklearn_psa _grid _device _optional exceptions _files _validation datasets "
+    ("foundations", "sklearn_psa _grid _device _distributed _optional exceptions _files _validation datasets "
                     "datasets._shapes datasets._voc"),
     ("functional kernels", "_random_walk _walk_kernels _transition _affinity_labels crf "
                            "_permutohedral nn nn.base nn.weights nn.heads nn.seg_head "
