@@ -45,10 +45,18 @@ def run(args):
     except ImportError as exc:
         print(f"FeatureAffinity left out: {exc}")
     t0 = time.perf_counter()
-    learned = AffinityEstimator(backbone="tiny", device="cpu", random_state=args.seed,
-                                max_epochs=args.affinity_epochs)
-    affinities[f"AffinityNet (tiny, {args.affinity_epochs} epochs)"] = learned.fit(records).transform(records)
-    print(f"AffinityNet: {learned.n_epochs_} epochs, {time.perf_counter() - t0:.0f} s", flush=True)
+
+    def learned(records, seed, max_epochs):
+        est = AffinityEstimator(backbone="tiny", device="cpu", random_state=seed, max_epochs=max_epochs)
+        return est.fit(records).transform(records)
+
+    if args.cache:  # cached: a rerun (e.g. after a change of the choice rule) skips the training
+        import joblib
+
+        learned = joblib.Memory(args.cache, verbose=0).cache(learned)
+    affinities[f"AffinityNet (tiny, {args.affinity_epochs} epochs)"] = learned(records, args.seed,
+                                                                               args.affinity_epochs)
+    print(f"AffinityNet: {time.perf_counter() - t0:.0f} s", flush=True)
 
     lines = ["| affinity | best on the masks: (alpha, beta), mIoU | `\"auto\"`: (alpha, beta), mIoU "
              "| CAM alone (best alpha) |", "|---|---|---|---|"]

@@ -35,7 +35,7 @@ def make_records(seed, n=4, size=32, n_classes=3):
 
 
 def regions(records):
-    return [affinity_label_map(r.cams, r.labels, alpha_low=4, alpha_high=32, stride=1)
+    return [affinity_label_map(r.cams, r.labels, alpha_low=4, alpha_high=16, stride=1)
             for r in records.records]
 
 
