@@ -35,6 +35,10 @@ def run(args):
     from sklearn_psa._walk_choice import AUTO_ALPHAS, AUTO_BETAS
 
     torch.set_num_threads(args.threads)
+    if args.label_alphas:  # another definition of the confident regions "auto" agrees with
+        import sklearn_psa._walk_choice as choice
+
+        choice.AUTO_LABEL_ALPHAS = tuple(args.label_alphas)
     shapes = {"body_class_strength": 0.0, "distractors": "bodies"} if args.hard else {}
     cam_params = {"device": "cpu", "backbone": "tiny", "max_epochs": args.cam_epochs}
     records, masks = B._cam_records(args.n, args.image_size, args.seed, cam_params, args.cache, shapes)
@@ -83,6 +87,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default=os.path.join("scratch", "bench_affinity_cache"))
+    parser.add_argument("--label-alphas", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="background exponents of the confident regions (default: the library's)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
