@@ -449,7 +449,7 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         return AffinityNet(bb, widths=widths, input_scale=self.input_scale)
 
     def _from_weights(self):
-        return self._from_cam() or self._resolved_backbone()[1] not in (None, False)
+        return starts_from_weights(self.backbone, self.pretrained, self.init, self.backbone_options)
 
     def _rates(self, data):
         from_weights = self._from_weights()

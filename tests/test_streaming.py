@@ -292,17 +292,26 @@ def test_predict_store_keeps_a_pipelines_arrays(image_folder, model_file, tmp_pa
     assert "--store" in capsys.readouterr().err and not (tmp_path / "out2").exists()
 
 
-def test_progress_counts_the_masks_found_in_the_store(tmp_path, monkeypatch):
-    from sklearn_psa import RandomWalkRefiner, neighbor_offsets
-    from sklearn_psa.walk import stored_masks
+def _random_walk_records(n, labels):
+    """``n`` records of 16 x 16 black images with one random CAM (``labels``: the 0/1 row)
+    and random radius-5 affinities."""
+    from sklearn_psa import neighbor_offsets
     from sklearn_psa.records import Records
 
     rng = np.random.default_rng(0)
-    n, K = 6, len(neighbor_offsets(5))
-    records = Records.from_arrays(
-        [np.zeros((16, 16, 3), np.uint8)] * n, labels=[[1, 0]] * n,
+    K = len(neighbor_offsets(5))
+    return Records.from_arrays(
+        [np.zeros((16, 16, 3), np.uint8)] * n, labels=[labels] * n,
         cams=[rng.random((1, 16, 16), dtype=np.float32) for _ in range(n)],
         affinities=[rng.random((K, 2, 2), dtype=np.float32) for _ in range(n)], radius=5)
+
+
+def test_progress_counts_the_masks_found_in_the_store(tmp_path, monkeypatch):
+    from sklearn_psa import RandomWalkRefiner
+    from sklearn_psa.walk import stored_masks
+
+    n = 6
+    records = _random_walk_records(n, [1, 0])
     bars, progress = [], sklearn_psa._training.progress
 
     def recording(*args, **kwargs):
@@ -323,8 +332,6 @@ def test_the_pseudo_labels_store_takes_any_refiner_with_predict(tmp_path):
     # a refiner of one's own (fit and predict only) writes its masks to the store too
     from sklearn.base import BaseEstimator
 
-    from sklearn_psa import neighbor_offsets
-    from sklearn_psa.records import Records
     from sklearn_psa.walk import stored_masks
 
     class CAMArgmax(BaseEstimator):
@@ -338,12 +345,8 @@ def test_the_pseudo_labels_store_takes_any_refiner_with_predict(tmp_path):
             return [np.where(r.cams.max(axis=0) > self.floor, r.labels[0] + 1, 0).astype(np.uint8)
                     for r in X]
 
-    rng = np.random.default_rng(0)
-    n, K = 3, len(neighbor_offsets(5))
-    records = Records.from_arrays(
-        [np.zeros((16, 16, 3), np.uint8)] * n, labels=[[0, 1]] * n,
-        cams=[rng.random((1, 16, 16), dtype=np.float32) for _ in range(n)],
-        affinities=[rng.random((K, 2, 2), dtype=np.float32) for _ in range(n)], radius=5)
+    n = 3
+    records = _random_walk_records(n, [0, 1])
     masks = stored_masks(tmp_path, CAMArgmax(), records)
     assert len(list((tmp_path / "pseudo-labels").glob("*.npy"))) == n
     for want, got in zip(CAMArgmax().predict(records), masks):
