@@ -370,10 +370,25 @@ def run(args):
         for k, v in change.items():
             if not k.startswith("_"):
                 params[k] = args.epochs * int(v[1:]) if isinstance(v, str) and v[:1] == "x" else v
+        params.update(args.set)
         label = name if name.startswith("learned") else f"learned: {name}"
+        label += "".join(f" {k}={v}" for k, v in args.set.items())
         with _levers(**levers):
             add_fitted_row(label, AffinityEstimator(**params), recs)
     return lines
+
+
+def _parsed_setting(item):
+    """``"name=json"`` of ``--set`` as ``(name, value)`` (a bare word stays a string)."""
+    import json
+
+    name, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set wants NAME=VALUE, got {item!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
 
 
 def main(argv=None):
@@ -423,6 +438,9 @@ def main(argv=None):
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.5, 1, 2, 4, 8, 16],
                         help="walk alpha grid (each row reports its best; CAM alone peaks near 1)")
     parser.add_argument("--betas", type=float, nargs="+", default=[8, 16, 32], help="walk beta grid")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
+                        help="an AffinityEstimator parameter for every learned row, e.g. "
+                             "label_pooling=mean or dropout=0.3 (repeatable)")
     parser.add_argument("--quick", action="store_true", help="smoke run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -434,6 +452,7 @@ def main(argv=None):
         args.feature_affinity = [2.0]
     args.ablation = list(ABLATIONS) if args.ablation is None else args.ablation
     args.crf = args.crf == "on"
+    args.set = dict(_parsed_setting(item) for item in args.set)
     lines = run(args)
     print()
     print(f"make_shapes({_shapes_kwargs(args)}): {args.subset or args.n} training images, {args.image_size} px, "
