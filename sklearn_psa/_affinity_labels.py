@@ -4,11 +4,13 @@ Pure numpy functions, each usable and tested alone:
 
 - :func:`score_stack` puts a background score ``(1 - max_c M_c) ** alpha`` in
   front of an image's CAMs;
-- :func:`confident_regions` turns two such stacks (``alpha_low`` and
-  ``alpha_high``, optionally through a dense CRF) into full-resolution argmax
-  maps;
+- :func:`confident_scores` gives the two such stacks (``alpha_low`` and
+  ``alpha_high``, optionally through a dense CRF) as per-pixel distributions,
+  and :func:`confident_regions` their full-resolution argmax maps;
 - :func:`pool_index_map` brings an argmax map to the stride-8 grid by a
-  majority vote in each ``stride x stride`` block;
+  majority vote in each ``stride x stride`` block (``label_pooling="vote"``);
+  :func:`pool_score_stack` brings a score stack there by averaging each block
+  before the argmax (``label_pooling="mean"``, the reference's);
 - :func:`combine_confident` gives the label map (0 background, ``j + 1`` for
   class column ``j``, 255 ignored);
 - :func:`affinity_label_map` chains these for one record;
@@ -18,10 +20,15 @@ Pure numpy functions, each usable and tested alone:
 - :func:`oracle_affinity` builds the affinity a perfect AffinityNet would
   predict from a true mask (the ceiling of the affinity stage).
 
-The reference implementation pools the (CRF) score maps with an 8x8 average and
-takes the argmax; pooling the argmax maps by majority, as here, is the same for
-one-hot CRF outputs and lets the training loop store two uint8 maps per image
-instead of float score stacks (augmentation resizes and crops those maps).
+The reference implementation (``VOC12AffDataset`` and ``imutils.AvgPool2d``)
+averages the score maps (the CRF's soft marginals) over each 8x8 block and
+takes the argmax. A majority vote of the full-resolution argmax maps is not the
+same: the CRF's outputs are soft, and a block whose pixels a class wins by a
+small margin while the background wins others by a large one goes to the
+class by vote and to the background by mean. ``AffinityEstimator`` does either
+(``label_pooling``): the vote, its default, stores two uint8 maps per image;
+the mean stores the score stacks (float16), which the training augmentation
+rescales, crops and flips with the image before they are pooled.
 """
 
 import numpy as np
@@ -30,8 +37,10 @@ from ._grid import IGNORE_INDEX, STRIDE, grid_shape, shifted_pairs
 
 __all__ = [
     "score_stack",
+    "confident_scores",
     "confident_regions",
     "pool_index_map",
+    "pool_score_stack",
     "combine_confident",
     "affinity_label_map",
     "affinity_pairs",
@@ -68,6 +77,56 @@ def score_stack(cams, alpha):
     return np.concatenate([bg[None], cams], axis=0)
 
 
+def _level_scores(cams, alpha, image, crf):
+    """One score stack of :func:`confident_regions`: :func:`score_stack`, through ``crf``
+    (on the stack divided by its per-pixel sum) when given."""
+    scores = score_stack(cams, alpha)
+    if crf is not None and scores.shape[0] > 1:
+        if image is None:
+            raise ValueError("crf needs the image")
+        # the CRF wants per-pixel distributions; its result depends only on the ratios
+        scores = np.asarray(crf(image, scores / scores.sum(axis=0, keepdims=True)))
+        if scores.shape[1:] != cams.shape[1:]:
+            raise ValueError(f"crf returned shape {scores.shape}, expected (L+1,) + {cams.shape[1:]}")
+    return scores
+
+
+def confident_scores(cams, alpha_low=4, alpha_high=32, *, image=None, crf=None):
+    """The low- and high-alpha score stacks as per-pixel distributions.
+
+    The stacks whose argmax :func:`confident_regions` takes, each divided by
+    its per-pixel sum: with ``crf``, the CRF's marginals.
+
+    Parameters
+    ----------
+    cams : ndarray of shape (L, H, W)
+    alpha_low, alpha_high : float
+    image : ndarray of shape (H, W, 3), uint8, optional
+        Needed by ``crf``.
+    crf : callable, optional
+        ``crf(image, probs) -> probs``, as in :func:`confident_regions`.
+
+    Returns
+    -------
+    low, high : ndarray of shape (L + 1, H, W), float32
+        ``[background, *classes present]`` scores summing to 1 at each pixel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> low, high = confident_scores(np.full((1, 2, 2), 0.5, np.float32))
+    >>> low[:, 0, 0].round(3), high[:, 0, 0].round(3)
+    (array([0.111, 0.889], dtype=float32), array([0., 1.], dtype=float32))
+    """
+    cams = np.asarray(cams, dtype=np.float32)
+    out = []
+    for alpha in (alpha_low, alpha_high):
+        scores = np.asarray(_level_scores(cams, alpha, image, crf), dtype=np.float32)
+        total = scores.sum(axis=0, keepdims=True)
+        out.append(scores / np.where(total > 0, total, 1))
+    return out[0], out[1]
+
+
 def confident_regions(cams, alpha_low=4, alpha_high=32, *, image=None, crf=None):
     """Full-resolution argmax maps of the low- and high-alpha score stacks.
 
@@ -90,17 +149,9 @@ def confident_regions(cams, alpha_low=4, alpha_high=32, *, image=None, crf=None)
     low, high : ndarray of shape (H, W), uint8
         Argmax index into ``[background, *classes present]``.
     """
-    out = []
-    for alpha in (alpha_low, alpha_high):
-        scores = score_stack(cams, alpha)
-        if crf is not None and scores.shape[0] > 1:
-            if image is None:
-                raise ValueError("crf needs the image")
-            # the CRF wants per-pixel distributions; its result depends only on the ratios
-            scores = np.asarray(crf(image, scores / scores.sum(axis=0, keepdims=True)))
-            if scores.shape[1:] != cams.shape[1:]:
-                raise ValueError(f"crf returned shape {scores.shape}, expected (L+1,) + {cams.shape[1:]}")
-        out.append(np.argmax(scores, axis=0).astype(np.uint8))
+    cams = np.asarray(cams, dtype=np.float32)
+    out = [np.argmax(_level_scores(cams, alpha, image, crf), axis=0).astype(np.uint8)
+           for alpha in (alpha_low, alpha_high)]
     return out[0], out[1]
 
 
@@ -142,6 +193,51 @@ def pool_index_map(index_map, stride=STRIDE, *, n_values=None, ignore=IGNORE_IND
     return grid
 
 
+def pool_score_stack(scores, stride=STRIDE, *, eps=1e-5, ignore=IGNORE_INDEX):
+    """Argmax of the mean scores in each ``stride x stride`` block.
+
+    The reference code's pooling of the affinity labels (``imutils.AvgPool2d``,
+    then the argmax): the grid is ``ceil(H / stride) x ceil(W / stride)``,
+    blocks at the bottom and right borders are padded with zeros (the mean is
+    over ``stride ** 2`` pixels), and a block whose mean scores are all below
+    ``eps`` (padding: no pixel of the image) gets ``ignore``.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (..., C, H, W)
+        Non-negative scores (per-pixel distributions; 0 on padding), any
+        leading dimensions (a batch).
+    stride : int
+    eps : float
+    ignore : int
+
+    Returns
+    -------
+    grid : ndarray of shape (..., ceil(H / stride), ceil(W / stride)), uint8
+        The channel of the largest mean, or ``ignore``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> scores = np.zeros((2, 2, 4))
+    >>> scores[0, :, :2] = 1.0                        # background on the left block
+    >>> scores[1, 0, 2], scores[0, 0, 3] = 0.9, 0.1   # one pixel of the right one
+    >>> pool_score_stack(scores, 2)
+    array([[0, 1]], dtype=uint8)
+    >>> pool_score_stack(scores, 2, eps=0.3)          # the right block is all but empty
+    array([[  0, 255]], dtype=uint8)
+    """
+    scores = np.asarray(scores)
+    *lead, C, H, W = scores.shape
+    h, w = grid_shape((H, W), stride)
+    padded = np.zeros((*lead, C, h * stride, w * stride), np.float64)
+    padded[..., :H, :W] = scores
+    means = padded.reshape(*lead, C, h, stride, w, stride).mean(axis=(-3, -1))
+    grid = np.argmax(means, axis=-3).astype(np.uint8)
+    grid[means.max(axis=-3, initial=0.0) < eps] = ignore
+    return grid
+
+
 def combine_confident(low, high, labels, *, ignore=IGNORE_INDEX):
     """Label map from the two argmax maps.
 
@@ -172,7 +268,7 @@ def combine_confident(low, high, labels, *, ignore=IGNORE_INDEX):
 
 
 def affinity_label_map(cams, labels, *, alpha_low=4, alpha_high=32, image=None, crf=None,
-                       stride=STRIDE):
+                       stride=STRIDE, pooling="vote"):
     """Confident labels of one image on the stride grid.
 
     Parameters
@@ -189,6 +285,10 @@ def affinity_label_map(cams, labels, *, alpha_low=4, alpha_high=32, image=None, 
         ``crf(image, scores) -> probs``.
     stride : int
         1 keeps the image's resolution.
+    pooling : {"vote", "mean"}, default="vote"
+        How each level reaches the grid: ``"vote"`` pools its argmax map by
+        majority (:func:`pool_index_map`), ``"mean"`` its score stack by
+        averaging before the argmax (:func:`pool_score_stack`, the reference's).
 
     Returns
     -------
@@ -210,6 +310,12 @@ def affinity_label_map(cams, labels, *, alpha_low=4, alpha_high=32, image=None, 
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if cams.ndim != 3 or cams.shape[0] != labels.size:
         raise ValueError(f"cams of shape {cams.shape} do not match {labels.size} labels")
+    if pooling == "mean":
+        stacks = confident_scores(cams, alpha_low, alpha_high, image=image, crf=crf)
+        low, high = (pool_score_stack(s, stride) for s in stacks)
+        return combine_confident(low, high, labels)
+    if pooling != "vote":
+        raise ValueError(f"pooling must be 'vote' or 'mean', got {pooling!r}")
     low, high = confident_regions(cams, alpha_low, alpha_high, image=image, crf=crf)
     if stride > 1:
         n = labels.size + 1

@@ -162,6 +162,9 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
     _NOT_FINGERPRINTED = ("verbose", "device", "checkpoint", "warm_start", "store", "n_jobs",
                           "classes", "num_workers")
     _fingerprint_ignores = ()
+    #: Parameters added after the first release, with the value an estimator pickled or
+    #: saved without them takes (their default: what it was fitted with).
+    _later_params = {"num_workers": "auto"}
 
     # ------------------------------------------------------------------ hooks
 
@@ -301,11 +304,16 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         self._epochs_run = len(result.epoch_seconds)
         return result
 
-    @staticmethod
-    def _upgrade_state(state):
-        """``state`` (of ``__setstate__``) with the history of an estimator fitted by an
-        earlier version (a pickle, a joblib cache, a model file), whose ``loss_curve_`` /
-        ``epoch_seconds_`` / ``n_iter_`` or ``train_result_`` become ``history_``."""
+    @classmethod
+    def _upgrade_state(cls, state):
+        """``state`` (of ``__setstate__``) of an estimator made by an earlier version (a
+        pickle, a joblib cache, a model file): the parameters added since
+        (``_later_params``) at their defaults, and the history of one fitted before
+        ``history_``, whose ``loss_curve_`` / ``epoch_seconds_`` / ``n_iter_`` or
+        ``train_result_`` become ``history_``."""
+        missing = {k: v for k, v in cls._later_params.items() if k not in state}
+        if missing:
+            state = {**state, **missing}
         if "history_" in state or not ("loss_curve_" in state or "train_result_" in state):
             return state
         state = dict(state)
@@ -320,10 +328,7 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         return state
 
     def __setstate__(self, state):
-        state = self._upgrade_state(state)
-        if "num_workers" not in state:  # pickled by a version without it
-            state = {**state, "num_workers": "auto"}
-        super().__setstate__(state)
+        super().__setstate__(self._upgrade_state(state))
 
     # ------------------------------------------------------------------ views of history_
 

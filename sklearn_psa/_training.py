@@ -320,20 +320,25 @@ def _crop(image, maps, size, offsets, pad_value):
 
 
 def _collate(items, pad_value):
-    """Stack ``(image, maps)`` pairs, padding to the largest (bottom/right)."""
+    """Stack ``(image, maps)`` pairs, padding to the largest (bottom/right).
+
+    A map that some items lack is padding (its fill) in theirs: the class
+    score maps of ``AffinityEstimator(label_pooling="mean")``, one per class
+    an image has.
+    """
     H = max(im.shape[0] for im, _ in items)
     W = max(im.shape[1] for im, _ in items)
     images = np.empty((len(items), H, W, 3), np.float32)
     images[...] = np.asarray(pad_value, np.float32)
-    names = list(items[0][1])
-    maps = {}
-    for k in names:
-        dtype = items[0][1][k].dtype
-        maps[k] = np.full((len(items), H, W), _map_fill(items[0][1][k]), dtype)
+    first = {}  # each name's first map, for its dtype and fill, in the order they come
+    for _, mp in items:
+        for k, v in mp.items():
+            first.setdefault(k, v)
+    maps = {k: np.full((len(items), H, W), _map_fill(v), v.dtype) for k, v in first.items()}
     for i, (im, mp) in enumerate(items):
         images[i, : im.shape[0], : im.shape[1]] = im
-        for k in names:
-            maps[k][i, : im.shape[0], : im.shape[1]] = mp[k]
+        for k, v in mp.items():
+            maps[k][i, : im.shape[0], : im.shape[1]] = v
     return images, maps
 
 

@@ -20,7 +20,8 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._affinity_labels import affinity_pairs, combine_confident, confident_regions, pool_index_map
+from ._affinity_labels import (affinity_pairs, combine_confident, confident_regions,
+                               confident_scores, pool_index_map, pool_score_stack)
 from ._base import TrainedNetworkMixin, training_parameters_doc
 from ._device import resolve_device
 from ._grid import IGNORE_INDEX, STRIDE, neighbor_offsets
@@ -71,6 +72,12 @@ def starts_from_weights(backbone="auto", pretrained=None, init="scratch", backbo
     return resolve_backbone(backbone, pretrained, backbone_options, warn=False)[1] not in (None, False)
 
 
+#: The label maps of a training sample: ``"low"`` and ``"high"`` value maps
+#: (``label_pooling="vote"``), or one score map per channel, ``"low:v"`` and ``"high:v"``
+#: for the label value ``v`` of the channel (0 background, ``j + 1`` class column ``j``).
+_LEVELS = ("low", "high")
+
+
 def _value_maps(record, alpha_low, alpha_high, crf):
     """Full-resolution low/high argmax maps of one record, as label values (0 bg, j+1 class j)."""
     image = record.load_image() if crf is not None else None
@@ -80,23 +87,49 @@ def _value_maps(record, alpha_low, alpha_high, crf):
     return lut[low], lut[high]
 
 
-def _label_task(image, labels, cams, shape, alpha_low, alpha_high, crf, offsets):
-    """One image's affinity labels: ``(low, high, cell counts, pair counts)``.
+def _score_maps(record, alpha_low, alpha_high, crf):
+    """The low/high score stacks of one record (per-pixel distributions over
+    ``[background, *record.labels]``, the CRF's marginals with ``crf``): ``(2, L + 1, H, W)``
+    float16."""
+    image = record.load_image() if crf is not None else None
+    stacks = confident_scores(record.cams, alpha_low, alpha_high, image=image, crf=crf)
+    return np.stack(stacks).astype(np.float16)
 
-    ``low``/``high`` are :func:`_value_maps`; the counts are the confident
+
+def _label_stack(record, alpha_low, alpha_high, crf, pooling):
+    """One image's label maps as one array, as kept in memory or in ``store``: the value
+    maps ``(2, H, W)`` uint8 (``"vote"``) or the score stacks ``(2, L + 1, H, W)`` float16
+    (``"mean"``)."""
+    if pooling == "mean":
+        return _score_maps(record, alpha_low, alpha_high, crf)
+    return np.stack(_value_maps(record, alpha_low, alpha_high, crf))
+
+
+def _sample_maps(stack, labels, pooling):
+    """The training sample's maps (see :data:`_LEVELS`) of a :func:`_label_stack`."""
+    if pooling != "mean":
+        return {"low": stack[0], "high": stack[1]}
+    values = [0, *(np.asarray(labels, np.int64).reshape(-1) + 1).tolist()]
+    return {f"{level}:{v}": stack[i, c] for i, level in enumerate(_LEVELS) for c, v in enumerate(values)}
+
+
+def _label_task(image, labels, cams, shape, alpha_low, alpha_high, crf, offsets, pooling="vote"):
+    """One image's affinity labels: ``(label stack, cell counts, pair counts)``.
+
+    The stack is :func:`_label_stack`; the counts are the confident
     foreground, background and ignored grid cells and the background-positive,
     foreground-positive and negative pairs. A task of
     :func:`sklearn_psa._parallel.map_images`: it takes the record's arrays, not
     the record, so that a worker never needs the files of a ``store``.
     """
     record = Record(image, labels, np.asarray(cams), shape=shape)
-    low, high = _value_maps(record, alpha_low, alpha_high, crf)
-    return (low, high) + _label_counts(low, high, offsets)
+    stack = _label_stack(record, alpha_low, alpha_high, crf, pooling)
+    return (stack,) + _label_counts(_sample_maps(stack, record.labels, pooling), offsets, pooling)
 
 
-def _label_counts(low, high, offsets):
-    """``(cell counts, pair counts)`` of one image's value maps (see :func:`_label_task`)."""
-    grid = _grid_labels(low[None], high[None])[0]
+def _label_counts(maps, offsets, pooling="vote"):
+    """``(cell counts, pair counts)`` of one image's sample maps (see :func:`_label_task`)."""
+    grid = _batch_grid_labels({k: np.asarray(v)[None] for k, v in maps.items()}, pooling)[0]
     cells = np.array([np.sum((grid > 0) & (grid != IGNORE_INDEX)), np.sum(grid == 0),
                       np.sum(grid == IGNORE_INDEX)], np.int64)
     pairs = np.array([int(p.sum()) for p in affinity_pairs(grid, offsets)], np.int64)
@@ -115,6 +148,29 @@ def _inference(batches):
             except StopIteration:
                 return
         yield item
+
+
+def _batch_grid_labels(maps, pooling, stride=STRIDE):
+    """Label maps on the stride grid of a batch's label maps (``maps``: name ->
+    ``(N, H, W)`` numpy arrays, see :data:`_LEVELS`; other names are left alone).
+
+    ``"vote"``: :func:`_grid_labels`. ``"mean"``: each level's score maps, stacked in the
+    order of their values (a channel an image lacks is all 0), averaged over each block
+    and argmaxed (:func:`~sklearn_psa._affinity_labels.pool_score_stack`; 255 where a
+    block holds no score, the padding), then combined as the vote's are.
+    """
+    if pooling != "mean":
+        return _grid_labels(maps["low"], maps["high"], stride)
+    pooled = []
+    for level in _LEVELS:
+        values = sorted(int(k.partition(":")[2]) for k in maps if k.partition(":")[0] == level)
+        stack = np.stack([np.asarray(maps[f"{level}:{v}"], np.float32) for v in values], axis=1)
+        lut = np.full(256, IGNORE_INDEX, np.uint8)
+        lut[: len(values)] = values
+        pooled.append(lut[pool_score_stack(stack, stride)])
+    n_values = max(int(k.partition(":")[2]) for k in maps if ":" in k) + 1
+    return np.stack([combine_confident(lo, hi, np.arange(n_values - 1))
+                     for lo, hi in zip(*pooled)])
 
 
 def _grid_labels(low, high, stride=STRIDE):
@@ -248,6 +304,22 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         Refine both score stacks with the dense CRF before the argmax (the
         paper does); a dict is passed to :func:`sklearn_psa.dense_crf` as options.
         The CRF runs on ``device`` unless the dict names a ``device`` of its own.
+    label_pooling : {"vote", "mean"}, default="vote"
+        How the confident regions reach the stride-8 grid of the training
+        labels. ``"vote"``: the full-resolution argmax maps of both levels (after
+        the CRF), each grid cell by majority vote of its pixels; two uint8 maps
+        per image. ``"mean"`` (the reference code's): the score stacks of both
+        levels (the CRF's soft marginals), as per-pixel distributions, are
+        rescaled, cropped and flipped with the image by the training
+        augmentation, then averaged over each 8x8 cell and argmaxed; a cell
+        with no score (padding outside the image) is ignored. It keeps
+        ``2 * (L + 1)`` float16 maps per image (``L`` classes present), in
+        memory or in ``store``.
+    dropout : float, default=0.0
+        Channel dropout (``nn.Dropout2d``) on the backbone's deepest feature
+        map before the affinity head, while training only (``transform`` runs
+        without it). The reference code's ResNet-38 drops 0.3 and 0.5 in its
+        last blocks; 0 adds no dropout layer.
     init : {"scratch", "cam"}, default="scratch"
         Where the backbone starts when ``pretrained`` is None: ``"scratch"``
         builds ``backbone`` (random weights, or ImageNet weights with
@@ -344,6 +416,8 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         "alpha_high": [Interval(numbers.Real, 0, None, closed="neither")],
         "radius": [Interval(numbers.Integral, 2, None, closed="left")],
         "crf": ["boolean", dict],
+        "label_pooling": [StrOptions({"vote", "mean"})],
+        "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "init": [StrOptions({"scratch", "cam"})],
         "head_widths": [tuple, list],
         "input_scale": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -353,9 +427,10 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         "n_jobs": N_JOBS_CONSTRAINT,
         "store": [str, os.PathLike, None],
     }
+    _later_params = {**TrainedNetworkMixin._later_params, "label_pooling": "vote", "dropout": 0.0}
 
     def __init__(self, backbone="auto", pretrained=None, alpha_low=4, alpha_high=32, radius=5,
-                 crf=True, init="scratch", backbone_options=None, head_widths=(64, 128, 256),
+                 crf=True, label_pooling="vote", dropout=0.0, init="scratch", backbone_options=None, head_widths=(64, 128, 256),
                  input_scale=1.0, crop_size=128, scale_range=(0.9, 1.1), batch_size=8,
                  max_epochs="auto", learning_rate="auto", head_lr_mult=10.0, weight_decay=5e-4,
                  device="auto", random_state=None, verbose=0, n_jobs=None,
@@ -411,6 +486,8 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         if options is not None:
             options.pop("device", None)  # the same maps wherever the CRF runs
         settings = (self.alpha_low, self.alpha_high, options)
+        if self.label_pooling != "vote":  # the vote's keys as before the option
+            settings += (self.label_pooling,)
         return _LabelMapStore(self.store, records, settings)
 
     def _from_cam(self):
@@ -446,7 +523,8 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
             load_weights(bb, state, source="the CAM classifier's backbone")
             if source.get("pretrained") not in (None, False):
                 bb.prepare_pretrained()  # frozen layers, as the CAM classifier's backbone had
-        return AffinityNet(bb, widths=widths, input_scale=self.input_scale)
+        return AffinityNet(bb, widths=widths, input_scale=self.input_scale,
+                           dropout=float(self.dropout))
 
     def _from_weights(self):
         return starts_from_weights(self.backbone, self.pretrained, self.init, self.backbone_options)
@@ -468,32 +546,34 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
 
     def _training_samples(self, data):
         """The training images with their low/high label maps (the dense CRF's work, per
-        image, over ``n_jobs``), made on access; sets ``label_stats_``."""
+        image, over ``n_jobs``; value maps or score stacks, by ``label_pooling``), made on
+        access; sets ``label_stats_``."""
         records = data["records"]
         crf, on_cuda = self._crf_function(data["device"])
         stats, pairs = np.zeros(3, np.int64), np.zeros(3, np.int64)
         stored = self._stored_label_maps(records)
         todo = [i for i in range(len(records)) if stored is None or not stored.has[i]]
         stage = "AffinityNet labels" + (" (dense CRF)" if crf is not None else "")
+        pooling = self.label_pooling
         tasks = ((r.image, r.labels, r.cams, r.shape, self.alpha_low, self.alpha_high, crf,
-                  self.offsets_) for r in (records.records[i] for i in todo))
+                  self.offsets_, pooling) for r in (records.records[i] for i in todo))
         labelled = map_images(_label_task, tasks, n_jobs=self.n_jobs, in_parent=on_cuda,
                               verbose=self.verbose, desc=stage, total=len(records),
                               done=len(records) - len(todo))
         maps = [None] * len(records) if stored is None else stored
-        for i, (low, high, cells, pair_counts) in zip(todo, labelled):
+        for i, (stack, cells, pair_counts) in zip(todo, labelled):
             if stored is None:
-                maps[i] = {"low": low, "high": high}
+                maps[i] = stack
             else:  # on disk, read back when training samples it
-                stored.save(i, low, high)
+                stored.save(i, stack)
             stats += cells
             pairs += pair_counts
         for i in sorted(set(range(len(records))) - set(todo)):  # found in the store
-            counts = _label_counts(*_LazySample(records.records[i], stored[i]).maps.values(),
-                                   self.offsets_)
+            counts = _label_counts(_LazySample(records.records[i], stored[i], pooling).maps,
+                                   self.offsets_, pooling)
             stats += counts[0]
             pairs += counts[1]
-        samples = _Samples(records, maps)
+        samples = _Samples(records, maps, pooling)
         total = max(int(stats.sum()), 1)
         self.label_stats_ = {
             "foreground": stats[0] / total, "background": stats[1] / total, "ignored": stats[2] / total,
@@ -502,15 +582,17 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         return samples
 
     def get_loss(self, net, batch):
-        """AffinityNet's loss (docs/method.md, section 3) of ``batch``: the pairs of its
-        ``"low"`` and ``"high"`` label maps within ``radius``; see
+        """AffinityNet's loss (docs/method.md, section 3) of ``batch``: the pairs within
+        ``radius`` of its label maps (``"low"`` and ``"high"``, or with ``label_pooling="mean"``
+        the score maps ``"low:v"`` and ``"high:v"`` of each label value ``v``); see
         :meth:`TrainedNetworkMixin.get_loss <sklearn_psa._base.TrainedNetworkMixin.get_loss>`."""
         import torch
 
         from .nn.affinity_head import affinity_loss, pairwise_affinity
 
         feats = net(batch["image"])
-        grid = _grid_labels(batch["low"].cpu().numpy(), batch["high"].cpu().numpy())
+        maps = {k: v.cpu().numpy() for k, v in batch.items() if k.partition(":")[0] in _LEVELS}
+        grid = _batch_grid_labels(maps, self.label_pooling)
         labels = [np.stack(affinity_pairs(g, self.offsets_)) for g in grid]  # (3, K, h, w) each
         labels = torch.from_numpy(np.stack(labels, axis=1)).to(feats.device)
         aff = pairwise_affinity(feats.float(), self.offsets_)
@@ -572,13 +654,15 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
 
 class _LazySample:
     """A training sample whose image loads on access (paths stay paths until then), and
-    whose label maps too when they are in a store (``maps`` a :class:`StoredArray`)."""
+    whose label maps too when they are in a store (``stack`` a :class:`StoredArray`; else
+    the :func:`_label_stack` itself)."""
 
-    __slots__ = ("record", "_maps", "targets")
+    __slots__ = ("record", "_stack", "pooling", "targets")
 
-    def __init__(self, record, maps):
+    def __init__(self, record, stack, pooling="vote"):
         self.record = record
-        self._maps = maps
+        self._stack = stack
+        self.pooling = pooling
         self.targets = {}
 
     @property
@@ -587,20 +671,21 @@ class _LazySample:
 
     @property
     def maps(self):
-        if isinstance(self._maps, StoredArray):
-            both = np.load(self._maps.path, allow_pickle=False)
-            return {"low": both[0], "high": both[1]}
-        return self._maps
+        stack = self._stack
+        if isinstance(stack, StoredArray):
+            stack = np.load(stack.path, allow_pickle=False)
+        return _sample_maps(stack, self.record.labels, self.pooling)
 
 
 class _Samples(Sequence):
     """The training samples of ``fit``, made on access from the records and their label
-    maps (``maps[i]``: a dict of arrays, or a :class:`StoredArray` of the store), so that
-    training holds the samples of one batch, not one object per image."""
+    maps (``maps[i]``: a :func:`_label_stack`, or a :class:`StoredArray` of the store), so
+    that training holds the samples of one batch, not one object per image."""
 
-    def __init__(self, records, maps):
+    def __init__(self, records, maps, pooling="vote"):
         self.records = records
         self.maps = maps
+        self.pooling = pooling
 
     def __len__(self):
         return len(self.records)
@@ -610,7 +695,7 @@ class _Samples(Sequence):
         return tuple(self.records.records[i].shape)
 
     def __getitem__(self, i):
-        return _LazySample(self.records.records[i], self.maps[i])
+        return _LazySample(self.records.records[i], self.maps[i], self.pooling)
 
 
 def _cams_key(record):
@@ -620,9 +705,11 @@ def _cams_key(record):
 
 
 class _LabelMapStore:
-    """The affinity label maps of ``fit`` in a store: ``(2, H, W)`` uint8 per image, keyed
-    by the image, its CAMs and classes, and the label settings (so a second fit, e.g.
-    with other training parameters, or a resumed one, skips the dense CRF)."""
+    """The affinity label maps of ``fit`` in a store: a :func:`_label_stack` per image
+    (``(2, H, W)`` uint8, or ``(2, L + 1, H, W)`` float16 with ``label_pooling="mean"``),
+    keyed by the image, its CAMs and classes, and the label settings, ``label_pooling``
+    among them (so a second fit, e.g. with other training parameters, or a resumed one,
+    skips the dense CRF)."""
 
     def __init__(self, folder, records, settings):
         self.store = ArrayStore(folder)
@@ -630,8 +717,8 @@ class _LabelMapStore:
                      for r in records.records]
         self.has = [self.store.has("affinity-labels", key) for key in self.keys]
 
-    def save(self, i, low, high):
-        self.store.save("affinity-labels", self.keys[i], np.stack([low, high]))
+    def save(self, i, stack):
+        self.store.save("affinity-labels", self.keys[i], stack)
 
     def __getitem__(self, i):
         """The maps of image ``i``, as a reference to their file."""

@@ -144,24 +144,32 @@ class AffinityNet(nn.Module):
         The image is resized by this factor before the backbone (features are
         then pooled back to the grid): above 1 gives the backbone more pixels
         per grid cell.
+    dropout : float, default=0.0
+        Channel dropout (``nn.Dropout2d``) on the backbone's deepest level
+        before the head, in training mode only; 0 adds no dropout layer.
     """
 
     def __init__(self, backbone, widths=(64, 128, 256), out_channels=None, stride=8,
-                 input_scale=1.0):
+                 input_scale=1.0, dropout=0.0):
         super().__init__()
         # the constructor's arguments but the backbone, so that sklearn_psa.io.save_model
         # can rebuild it
         self.init_args = {"widths": [int(w) for w in widths],
                           "out_channels": None if out_channels is None else int(out_channels),
-                          "stride": int(stride), "input_scale": float(input_scale)}
+                          "stride": int(stride), "input_scale": float(input_scale),
+                          "dropout": float(dropout)}
         self.backbone = backbone
         self.head = AffinityHead(backbone.out_channels, widths, out_channels)
         self.stride = int(stride)
         self.input_scale = float(input_scale)
+        self.dropout = nn.Dropout2d(float(dropout)) if dropout else None
 
     def forward(self, x):
         """``x``: float RGB batch (N, 3, H, W) on the 0..255 scale -> (N, C, h, w)."""
         levels, size = backbone_levels(self.backbone, x, self.stride, self.input_scale)
+        dropout = getattr(self, "dropout", None)  # None in a network pickled without it
+        if dropout is not None:
+            levels = (*levels[:-1], dropout(levels[-1]))
         return self.head(levels, size)
 
 
