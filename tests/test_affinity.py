@@ -311,3 +311,160 @@ def test_fit_trains_the_auto_epochs(squares, monkeypatch):
     assert AffinityEstimator(max_epochs=3, **FAST).fit(records).n_epochs_ == 3
     with pytest.raises(ValueError, match="max_epochs"):
         AffinityEstimator(max_epochs="long", **FAST).fit(records)
+
+
+# ----------------------------------------------------------------------------- label_pooling, dropout
+
+
+def _mixed_records(seed=0):
+    """Images of several sizes and class sets (among 5 classes), random CAMs, and one image
+    whose top-left cell a majority vote and a mean pool label differently."""
+    from test_affinity_labels import vote_differs_from_mean_cams
+
+    rng = np.random.default_rng(seed)
+    shapes, classes = [(32, 40), (20, 27), (24, 24), (16, 16)], [[0, 3], [2], [1, 3, 4], [4]]
+    images, cams, Y = [], [], np.zeros((len(shapes), 5), np.uint8)
+    for i, ((H, W), present) in enumerate(zip(shapes, classes)):
+        images.append(rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+        cam = rng.random((len(present), H, W), dtype=np.float32) * 0.5
+        for k in range(len(present)):  # each class strong in its own band of columns
+            cam[k, H // 4 :, k * W // len(present) : (k + 1) * W // len(present)] += 0.5
+        cam[:, : H // 4] *= 0.05  # a weak top: background
+        if i == len(shapes) - 1:
+            cam[:, :8, :8] = vote_differs_from_mean_cams()
+        cams.append(cam)
+        Y[i, present] = 1
+    return Records.from_arrays(images, Y, cams)
+
+
+def _training_grids(est, records, params=None, crop_size=None):
+    """The grid labels ``get_loss`` trains on, for a batch of all ``records`` taken through
+    the training data path (``params``: each image's augmentation, default none)."""
+    from sklearn_psa.affinity import _batch_grid_labels
+    from sklearn_psa._training import _AS_IS, Augmentation, _host_batch, _Plan, _to_device_batch
+
+    est.offsets_ = np.asarray(neighbor_offsets(est.radius))
+    samples = est._training_samples({"records": records, "device": torch.device("cpu")})
+    plan = _Plan(list(range(len(records))), params or [_AS_IS] * len(records))
+    aug = Augmentation(crop_size=crop_size, color_jitter=0.0)
+    batch = _to_device_batch(*_host_batch(samples, plan, aug), torch.device("cpu"), False)
+    maps = {k: v.numpy() for k, v in batch.items() if k != "image"}
+    return _batch_grid_labels(maps, est.label_pooling)
+
+
+def test_mean_label_pooling_trains_on_the_reference_codes_labels():
+    from test_affinity_labels import mean_pooled_labels
+
+    records = _mixed_records()
+    grids = _training_grids(AffinityEstimator(label_pooling="mean", **FAST), records)
+    h, w = grids.shape[1:]  # the batch's grid: the largest image's (32 x 40)
+    assert (h, w) == (4, 5)
+    for grid, r in zip(grids, records.records):
+        expected = np.full((h, w), 255, np.uint8)  # cells beyond the image: padding, ignored
+        ref = mean_pooled_labels(r.cams, r.labels)
+        expected[: ref.shape[0], : ref.shape[1]] = ref
+        np.testing.assert_array_equal(grid, expected)
+    assert set(np.unique(grids).tolist()) == {0, 1, 2, 3, 4, 5, 255}  # classes reach j + 1
+    # flipped with the image (a width of whole cells: the grid flips too)
+    flipped = {"scale": 1.0, "crop": None, "flip": True}
+    one = records[[0]]
+    grid = _training_grids(AffinityEstimator(label_pooling="mean", **FAST), one, [flipped])[0]
+    np.testing.assert_array_equal(grid, mean_pooled_labels(one[0].cams, one[0].labels)[:, ::-1])
+
+
+def test_vote_and_mean_label_pooling_give_other_labels_where_margins_differ():
+    records = _mixed_records()
+    vote = _training_grids(AffinityEstimator(**FAST), records)
+    mean = _training_grids(AffinityEstimator(label_pooling="mean", **FAST), records)
+    assert vote[3, 0, 0] == 5 and mean[3, 0, 0] == 255  # class column 4: confident by vote only
+
+
+def test_mean_label_pooling_crops_and_rescales_the_scores_with_the_image():
+    from test_affinity_labels import mean_pooled_labels
+
+    records = _mixed_records()
+    est = AffinityEstimator(label_pooling="mean", **FAST)
+    crop = {"scale": 1.0, "crop": (8, 16, 0, 0), "flip": False}  # rows 8:24, columns 16:32
+    grid = _training_grids(est, records[[0]], [crop], crop_size=16)[0]
+    np.testing.assert_array_equal(grid, mean_pooled_labels(records[0].cams[:, 8:24, 16:32],
+                                                           records[0].labels))
+    double = {"scale": 2.0, "crop": None, "flip": False}  # each pixel becomes 2 x 2
+    grid = _training_grids(est, records[[3]], [double])[0]
+    cams = records[3].cams.repeat(2, axis=1).repeat(2, axis=2)
+    np.testing.assert_array_equal(grid, mean_pooled_labels(cams, records[3].labels))
+
+
+def test_mean_label_pooling_fits_end_to_end_with_store_and_dropout(tmp_path, monkeypatch):
+    from sklearn_psa import CAMClassifier, affinity as affinity_module
+    from sklearn_psa.datasets import make_shapes
+
+    X, Y, _ = make_shapes(n_samples=6, image_size=32, random_state=0)
+    records = CAMClassifier(backbone="tiny", max_epochs=1, scales=(1.0,), flip=False, crop_size=None,
+                            backbone_options={"width": 4, "depth": 1}, device="cpu",
+                            random_state=0).fit_transform(X, Y)
+    params = dict(FAST, max_epochs=1, dropout=0.3)
+    mean = AffinityEstimator(label_pooling="mean", **params)
+    out = mean.fit_transform(records)
+    assert all(r.affinity.shape == (34, 4, 4) for r in out.records)
+    assert np.isfinite(mean.loss_curve_).all() and mean.network_.dropout.p == 0.3
+    # the store keeps vote and mean maps apart, and gives the mean's back
+    stores = {p: AffinityEstimator(label_pooling=p, store=str(tmp_path), **params)
+              for p in ("vote", "mean")}
+    keys = {p: est._stored_label_maps(records).keys for p, est in stores.items()}
+    assert not set(keys["vote"]) & set(keys["mean"])
+    calls, task = [], affinity_module._label_task
+    monkeypatch.setattr(affinity_module, "_label_task", lambda *a: (calls.append(1), task(*a))[1])
+    for est in stores.values():
+        est.fit(records)
+    files = sorted((tmp_path / "affinity-labels").rglob("*.npy"))
+    assert len(calls) == len(files) == 2 * len(records)
+    stacks = [np.load(f) for f in files]
+    assert sorted(s.dtype.str for s in stacks) == ["<f2"] * len(records) + ["|u1"] * len(records)
+    again = AffinityEstimator(label_pooling="mean", store=str(tmp_path), **params).fit(records)
+    assert len(calls) == 2 * len(records)  # from the store
+    assert again.label_stats_ == stores["mean"].label_stats_ == mean.label_stats_
+    assert stores["vote"].label_stats_ != mean.label_stats_
+    for a, b in zip(mean.predict_affinity(records), again.predict_affinity(records)):
+        np.testing.assert_array_equal(a, b)  # same labels, same seed: the same network
+
+
+def test_dropout_and_label_pooling_parameters():
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    records, _ = square_records(n=4)
+    for bad in ({"dropout": 1.5}, {"dropout": -0.1}, {"label_pooling": "max"}):
+        with pytest.raises(InvalidParameterError, match=next(iter(bad))):
+            AffinityEstimator(**{**FAST, **bad}).fit(records)
+    est = AffinityEstimator(**FAST)
+    assert est.dropout == 0.0 and est.label_pooling == "vote"
+    net = est._build_network({"records": records})
+    assert not any(isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d)) for m in net.modules())
+    net = est.set_params(dropout=0.4)._build_network({"records": records})
+    x = torch.rand(2, 3, 32, 32) * 255
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    net.eval()
+    assert torch.equal(net(x), net(x))
+
+
+def test_dropout_survives_model_files_and_old_states(tmp_path):
+    from sklearn_psa import PSASegmenter
+    from sklearn_psa.io import load_model, save_model
+
+    records, _ = square_records(n=4)
+    est = AffinityEstimator(max_epochs=1, dropout=0.25, label_pooling="mean", **FAST).fit(records)
+    save_model(est, tmp_path / "aff.psa")
+    loaded = load_model(tmp_path / "aff.psa")
+    assert loaded.dropout == 0.25 and loaded.label_pooling == "mean"
+    assert loaded.network_.dropout.p == 0.25 and not loaded.network_.training
+    for a, b in zip(est.predict_affinity(records), loaded.predict_affinity(records)):
+        np.testing.assert_array_equal(a, b)
+    old = pickle.loads(pickle.dumps(est))  # an estimator pickled before the two options
+    del old.dropout, old.label_pooling
+    old = pickle.loads(pickle.dumps(old))
+    assert old.get_params()["dropout"] == 0.0 and old.get_params()["label_pooling"] == "vote"
+    # the segmenter passes them to its steps
+    steps = PSASegmenter(cam__dropout=0.5, affinity__dropout=0.3,
+                         affinity__label_pooling="mean")._fit_steps()
+    assert steps["cam"].dropout == 0.5 and steps["affinity"].dropout == 0.3
+    assert steps["affinity"].label_pooling == "mean"

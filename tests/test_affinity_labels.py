@@ -14,10 +14,12 @@ from sklearn_psa._affinity_labels import (
     affinity_pairs,
     combine_confident,
     confident_regions,
+    confident_scores,
     downsample_mask,
     oracle_affinity,
     pair_counts,
     pool_index_map,
+    pool_score_stack,
     score_stack,
 )
 from sklearn_psa.nn.affinity_head import AffinityHead, AffinityNet, affinity_loss, pairwise_affinity
@@ -27,6 +29,39 @@ IGN = 255
 
 
 # ---------------------------------------------------------------- references
+
+
+def mean_pooled_labels(cams, labels, alpha_low=4, alpha_high=32, stride=8):
+    """The reference code's affinity labels (``VOC12AffDataset`` without a CRF), in plain
+    float64 numpy: per-pixel distributions of both score stacks, 8x8 block means (zero
+    padding), argmax; a block with no score ignored; 0 bg, ``j + 1`` class column ``j``."""
+    cams = np.asarray(cams, np.float64)
+    values = np.array([0] + [int(j) + 1 for j in labels])
+    L, H, W = cams.shape
+    h, w = -(-H // stride), -(-W // stride)
+    levels = []
+    for alpha in (alpha_low, alpha_high):
+        top = cams.max(axis=0) if L else np.zeros((H, W))
+        scores = np.concatenate([((1 - top) ** alpha)[None], cams])
+        probs = np.zeros((L + 1, h * stride, w * stride))
+        probs[:, :H, :W] = scores / scores.sum(axis=0)
+        means = probs.reshape(L + 1, h, stride, w, stride).mean(axis=(2, 4))
+        level = values[means.argmax(axis=0)]
+        levels.append(np.where(means.max(axis=0) < 1e-5, IGN, level))
+    low, high = levels
+    out = np.where(low == 0, IGN, low)
+    out[high == 0] = 0
+    out[(low == IGN) | (high == IGN)] = IGN
+    return out.astype(np.uint8)
+
+
+def vote_differs_from_mean_cams():
+    """One 8x8 block whose pixels a class wins by a small margin in 40 pixels (CAM 0.3:
+    probability 0.56 against the background's (1 - 0.3) ** 4) and the background wins
+    outright in 24 (CAM 0): the vote gives the class, the mean the background."""
+    cams = np.zeros((1, 8, 8), np.float32)
+    cams[0, :5] = 0.3
+    return cams
 
 
 def brute_pairs(grid, radius):
@@ -232,6 +267,55 @@ def test_label_map_with_the_dense_crf_follows_colour_edges(rng):
     assert (refined == 1).sum() > 0.8 * mask.sum()
 
 
+@pytest.mark.parametrize("shape", [(32, 24), (36, 21), (7, 9)])
+def test_mean_pooling_is_the_reference_codes(shape, rng):
+    H, W = shape
+    cams = rng.random((2, H, W), dtype=np.float32) * 0.4
+    cams[0, H // 2 :, : W // 2] += 0.6  # class 1 at the bottom left, class 4 at the right
+    cams[1, H // 2 :, W // 2 :] += 0.6
+    cams[:, : H // 4] *= 0.1  # a weak top: background, then ignored cells
+    got = affinity_label_map(cams, [1, 4], pooling="mean")
+    expected = mean_pooled_labels(cams, [1, 4])
+    np.testing.assert_array_equal(got, expected)
+    if H > 16:  # every kind of label is tested
+        assert set(np.unique(expected).tolist()) == {0, 2, 5, IGN}
+
+
+def test_vote_and_mean_pooling_differ_where_margins_differ():
+    cams = vote_differs_from_mean_cams()
+    assert affinity_label_map(cams, [2], pooling="vote").item() == 3  # confident class 2
+    # the mean: the background wins the low level, the class the high one: ignored
+    assert affinity_label_map(cams, [2], pooling="mean").item() == IGN
+    assert mean_pooled_labels(cams, [2]).item() == IGN
+    with pytest.raises(ValueError, match="pooling"):
+        affinity_label_map(cams, [2], pooling="max")
+
+
+def test_confident_scores_are_distributions_with_the_argmax_of_the_regions(rng):
+    cams = rng.random((3, 9, 11), dtype=np.float32)
+    stacks = confident_scores(cams, 4, 32)
+    for stack, region in zip(stacks, confident_regions(cams, 4, 32)):
+        assert stack.shape == (4, 9, 11) and stack.dtype == np.float32
+        np.testing.assert_allclose(stack.sum(axis=0), 1, rtol=1e-6)
+        np.testing.assert_array_equal(stack.argmax(axis=0), region)
+    # through a CRF: its marginals, normalised
+    image = np.zeros((9, 11, 3), np.uint8)
+    low, _ = confident_scores(cams, 4, 32, image=image, crf=lambda im, p: 2 * p[::-1])
+    np.testing.assert_allclose(low, stacks[0][::-1], rtol=1e-6)
+
+
+def test_pool_score_stack_ignores_the_padding_and_keeps_the_border_cells():
+    scores = np.zeros((2, 12, 12), np.float32)
+    scores[1, :10, :10] = 1.0  # the image's 10 x 10 pixels, the rest padding (zeros)
+    grid = pool_score_stack(scores)
+    np.testing.assert_array_equal(grid, [[1, 1], [1, 1]])  # border cells: 2 of 8 rows valid
+    padded = np.zeros((2, 24, 24), np.float32)
+    padded[:, :12, :12] = scores
+    np.testing.assert_array_equal(pool_score_stack(padded), [[1, 1, IGN], [1, 1, IGN], [IGN] * 3])
+    batch = np.stack([padded, padded[:, ::-1, ::-1]])  # leading dimensions: a batch
+    assert pool_score_stack(batch).shape == (2, 3, 3)
+
+
 def test_pool_index_map_ties_and_ignore():
     m = np.array([[1, 0], [IGN, IGN]], np.uint8)
     np.testing.assert_array_equal(pool_index_map(m, 2), [[0]])  # tie -> smaller value
@@ -395,6 +479,22 @@ def test_affinity_net_output_grid_any_size(H, W, scale):
     net = AffinityNet(_ThreeLevels(), widths=(2, 3, 4), out_channels=6, input_scale=scale)
     out = net(torch.rand(2, 3, H, W) * 255)
     assert out.shape == (2, 6, -(-H // 8), -(-W // 8))
+
+
+def test_affinity_net_dropout_only_in_training_mode():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16) * 255
+    plain = AffinityNet(_ThreeLevels(), widths=(2, 3, 4))
+    assert not any(isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d)) for m in plain.modules())
+    net = AffinityNet(_ThreeLevels(), widths=(2, 3, 4), dropout=0.5)
+    assert isinstance(net.dropout, torch.nn.Dropout2d) and net.dropout.p == 0.5
+    assert net.init_args["dropout"] == 0.5
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    net.eval()
+    torch.testing.assert_close(net(x), net(x), rtol=0, atol=0)
+    del net.dropout  # a network pickled before the option
+    net(x)
 
 
 def test_head_shapes_and_errors():

@@ -325,6 +325,30 @@ def test_clone_and_params_round_trip():
     assert isinstance(est3.backbone, TinyBackbone) and est3.backbone is not module
 
 
+def test_dropout_trains_only_and_survives_model_files(tmp_path):
+    from sklearn_psa.io import load_model, save_model
+
+    X, Y, _ = _square_images(8, size=16)
+    plain = CAMClassifier(**{**FAST, "max_epochs": 1}).fit(X, Y)
+    assert not any(isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d))
+                   for m in plain.network_.modules())
+    cam = CAMClassifier(**{**FAST, "max_epochs": 1}, dropout=0.5).fit(X, Y)
+    net, x = cam.network_, torch.rand(4, 3, 16, 16) * 255
+    assert isinstance(net.head.dropout, torch.nn.Dropout2d) and net.head.dropout.p == 0.5
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    net.eval()
+    assert torch.equal(net(x), net(x))
+    first = cam.predict_proba(X)
+    np.testing.assert_array_equal(first, cam.predict_proba(X))  # inference without dropout
+    save_model(cam, tmp_path / "cam.psa")
+    loaded = load_model(tmp_path / "cam.psa")
+    assert loaded.dropout == 0.5 and loaded.network_.head.dropout.p == 0.5
+    np.testing.assert_array_equal(loaded.predict_proba(X), first)
+    with pytest.raises(InvalidParameterError, match="dropout"):
+        CAMClassifier(**FAST, dropout=1.5).fit(X, Y)
+
+
 def test_fit_with_a_module_backbone_does_not_train_the_callers_module(shapes_data):
     from sklearn_psa.nn.tiny import TinyBackbone
 

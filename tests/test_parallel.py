@@ -205,10 +205,11 @@ def _affinity(n_jobs):
                              crf={"n_iter": 3}, device="cpu", random_state=0, n_jobs=n_jobs)
 
 
-def test_affinity_labels_with_processes_give_the_fit_of_one_job(cam_records):
+@pytest.mark.parametrize("label_pooling", ["vote", "mean"])
+def test_affinity_labels_with_processes_give_the_fit_of_one_job(cam_records, label_pooling):
     _, _, _, records = cam_records
-    one = _affinity(None).fit(records)
-    two = _affinity(2).fit(records)  # loky: worker processes
+    one = _affinity(None).set_params(label_pooling=label_pooling).fit(records)
+    two = _affinity(2).set_params(label_pooling=label_pooling).fit(records)  # loky: workers
     assert one.label_stats_ == two.label_stats_
     for a, b in zip(one.predict_affinity(records), two.predict_affinity(records)):
         np.testing.assert_array_equal(a, b)  # same labels, same seed: the same network

@@ -191,6 +191,17 @@ def test_collate_pads_to_the_largest():
     assert images[0, 5, 0, 0] == 9.0 and maps["m"][0, 5, 0] == 255 and maps["m"][1, 0, 4] == 255
 
 
+def test_collate_pads_a_map_an_item_lacks_entirely():
+    a = (np.ones((4, 5, 3), np.float32), {"s:0": np.full((4, 5), 0.5, np.float16)})
+    b = (np.ones((6, 3, 3), np.float32), {"s:0": np.ones((6, 3), np.float16),
+                                         "s:2": np.ones((6, 3), np.float16),
+                                         "m": np.ones((6, 3), np.uint8)})
+    _, maps = _collate([a, b], (0.0, 0.0, 0.0))
+    assert list(maps) == ["s:0", "s:2", "m"] and maps["s:2"].dtype == np.float16
+    assert (maps["s:2"][0] == 0).all() and (maps["m"][0] == 255).all()  # float 0, integer 255
+    assert (maps["s:0"][0, :4, :5] == 0.5).all() and (maps["s:2"][1, :6, :3] == 1).all()
+
+
 def test_boolean_maps_pad_with_false():
     a = (np.ones((4, 5, 3), np.float32), {"m": np.ones((4, 5), bool)})
     b = (np.ones((6, 3, 3), np.float32), {"m": np.ones((6, 3), bool)})
