@@ -247,6 +247,9 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
         import joblib
 
         skip = set(self._NOT_FINGERPRINTED) | set(self._fingerprint_ignores)
+        # a parameter added later, at its default, trains what the version before it did:
+        # left out, so that a checkpoint written then still resumes
+        skip |= {k for k, v in self._later_params.items() if getattr(self, k, None) == v}
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in skip}
         name, params["pretrained"], params["backbone_options"] = self._resolved_backbone()
         params["backbone"] = name if isinstance(name, str) else repr(name)

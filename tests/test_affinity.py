@@ -468,3 +468,13 @@ def test_dropout_survives_model_files_and_old_states(tmp_path):
                          affinity__label_pooling="mean")._fit_steps()
     assert steps["cam"].dropout == 0.5 and steps["affinity"].dropout == 0.3
     assert steps["affinity"].label_pooling == "mean"
+
+
+def test_checkpoint_fingerprints_hold_the_new_options_only_when_set(squares):
+    # at their defaults they train what the version before them did: its checkpoints resume
+    records, _ = squares
+    fingerprint, params = AffinityEstimator(**FAST)._fingerprint({"records": records})
+    assert "dropout" not in params and "label_pooling" not in params and "crf" in params
+    for change in ({"dropout": 0.3}, {"label_pooling": "mean"}):
+        other, params = AffinityEstimator(**FAST, **change)._fingerprint({"records": records})
+        assert other != fingerprint and params[next(iter(change))] == next(iter(change.values()))
