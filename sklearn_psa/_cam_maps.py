@@ -167,7 +167,7 @@ def stored_cams(estimator, net, images, labels, run):
     beside the CAMs). ``run(images, labels, emit=, done=)`` computes CAMs as
     :func:`multiscale_cams` does, handing each image to ``emit``. In a
     data-parallel fit each rank writes its share of those missing, and all
-    read them after a barrier (the store is on a shared file system).
+    read them after a barrier (:meth:`~sklearn_psa._store.ArrayStore.fill`).
     """
     import joblib
 
@@ -176,19 +176,20 @@ def stored_cams(estimator, net, images, labels, run):
     asked = [None if labels is None else np.flatnonzero(labels[i]) for i in range(len(images))]
     keys = [joblib.hash((model, image_key(src), None if a is None else a.tolist()))
             for src, a in zip(images.sources, asked)]
-    todo = [i for i, key in enumerate(keys) if not store.has("cams", key)]
+    index = {key: i for i, key in enumerate(keys)}
 
-    def compute(part):  # written to the store; in a data-parallel fit, this rank's share
+    def compute(todo):  # the keys not there (in a data-parallel fit: this rank's share)
+        part = [index[key] for key in todo]
+
         def emit(j, present, cams):
-            key = keys[part[j]]
             if labels is None:  # the predicted classes: kept beside the CAMs
-                store.save("labels", key, present.astype(np.int64))
-            store.save("cams", key, cams)  # last: its presence means both are there
+                store.save("labels", todo[j], present.astype(np.int64))
+            store.save("cams", todo[j], cams)  # last: its presence means both are there
 
         run(images.take(part), None if labels is None else labels[part],
             emit=emit, done=len(images) - len(part))
 
-    share_work(compute, todo, gather=False)
+    store.fill("cams", keys, compute)
     # references, not open memory maps: a record maps its file when it is used
     return [(store.read("labels", key) if a is None else a, store.reference("cams", key))
             for key, a in zip(keys, asked)]

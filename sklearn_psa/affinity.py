@@ -214,13 +214,14 @@ class AffinityTransformerMixin(TransformerMixin):
         store = ArrayStore(self.store)
         model = model_key(self, self._store_fitted())
         keys = [joblib.hash((model, image_key(r.image), tuple(r.shape))) for r in records.records]
-        todo = [i for i, key in enumerate(keys) if not store.has("affinity", key)]
+        index = {key: i for i, key in enumerate(keys)}
 
-        def compute(part):  # in a data-parallel fit, this rank's share; the others read it
+        def compute(todo):  # the keys not there (in a data-parallel fit: this rank's share)
+            part = [index[key] for key in todo]
             for j, aff in self._iter_affinities(records[part], done=len(records) - len(part)):
-                store.save("affinity", keys[part[j]], aff)
+                store.save("affinity", todo[j], aff)
 
-        share_work(compute, todo, gather=False)
+        store.fill("affinity", keys, compute)
         return [store.reference("affinity", key) for key in keys]
 
     def __sklearn_tags__(self):

@@ -321,6 +321,33 @@ def test_split_work_gives_each_rank_its_share_and_everyone_all_results_in_order(
     assert list(map_images(times_ten, [(2,)])) == [20]  # outside the block: everything here
 
 
+def test_a_store_the_ranks_do_not_share_is_a_clear_error(tmp_path):
+    from sklearn_psa._distributed import split_work
+    from sklearn_psa._store import ArrayStore
+
+    class SecondOfTwo:  # rank 1 of 2, on a machine where rank 0's files never arrive
+        rank, world_size = 1, 2
+        share = staticmethod(lambda items: items[1::2])
+        broadcast_object = staticmethod(lambda items: items)
+        barrier = staticmethod(lambda: None)
+
+    store = ArrayStore(tmp_path)
+    store.save("cams", "a", np.zeros(2))  # there before: not computed again
+    written = []
+
+    def compute(keys):
+        written.extend(keys)
+        for key in keys:
+            store.save("cams", key, np.ones(2))
+
+    with split_work(SecondOfTwo()), pytest.raises(FileNotFoundError, match="file system the machines share"):
+        store.fill("cams", ["a", "b", "c", "d"], compute)
+    assert written == ["c"]  # its share of b, c, d
+    written.clear()
+    store.fill("cams", ["a", "b", "c", "d"], compute)  # one process: the rest, here
+    assert written == ["b", "d"]
+
+
 def test_batchnorm_syncs_where_it_trains_and_stays_frozen_where_frozen():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4),
                               torch.nn.Sequential(torch.nn.BatchNorm2d(4)))
@@ -353,6 +380,17 @@ def test_a_single_process_is_not_data_parallel(monkeypatch):
     assert launched()
     monkeypatch.setenv("SKLEARN_PSA_RANK_PID", str(os.getpid() + 1))
     assert not launched()  # a worker process that a rank started
+
+
+def test_the_demo_refuses_to_run_in_every_process_of_a_launcher(monkeypatch, tmp_path, capsys):
+    from sklearn_psa import cli
+
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("SKLEARN_PSA_RANK_PID", str(os.getpid()))):
+        monkeypatch.setenv(name, value)
+    assert cli.main(["demo", "--output", str(tmp_path / "demo"), "--quick"]) == 2
+    assert "demo runs in one process: start it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 # ----------------------------------------------------------------------------- the CLI under torchrun
