@@ -251,7 +251,8 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         only): 0 background, ``j + 1`` class column ``j``. When the affinity
         step has a ``store``, a sequence of masks kept in that folder and
         memory-mapped when used (the segmentation network's training reads
-        them from there).
+        them from there); after :func:`sklearn_psa.io.load_model`, a sequence
+        that reads each from the model file when indexed.
     pseudo_label_names_ : list of str
         File names (without ``.png``) :meth:`save_pseudo_labels` uses: the
         training images' file stems when they were paths with distinct
