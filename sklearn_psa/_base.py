@@ -260,6 +260,13 @@ class TrainedNetworkMixin(TorchEstimatorMixin):
             params["warm_start_weights"] = weights_hash(start)
         return joblib.hash((params, self._data_fingerprint(data))), params
 
+    def _split_over_ranks(self):
+        """A :func:`~sklearn_psa._distributed.split_work` block over the process group of this
+        estimator's data-parallel fit (none outside one): the per-image work within it, as the
+        inference over the training images at the end of ``fit_transform``, is each rank's
+        share. Only where every rank runs the same code, as after a data-parallel fit."""
+        return _distributed.split_work(_distributed.process_group(self._fit_device()))
+
     def _fit_network(self, data):
         """Build (or warm-start) the network, train it on ``data``; set ``network_``,
         ``history_``; return the training result."""

@@ -13,6 +13,7 @@ present kept.
 import numpy as np
 
 from ._device import autocast
+from ._distributed import share_work
 from ._store import ArrayStore, image_key, model_key
 from ._torch_estimator import images_to_tensor, iter_image_batches
 from .records import Record, Records
@@ -139,9 +140,16 @@ def cam_records(estimator, net, images, labels, run, source=None):
     network already on its inference device (resolved once by the caller).
     Where ``estimator.store`` is set, the CAMs go through it
     (:func:`stored_cams`). ``source`` is the records' ``source``.
+
+    Within :func:`~sklearn_psa._distributed.split_work` (a data-parallel fit),
+    each rank computes the CAMs of its share of the images
+    (:func:`~sklearn_psa._distributed.share_work`) and every rank gets all.
     """
     if estimator.store is None:
-        _, out = run(images, labels)
+        def compute(part):
+            return run(images.take(part), None if labels is None else labels[part])[1]
+
+        out = share_work(compute, range(len(images)))
     else:
         out = stored_cams(estimator, net, images, labels, run)
     records = [Record(images.sources[i], present, cams, shape=tuple(images.shape(i)))
@@ -157,7 +165,9 @@ def stored_cams(estimator, net, images, labels, run):
     those in ``_store.NOT_IN_KEY``), the weights of ``net``, its fitted network, the image
     and the classes asked for (``labels``; None: the predicted ones, kept
     beside the CAMs). ``run(images, labels, emit=, done=)`` computes CAMs as
-    :func:`multiscale_cams` does, handing each image to ``emit``.
+    :func:`multiscale_cams` does, handing each image to ``emit``. In a
+    data-parallel fit each rank writes its share of those missing, and all
+    read them after a barrier (:meth:`~sklearn_psa._store.ArrayStore.fill`).
     """
     import joblib
 
@@ -166,16 +176,20 @@ def stored_cams(estimator, net, images, labels, run):
     asked = [None if labels is None else np.flatnonzero(labels[i]) for i in range(len(images))]
     keys = [joblib.hash((model, image_key(src), None if a is None else a.tolist()))
             for src, a in zip(images.sources, asked)]
-    todo = [i for i, key in enumerate(keys) if not store.has("cams", key)]
-    if todo:
-        def emit(j, present, cams):
-            key = keys[todo[j]]
-            if labels is None:  # the predicted classes: kept beside the CAMs
-                store.save("labels", key, present.astype(np.int64))
-            store.save("cams", key, cams)  # last: its presence means both are there
+    index = {key: i for i, key in enumerate(keys)}
 
-        run(images.take(todo), None if labels is None else labels[todo],
-            emit=emit, done=len(images) - len(todo))
+    def compute(todo):  # the keys not there (in a data-parallel fit: this rank's share)
+        part = [index[key] for key in todo]
+
+        def emit(j, present, cams):
+            if labels is None:  # the predicted classes: kept beside the CAMs
+                store.save("labels", todo[j], present.astype(np.int64))
+            store.save("cams", todo[j], cams)  # last: its presence means both are there
+
+        run(images.take(part), None if labels is None else labels[part],
+            emit=emit, done=len(images) - len(part))
+
+    store.fill("cams", keys, compute)
     # references, not open memory maps: a record maps its file when it is used
     return [(store.read("labels", key) if a is None else a, store.reference("cams", key))
             for key, a in zip(keys, asked)]

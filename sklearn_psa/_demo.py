@@ -153,7 +153,7 @@ def _markdown_table(header, rows):
 
 
 def format_report(stages, class_names, *, times=None, cpu_times=None, settings=None,
-                  peak_mb=None):
+                  peak_mb=None, curves=None):
     """The demo's report as Markdown.
 
     Parameters
@@ -171,6 +171,8 @@ def format_report(stages, class_names, *, times=None, cpu_times=None, settings=N
         Printed as the run's settings.
     peak_mb : float, optional
         Peak resident memory.
+    curves : dict of str to list of float, optional
+        Training loss per epoch of each network (see :func:`format_curves`).
 
     Returns
     -------
@@ -223,6 +225,8 @@ def format_report(stages, class_names, *, times=None, cpu_times=None, settings=N
                       "fully supervised reference has converged: in docs/benchmarks.md "
                       "('Backbones'), twice the demo's epochs raised the reference far more "
                       "than the weakly supervised network."]
+    if curves:
+        lines += ["", format_curves(curves)]
     lines += ["", "## Per-class tables", ""]
     lines += ["\n\n".join(tables)]
     if times:
@@ -237,6 +241,51 @@ def format_report(stages, class_names, *, times=None, cpu_times=None, settings=N
         lines += ["", "## Settings", ""]
         lines += [f"- `{k}`: `{v!r}`" for k, v in settings.items()]
     return "\n".join(lines) + "\n", scores, ratio
+
+
+def format_curves(curves):
+    """The training losses as a Markdown section: per network its loss at the first, middle
+    and last epoch and how much the last quarter of the epochs still lowered it."""
+    rows = []
+    for name, losses in curves.items():
+        n = len(losses)
+        if not n:
+            continue
+        q = max(1, n // 4)
+        before = losses[max(n - 1 - q, 0)]
+        change = (losses[-1] - before) / before if n > 1 and before else float("nan")
+        rows.append([name, str(n), f"{losses[0]:.4f}", f"{losses[n // 2]:.4f}", f"{losses[-1]:.4f}",
+                     "-" if math.isnan(change) else f"{100 * change:+.1f}%"])
+    lines = ["## Training curves", "",
+             "Training loss per epoch (`loss_curve_` of each network; `report.json` holds every "
+             "epoch). The last column is the change of the loss over the last quarter of the "
+             "epochs: a few percent means the curve has flattened, tens of percent that the "
+             "network would still gain from more epochs.", ""]
+    return "\n".join(lines + [_markdown_table(
+        ["network", "epochs", "first", "middle", "last", "last quarter"], rows)])
+
+
+def plot_curves(path, curves):
+    """Write the training losses (one panel per network, log scale) as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .io import atomic_write
+
+    curves = {k: v for k, v in curves.items() if v}
+    fig = Figure(figsize=(3.2 * max(len(curves), 1), 2.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(len(curves), 1), squeeze=False)[0]
+    for ax, (name, losses) in zip(axes, curves.items()):
+        ax.plot(np.arange(1, len(losses) + 1), losses, marker=".")
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("training loss", fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
 
 
 def report_numbers(scores, ratio, seconds, **settings):
@@ -433,8 +482,11 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
         ("Fully supervised (true masks)", "test", Mt, pred_full),
     ]
     peak = _peak_rss_mb()
+    curves = {"CAM classifier": seg.cam_.loss_curve_, "AffinityNet": seg.affinity_.loss_curve_,
+              "segmenter (weak)": seg.loss_curve_, "segmenter (full)": full.loss_curve_}
+    curves = {k: [round(float(v), 6) for v in losses] for k, losses in curves.items()}
     text, scores, ratio = format_report(
-        stages, class_names, times=watch.times, cpu_times=watch.cpu, peak_mb=peak,
+        stages, class_names, times=watch.times, cpu_times=watch.cpu, peak_mb=peak, curves=curves,
         settings={"n_train": n_train, "n_test": n_test, "image_size": size, "device": used_device,
                   "random_state": random_state, "setting": setting, **settings["params"],
                   "walk alpha and beta used": _walk_settings(seg.refiner_),
@@ -449,6 +501,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
                              walk_alpha=_walk_settings(seg.refiner_)[0],
                              walk_beta=_walk_settings(seg.refiner_)[1],
                              affinity_epochs=int(seg.affinity_.n_epochs_))
+    numbers["loss_curves"] = curves
     with atomic_write(files["report_json"], "w") as f:
         json.dump(numbers, f, indent=2)
         f.write("\n")
@@ -464,6 +517,8 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
             ("fully supervised", full.predict(X[:rows]), "mask"),
             ("ground truth", M[:rows], "mask"),
         ], rows)
+        files["curves"] = output / "curves.png"
+        plot_curves(files["curves"], curves)
 
     wall = time.perf_counter() - start
     _log(out, "")

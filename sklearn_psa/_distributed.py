@@ -9,17 +9,18 @@ CUDA device of its ``LOCAL_RANK`` (one process per device).
 
 :class:`ProcessGroup` is what the training loop needs of the group: the rank's
 share of a batch, sums of numbers over the ranks, and broadcasts from rank 0
-(objects, a network's weights). Within :func:`split_work` (the per-image CPU
-stages of a data-parallel fit, which every rank runs at the same point),
-:func:`sklearn_psa._parallel.map_images` gives each rank its share of the
-images and gathers the results.
+(objects, a network's weights). Within :func:`split_work` (the per-image stages
+of a data-parallel fit, which every rank runs at the same point),
+:func:`sklearn_psa._parallel.map_images` (the CPU stages: labels, random walk)
+and :func:`share_work` (the networks' inference over the training images: CAMs,
+affinities) give each rank its share of the images and gather the results.
 """
 
 import contextlib
 import os
 
-__all__ = ["ProcessGroup", "is_main_process", "launched", "process_group", "set_batchnorm_sync", "split_work",
-           "work_group"]
+__all__ = ["ProcessGroup", "in_order", "is_main_process", "launched", "process_group", "set_batchnorm_sync",
+           "share_work", "split_work", "work_group"]
 
 #: The variables a launcher sets (``torchrun`` sets these and more).
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
@@ -183,6 +184,68 @@ def split_work(group):
 def work_group():
     """The group of the innermost :func:`split_work` block, else None."""
     return _WORK_GROUPS[-1] if _WORK_GROUPS else None
+
+
+def in_order(shares):
+    """The results of all ranks in the order of their items.
+
+    Parameters
+    ----------
+    shares : list of list
+        ``shares[r]``: rank ``r``'s results, of every ``len(shares)``-th item
+        from the ``r``-th (:meth:`ProcessGroup.share`).
+
+    Returns
+    -------
+    results : list
+    """
+    world_size = len(shares)
+    return [shares[i % world_size][i // world_size] for i in range(sum(len(s) for s in shares))]
+
+
+def share_work(compute, items, *, gather=True):
+    """``compute`` over ``items``: split over the ranks within :func:`split_work`, else here.
+
+    Within a :func:`split_work` block of a group, each rank calls ``compute``
+    on its share of ``items`` (every ``world_size``-th, from its rank; none:
+    not called), in their order, and the results are gathered on every rank
+    in the order of ``items``, as one process gives them. ``items`` are rank
+    0's: a list that each rank makes from a shared ``store`` (what is not
+    there yet) is the same on all of them, even when another rank has begun
+    to write. Every rank must call it at the same point (it is a collective).
+
+    Parameters
+    ----------
+    compute : callable
+        ``compute(some_items)`` returns a list of one result per item (with
+        ``gather=False``: anything, e.g. None, having written its results
+        where every rank reads them, a shared ``store``).
+    items : list
+        What to compute (indices of images, keys, ...); picklable.
+    gather : bool, default=True
+        False: nothing is sent between the ranks but the ``items`` and a
+        barrier, after which every rank's writes are done.
+
+    Returns
+    -------
+    results : list or None
+        One per item, in their order (None with ``gather=False``).
+    """
+    group = work_group()
+    items = list(items)
+    if group is None:
+        results = compute(items) if items else []
+        return list(results) if gather else None
+    items = group.broadcast_object(items)
+    mine = group.share(items)
+    results = compute(mine) if mine else []
+    if not gather:
+        group.barrier()
+        return None
+    results = list(results)
+    if len(results) != len(mine):
+        raise RuntimeError(f"share_work: compute returned {len(results)} results for {len(mine)} items")
+    return in_order(group.all_gather(results))
 
 
 def _trains_statistics(bn):

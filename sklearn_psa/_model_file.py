@@ -22,6 +22,7 @@ import json
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,11 @@ class _Writer:
         """An array of a store (numbers only), read from its file when it is written."""
         from ._store import StoredArray
 
-        self.arrays.append(StoredArray(path))
+        return self.deferred(StoredArray(path))
+
+    def deferred(self, item):
+        """An array read (``item.load()``) only when the file is written."""
+        self.arrays.append(item)
         return {"__type__": "ndarray", "ref": len(self.arrays) - 1}
 
     def tensor(self, t, where):
@@ -122,9 +127,11 @@ class _Writer:
         from ._store import StoredArrays
 
         if isinstance(value, StoredArrays):  # masks in a store (pseudo_labels_): the file holds
-            # their values, so that it stands alone; they load as a list of arrays. Each is
-            # read when written (one memory map at a time, however many masks)
+            # their values, so that it stands alone. Each is read when written (one memory map
+            # at a time, however many masks)
             return [self.stored(path) for path in value.paths]
+        if isinstance(value, ModelFileArrays):  # masks of a loaded model file: the same
+            return [self.deferred(item) for item in value.items()]
         if isinstance(value, dict):
             if all(isinstance(k, str) for k in value) and "__type__" not in value:
                 return {k: self.encode(v, f"{where}[{k!r}]") for k, v in value.items()}
@@ -246,11 +253,26 @@ def _build(recipe, where, reader):
 
 class _Reader:
     """Decode what :class:`_Writer` encoded, building only allowed classes; estimator
-    attributes named in ``skip`` are left out (their arrays are never read)."""
+    attributes named in ``skip`` are left out (their arrays are never read), those named in
+    ``lazy`` (lists of arrays) become :class:`ModelFileArrays` of ``source``."""
 
-    def __init__(self, arrays, skip=()):
+    def __init__(self, arrays, skip=(), lazy=(), source=None):
         self.arrays = arrays
         self.skip = frozenset(skip)
+        self.lazy = frozenset(lazy)
+        self.source = source
+
+    def lazy_arrays(self, value, where):
+        """A list of array references as arrays read from the file on access."""
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list of arrays")
+        refs = []
+        for i, item in enumerate(value):
+            ref = item.get("ref") if isinstance(item, dict) and item.get("__type__") == "ndarray" else None
+            if not isinstance(ref, int) or not 0 <= ref < len(self.arrays):
+                raise ValueError(f"{where}[{i}]: expected a reference to a stored array")
+            refs.append(ref)
+        return ModelFileArrays(self.source, refs)
 
     def decode(self, value, where):
         if isinstance(value, list):
@@ -326,7 +348,8 @@ class _Reader:
         state = value.get("state")
         if not isinstance(state, dict):
             raise ValueError(f"{where}: an estimator needs its state")
-        state = {k: self.decode(v, f"{where}.{k}") for k, v in state.items() if k not in self.skip}
+        state = {k: self.lazy_arrays(v, f"{where}.{k}") if k in self.lazy else self.decode(v, f"{where}.{k}")
+                 for k, v in state.items() if k not in self.skip}
         upgrade = getattr(cls, "_upgrade_state", None)  # the state of an earlier version
         est.__dict__.update(state if upgrade is None else upgrade(state))
         return est
@@ -392,8 +415,6 @@ def save_model(model, path):
     >>> load_model(path).beta
     16
     """
-    from ._store import StoredArray
-
     writer = _Writer()
     tree = writer.encode(model, "model")
     if not (isinstance(tree, dict) and tree.get("__type__") == "estimator"):
@@ -407,8 +428,7 @@ def save_model(model, path):
         zf.writestr(MANIFEST, json.dumps(manifest, allow_nan=False))
         for i, arr in enumerate(writer.arrays):
             buffer = io.BytesIO()
-            np.save(buffer, arr.load() if isinstance(arr, StoredArray) else arr,
-                    allow_pickle=False)
+            np.save(buffer, arr if isinstance(arr, np.ndarray) else arr.load(), allow_pickle=False)
             zf.writestr(f"arrays/{i}.npy", buffer.getvalue())
     return os.fspath(path)
 
@@ -439,6 +459,69 @@ class _ZipArrays:
             return np.load(io.BytesIO(f.read()), allow_pickle=False)
 
 
+class _OpenModelFile:
+    """A model file held open for :class:`ModelFileArrays`: the open file keeps reading the
+    same bytes even when the path is later replaced (e.g. by saving the model there)."""
+
+    def __init__(self, path, n_arrays):
+        self.path = path
+        self._file = open(path, "rb")
+        try:
+            self.arrays = _ZipArrays(zipfile.ZipFile(self._file), n_arrays)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __del__(self):
+        file = getattr(self, "_file", None)
+        if file is not None:
+            file.close()
+
+
+class _ModelFileArray:
+    """One array of a :class:`_OpenModelFile`, read by ``load()`` (when a model is saved)."""
+
+    __slots__ = ("source", "ref")
+
+    def __init__(self, source, ref):
+        self.source = source
+        self.ref = ref
+
+    def load(self):
+        return self.source.arrays[self.ref]
+
+
+class ModelFileArrays(Sequence):
+    """Arrays of a model file, each read from it on access (``load_model``'s
+    ``PSASegmenter.pseudo_labels_``), so that loading a model holds none of them.
+
+    Indexing by an int reads that array; a slice gives ``ModelFileArrays``. Pickles (and
+    copies) as the list of its arrays, read then.
+    """
+
+    def __init__(self, source, refs):
+        self._source = source
+        self._refs = list(refs)
+
+    def __len__(self):
+        return len(self._refs)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ModelFileArrays(self._source, self._refs[index])
+        return self._source.arrays[self._refs[index]]
+
+    def items(self):
+        """The arrays as deferred reads (see :meth:`_Writer.deferred`)."""
+        return [_ModelFileArray(self._source, ref) for ref in self._refs]
+
+    def __reduce__(self):
+        return list, (list(self),)
+
+    def __repr__(self):
+        return f"ModelFileArrays(n={len(self)}, file={self._source.path!r})"
+
+
 def load_model(path, *, pseudo_labels=True):
     """Read a model written by :func:`save_model`; unpickles nothing.
 
@@ -450,11 +533,14 @@ def load_model(path, *, pseudo_labels=True):
     ----------
     path : str or path
     pseudo_labels : bool, default=True
-        Load ``PSASegmenter.pseudo_labels_``, the masks synthesized for the
+        Give ``PSASegmenter.pseudo_labels_``, the masks synthesized for the
         training images (one byte per pixel of every training image: 2 GB for
-        PASCAL VOC's train_aug, 36 GB for COCO's train2017). False leaves the
-        attribute out and reads none of them, for prediction, which does not use
-        them (``sklearn-psa predict`` and ``evaluate`` do so).
+        PASCAL VOC's train_aug, 36 GB for COCO's train2017), as a sequence that
+        reads each mask from the file when it is indexed, so that loading holds
+        none of them (``list(model.pseudo_labels_)`` reads them all; the file
+        stays open while the model lives). False leaves the attribute out, for
+        prediction, which does not use them (``sklearn-psa predict`` and
+        ``evaluate`` do so).
 
     Returns
     -------
@@ -491,8 +577,12 @@ def load_model(path, *, pseudo_labels=True):
             n_arrays = manifest.get("n_arrays")
             if not isinstance(n_arrays, int) or n_arrays < 0:
                 raise ValueError("no array count")
-            skip = () if pseudo_labels else ("pseudo_labels_", "pseudo_label_names_")
-            return _Reader(_ZipArrays(zf, n_arrays), skip).decode(manifest["model"], "model")
+            if pseudo_labels:  # read through a handle that the masks keep open
+                source = _OpenModelFile(path, n_arrays)
+                reader = _Reader(source.arrays, lazy=("pseudo_labels_",), source=source)
+            else:
+                reader = _Reader(_ZipArrays(zf, n_arrays), skip=("pseudo_labels_", "pseudo_label_names_"))
+            return reader.decode(manifest["model"], "model")
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError,
             zipfile.BadZipFile, EOFError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: damaged or not a sklearn-psa model file ({exc})") from exc

@@ -79,7 +79,7 @@ def map_images(func, tasks, *, n_jobs=None, in_parent=False, verbose=0, desc=Non
     result
         ``func(*args)``, in the order of ``tasks``.
     """
-    from ._distributed import work_group
+    from ._distributed import in_order, work_group
 
     group = work_group()
     if group is not None:  # a data-parallel fit: this rank's share, then everyone's results
@@ -87,9 +87,7 @@ def map_images(func, tasks, *, n_jobs=None, in_parent=False, verbose=0, desc=Non
         share = None if total is None else len(range(group.rank, total - done, group.world_size))
         results = list(_map_here(func, mine, n_jobs, in_parent, verbose if group.rank == 0 else 0,
                                  desc, share, 0))
-        gathered = group.all_gather(results)
-        for i in range(sum(len(g) for g in gathered)):
-            yield gathered[i % group.world_size][i // group.world_size]
+        yield from in_order(group.all_gather(results))
         return
     yield from _map_here(func, tasks, n_jobs, in_parent, verbose, desc, total, done)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._distributed import share_work, work_group
 from ._files import atomic_write
 
 __all__ = ["ArrayStore", "StoredArray", "StoredArrays", "stored_path", "image_key", "model_key",
@@ -188,6 +189,41 @@ class ArrayStore:
                 ) from exc
             raise
         return path
+
+    def fill(self, kind, keys, compute):
+        """Have the arrays of ``keys`` there: ``compute(keys)`` writes those missing.
+
+        In a data-parallel fit (within :func:`~sklearn_psa._distributed.split_work`)
+        each rank writes its share of the missing keys and waits for the others
+        (:func:`~sklearn_psa._distributed.share_work`); then all must be there,
+        which they are when the store is on a file system the ranks share.
+
+        Parameters
+        ----------
+        kind : str
+            The arrays' kind (their presence says the work of a key is done).
+        keys : list of str
+        compute : callable
+            ``compute(some_keys)`` writes their arrays (of ``kind``, and any
+            other kinds written before it).
+
+        Raises
+        ------
+        FileNotFoundError
+            When another rank's arrays are not found after it wrote them.
+        """
+        todo = [key for key in keys if not self.has(kind, key)]
+        share_work(compute, todo, gather=False)
+        if work_group() is None:
+            return
+        missing = [key for key in todo if not self.has(kind, key)]
+        if missing:
+            raise FileNotFoundError(
+                f"{self.name}={os.fspath(self.folder)!r}: {len(missing)} arrays that the other "
+                f"processes of this data-parallel fit wrote are not there (first: "
+                f"{self.path(kind, missing[0])}): the store of a data-parallel fit must be a "
+                "folder that every process reads, on a file system the machines share"
+            )
 
     def load(self, kind, key):
         """The array, memory-mapped (it holds an open file until dropped)."""

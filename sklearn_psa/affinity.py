@@ -24,6 +24,7 @@ from ._affinity_labels import (affinity_pairs, combine_confident, confident_regi
                                confident_scores, pool_index_map, pool_score_stack)
 from ._base import TrainedNetworkMixin, training_parameters_doc
 from ._device import resolve_device
+from ._distributed import share_work
 from ._grid import IGNORE_INDEX, STRIDE, neighbor_offsets
 from ._parallel import N_JOBS_CONSTRAINT, map_images
 from ._store import ArrayStore, StoredArray, image_key, model_key
@@ -193,6 +194,10 @@ class AffinityTransformerMixin(TransformerMixin):
     ``(indices, features)`` batch by batch, whose
     :func:`~sklearn_psa.nn.affinity_head.pairwise_affinity` is the affinity,
     and sets ``offsets_`` in ``fit``; it has the ``radius`` and ``verbose`` parameters.
+
+    Within :func:`~sklearn_psa._distributed.split_work` (a data-parallel fit),
+    each rank computes the affinities of its share of the records and every
+    rank gets all (gathered, or read from ``store`` after a barrier).
     """
 
     def predict_affinity(self, X):
@@ -211,6 +216,10 @@ class AffinityTransformerMixin(TransformerMixin):
         """
         check_is_fitted(self)
         records = check_records(X, name="X")
+        return share_work(lambda part: self._affinity_list(records[part]), range(len(records)))
+
+    def _affinity_list(self, records):
+        """The affinities of ``records``, in their order."""
         out = [None] * len(records)
         for i, aff in self._iter_affinities(records):
             out[i] = aff
@@ -261,10 +270,14 @@ class AffinityTransformerMixin(TransformerMixin):
         store = ArrayStore(self.store)
         model = model_key(self, self._store_fitted())
         keys = [joblib.hash((model, image_key(r.image), tuple(r.shape))) for r in records.records]
-        todo = [i for i, key in enumerate(keys) if not store.has("affinity", key)]
-        if todo:
-            for j, aff in self._iter_affinities(records[todo], done=len(records) - len(todo)):
-                store.save("affinity", keys[todo[j]], aff)
+        index = {key: i for i, key in enumerate(keys)}
+
+        def compute(todo):  # the keys not there (in a data-parallel fit: this rank's share)
+            part = [index[key] for key in todo]
+            for j, aff in self._iter_affinities(records[part], done=len(records) - len(part)):
+                store.save("affinity", todo[j], aff)
+
+        store.fill("affinity", keys, compute)
         return [store.reference("affinity", key) for key in keys]
 
     def __sklearn_tags__(self):
@@ -624,6 +637,27 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         self.n_classes_ = records.n_classes
         self.n_epochs_ = self._n_epochs(len(records))
         return self
+
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit, then add each training image's affinity to its record.
+
+        In a data-parallel fit (docs/distributed.md) each process computes the
+        affinities of its share of the records and every process returns all.
+
+        Parameters
+        ----------
+        X : Records
+            Output of :meth:`CAMClassifier.fit_transform`.
+        y : ignored
+
+        Returns
+        -------
+        records : Records
+            As :meth:`transform` returns them.
+        """
+        self.fit(X, y, **fit_params)
+        with self._split_over_ranks():
+            return self.transform(X)
 
     @property
     def train_result_(self):

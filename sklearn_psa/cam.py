@@ -290,7 +290,9 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         """Fit, then return the CAMs of the training images masked by their TRUE labels.
 
         As in the paper, the CAMs that seed the affinity labels are those of
-        the classes known to be present, not of the predicted ones.
+        the classes known to be present, not of the predicted ones. In a
+        data-parallel fit (docs/distributed.md) each process computes the
+        CAMs of its share of the images and every process returns all.
 
         Parameters
         ----------
@@ -303,7 +305,8 @@ class CAMClassifier(TrainedNetworkMixin, ClassifierMixin, TransformerMixin, Base
         """
         images, labels, class_names = self._check_fit_input(X, y)
         self._fit(images, labels, class_names)
-        return self._records(images, labels)
+        with self._split_over_ranks():
+            return self._records(images, labels)
 
     # ------------------------------------------------------------------ inference
 

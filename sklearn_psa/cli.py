@@ -569,10 +569,16 @@ _PER_IMAGE_ERRORS = (ValueError, OSError, MemoryError, RuntimeError)
 
 def _data_parallel(args):
     """The process group of ``fit`` and ``predict`` launched by ``torchrun`` (first said on
-    stderr by rank 0: "data-parallel over 2 processes (gloo)"), else None."""
+    stderr by rank 0: "data-parallel over 2 processes (gloo)"), else None. ``demo`` refuses
+    to run under a launcher (every process would run all of it and write the same files)."""
     from ._distributed import launched, process_group
 
-    if args.command not in ("fit", "predict") or not launched():
+    if not launched():
+        return None
+    if args.command == "demo":
+        raise CommandError("demo runs in one process: start it without torchrun (fit and "
+                           "predict are the commands that run data-parallel)")
+    if args.command not in ("fit", "predict"):
         return None
     from ._device import resolve_device
 

@@ -17,7 +17,6 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import TrainedNetworkMixin, training_parameters_doc
 from ._device import autocast, resolve_device
-from ._distributed import process_group, split_work
 from ._files import output_mark, save_mask
 from ._grid import IGNORE_INDEX
 from ._parallel import N_JOBS_CONSTRAINT, map_images
@@ -252,7 +251,8 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         only): 0 background, ``j + 1`` class column ``j``. When the affinity
         step has a ``store``, a sequence of masks kept in that folder and
         memory-mapped when used (the segmentation network's training reads
-        them from there).
+        them from there); after :func:`sklearn_psa.io.load_model`, a sequence
+        that reads each from the model file when indexed.
     pseudo_label_names_ : list of str
         File names (without ``.png``) :meth:`save_pseudo_labels` uses: the
         training images' file stems when they were paths with distinct
@@ -493,20 +493,26 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
         in a Pipeline of its own, whose cache entry (the step, its input and
         the labels) is the one it has in a Pipeline of all the steps; so
         ``log`` (a :class:`~sklearn_psa._stages.StageLog`) can announce each.
+
+        Data-parallel (under ``torchrun``), the steps of this package split
+        their inference over the training images (CAMs, affinities) over the
+        ranks: all of them here, also those whose own fit is not data-parallel
+        (:class:`~sklearn_psa.ClassifierCAM`, ``FeatureAffinity``).
         """
         from sklearn.pipeline import Pipeline
 
         if steps is None:
             steps = self._fit_steps(("cam", "affinity"))
         records, fitted = X, []
-        for name, step in steps.items():
-            if log is not None:
-                log.start(_STAGE_NAMES[name])
-            # A Pipeline ending in "passthrough": fit_transform fits (or loads from
-            # ``memory``) the step and returns its records.
-            pipe = Pipeline([(name, step), ("records", "passthrough")], memory=self.memory)
-            records = pipe.fit_transform(records, labels)
-            fitted.append(pipe.named_steps[name])
+        with self._split_over_ranks():
+            for name, step in steps.items():
+                if log is not None:
+                    log.start(_STAGE_NAMES[name])
+                # A Pipeline ending in "passthrough": fit_transform fits (or loads from
+                # ``memory``) the step and returns its records.
+                pipe = Pipeline([(name, step), ("records", "passthrough")], memory=self.memory)
+                records = pipe.fit_transform(records, labels)
+                fitted.append(pipe.named_steps[name])
         return (records,) + tuple(fitted)
 
     def _fit_stages(self, n_images, steps):
@@ -729,7 +735,7 @@ class PSASegmenter(TrainedNetworkMixin, BaseEstimator):
             log.start(_STAGE_NAMES["refiner"])
             self.refiner_ = steps["refiner"].fit(records)
             # data-parallel (torchrun): each rank walks its share of the images
-            with split_work(process_group(self._fit_device())):
+            with self._split_over_ranks():
                 masks = self._pseudo_labels(records)
             del records
             self.pseudo_labels_ = masks

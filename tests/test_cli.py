@@ -84,11 +84,28 @@ def test_demo_writes_report_grid_and_model(demo_dir):
         assert 0 <= numbers[key] <= 1 and f"| {100 * numbers[key]:.1f} |" in report, key
     assert numbers["walk_gain"] == pytest.approx(numbers["walk_miou"] - numbers["cam_miou"], abs=2e-4)
     assert numbers["seconds"] > 0 and numbers["settings"]["setting"] == "quick"
+    # every network's loss per epoch, in the report, the JSON and a figure
+    curves = numbers["loss_curves"]
+    assert set(curves) == {"CAM classifier", "AffinityNet", "segmenter (weak)", "segmenter (full)"}
+    assert len(curves["AffinityNet"]) == numbers["settings"]["affinity_epochs"]
+    assert "## Training curves" in report and f"| {curves['segmenter (weak)'][-1]:.4f} |" in report
+    with Image.open(demo_dir / "curves.png") as figure:
+        assert figure.format == "PNG"
     assert is_model_file(demo_dir / "model.psa")  # the safe format: no pickle
     model = load_model(demo_dir / "model.psa")
     assert isinstance(model, PSASegmenter) and len(model.pseudo_labels_) == 24
     X, _, _ = make_shapes(2, image_size=64, random_state=9)
     assert model.predict(X).shape == (2, 64, 64)
+
+
+def test_training_curves_say_how_much_the_last_quarter_lowered_the_loss():
+    from sklearn_psa._demo import format_curves
+
+    text = format_curves({"net": [4.0, 2.0, 1.5, 1.2, 1.0, 0.9, 0.85, 0.8], "empty": []})
+    # 8 epochs: the last quarter runs from epoch 6 (0.9) to epoch 8 (0.8): -11.1%
+    assert "| net | 8 | 4.0000 | 1.0000 | 0.8000 | -11.1% |" in text
+    assert "empty" not in text
+    assert "| one | 1 | 2.0000 | 2.0000 | 2.0000 | - |" in format_curves({"one": [2.0]})
 
 
 def test_demo_reports_the_device_it_used(demo_run):

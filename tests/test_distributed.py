@@ -89,8 +89,34 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _count_inference(seen):
+    """Count in ``seen`` the images whose CAMs and affinities this process's networks infer."""
+    from sklearn_psa.affinity import AffinityTransformerMixin
+
+    run, iterate = CAMClassifier._run, AffinityTransformerMixin._iter_affinities
+
+    def counted_run(self, images, *args, **kwargs):
+        if kwargs.get("cams", True):
+            seen["cams"] += len(images)
+        return run(self, images, *args, **kwargs)
+
+    def counted_iterate(self, records, *args, **kwargs):
+        seen["affinities"] += len(records)
+        return iterate(self, records, *args, **kwargs)
+
+    CAMClassifier._run, AffinityTransformerMixin._iter_affinities = counted_run, counted_iterate
+
+
+def _arrays(records):
+    """What the tests compare of records: each image's classes, CAMs and (where set) affinity."""
+    return [{"labels": torch.from_numpy(r.labels), "cams": torch.from_numpy(np.array(r.cams)),
+             **({} if r.affinity is None else {"affinity": torch.from_numpy(np.array(r.affinity))})}
+            for r in records.records]
+
+
 def _rank(rank, world_size, port, out):
     """One rank: the fits whose results the tests compare, written to ``out``."""
+    import joblib
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -99,8 +125,11 @@ def _rank(rank, world_size, port, out):
     try:
         X, Y, masks = _data()
         results = {}
+        seen = {"cams": 0, "affinities": 0}
+        _count_inference(seen)
         sizes = BatchSizes()
-        cam = _cam(callbacks=[sizes]).fit(X, Y)
+        cam = _cam(callbacks=[sizes])
+        records = cam.fit_transform(X, Y)  # the CAMs gathered from the ranks
         results["cam"] = (_state(cam), cam.history_)
         results["batch_sizes"] = sizes.sizes_
         try:
@@ -108,8 +137,11 @@ def _rank(rank, world_size, port, out):
                  checkpoint=os.path.join(out, "cam.ckpt")).fit(X, Y)
         except KeyboardInterrupt:
             pass
-        records = CAMClassifier(**TINY, max_epochs=1, scales=(1.0,)).fit_transform(X, Y)
-        aff = AffinityEstimator(**TINY, max_epochs=1, batch_size=4, crf=False, crop_size=24).fit(records)
+        aff = AffinityEstimator(**TINY, max_epochs=1, batch_size=4, crf=False, crop_size=24,
+                                store=os.path.join(out, "store"))
+        records = aff.fit_transform(records)  # the affinities: each rank writes its share
+        results["records"] = _arrays(records)
+        results["seen_by_steps"] = dict(seen)
         seg = PSASegmenter(**TINY, max_epochs=1, batch_size=4, supervision="pixel",
                            init="scratch").fit(X, masks)
         results["aff"], results["seg"] = _state(aff), _state(seg)
@@ -117,13 +149,26 @@ def _rank(rank, world_size, port, out):
 
         walked, refine = [], walk._refine  # the random walk of one image
         walk._refine = lambda *args: walked.append(1) or refine(*args)
+        seen.update(cams=0, affinities=0)
+        kept = {}
+        pseudo_labels = PSASegmenter._pseudo_labels
+
+        def keep(self, walked_records):  # the records the walk starts from
+            kept["records"] = walked_records
+            return pseudo_labels(self, walked_records)
+
+        PSASegmenter._pseudo_labels = keep
         psa = PSASegmenter(**TINY, max_epochs=1, batch_size=4, cam__max_epochs=1,
-                           cam__scales=(1.0,), affinity__max_epochs=1, affinity__crf=False,
+                           cam__scales=(1.0,), cam__store=os.path.join(out, "psa-store"),
+                           affinity__max_epochs=1, affinity__crf=False,
                            affinity__crop_size=24).fit(X, Y)
         walk._refine = refine
-        results["walked"] = len(walked)
+        results["walked"], results["seen"] = len(walked), seen
+        results["psa_records"] = _arrays(kept["records"])
         results["pseudo_labels"] = torch.from_numpy(np.stack(psa.pseudo_labels_))
         results["psa"] = _state(psa)
+        if rank == 0:  # the fitted steps, for the one-process inference
+            joblib.dump({"aff": aff, "psa": psa}, os.path.join(out, "fitted.joblib"))
         # a backbone with parameters that take no gradient (its ImageNet classifier)
         lite = CAMClassifier(**dict(TINY, backbone="efficientnet_lite0", backbone_options=None),
                              max_epochs=1, batch_size=4, scales=(1.0,), crop_size=32).fit(X, Y)
@@ -171,6 +216,70 @@ def test_each_rank_walks_its_share_of_the_images_and_all_get_every_mask(ranks):
     assert torch.equal(rank0["pseudo_labels"], rank1["pseudo_labels"])
 
 
+def _assert_same_records(a, b, **tol):
+    assert len(a) == len(b) == N_IMAGES
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert set(x) == set(y) and torch.equal(x["labels"], y["labels"]), f"record {i}"
+        for name in set(x) - {"labels"}:
+            torch.testing.assert_close(x[name], y[name], msg=f"{name} of record {i} differs", **tol)
+
+
+def test_records_of_a_data_parallel_fit_are_those_of_one_process(ranks):
+    import joblib
+
+    out, (rank0, rank1) = ranks
+    X, Y, _ = _data()
+    fitted = joblib.load(out / "fitted.joblib")
+    aff = fitted["aff"].set_params(store=None)  # computed here, not read from the ranks' store
+    single = aff.transform(_cam().fit_transform(X, Y))  # one-process CAMs, fitted weights alike
+    for rank in (rank0, rank1):
+        _assert_same_records(rank["records"], _arrays(single), rtol=1e-4, atol=1e-5)
+    # inside PSASegmenter.fit: CAMs from a store (each rank wrote its share), affinities gathered
+    psa = fitted["psa"]
+    cams = psa.cam_.set_params(store=None).compute_cams(X, Y)  # fit_transform's CAMs, in one process
+    single = _arrays(psa.affinity_.transform(cams))
+    assert all("affinity" in r for r in single)
+    for rank in (rank0, rank1):
+        _assert_same_records(rank["psa_records"], single, rtol=1e-5, atol=1e-6)
+
+
+def test_each_rank_infers_the_cams_and_affinities_of_its_share_of_the_images(ranks):
+    _, (rank0, rank1) = ranks
+    half = {"cams": N_IMAGES // 2, "affinities": N_IMAGES // 2}
+    assert rank0["seen_by_steps"] == rank1["seen_by_steps"] == half  # fit_transform of each step
+    assert rank0["seen"] == rank1["seen"] == half  # inside PSASegmenter.fit
+
+
+def test_share_work_takes_rank_0s_items_and_gives_everyone_all_results_in_order():
+    from sklearn_psa._distributed import share_work, split_work
+
+    class SecondOfThree:  # rank 1 of 3, whose list of work differs from rank 0's
+        rank, world_size, barriers = 1, 3, 0
+        share = staticmethod(lambda items: items[1::3])
+        broadcast_object = staticmethod(lambda items: [0, 2, 3, 5, 7])  # rank 0's
+
+        @staticmethod
+        def all_gather(mine):
+            return [[k * 10 for k in [0, 2, 3, 5, 7][r::3]] if r != 1 else mine for r in range(3)]
+
+        @classmethod
+        def barrier(cls):
+            cls.barriers += 1
+
+    called = []
+
+    def times_ten(items):
+        called.append(items)
+        return [k * 10 for k in items]
+
+    with split_work(SecondOfThree()):
+        assert share_work(times_ten, [2, 3, 5]) == [0, 20, 30, 50, 70]
+        assert share_work(times_ten, [2, 3], gather=False) is None  # written somewhere: a barrier
+    assert called == [[2, 7], [2, 7]] and SecondOfThree.barriers == 1
+    assert share_work(times_ten, [4, 1]) == [40, 10] and called[-1] == [4, 1]  # outside: here
+    assert share_work(times_ten, []) == [] and len(called) == 3  # nothing to do: not called
+
+
 def test_every_rank_returns_the_same_fitted_networks(ranks):
     _, (rank0, rank1) = ranks
     for name in ("aff", "seg", "psa", "lite"):  # the segmentation head's BatchNorm statistics included
@@ -212,6 +321,33 @@ def test_split_work_gives_each_rank_its_share_and_everyone_all_results_in_order(
     assert list(map_images(times_ten, [(2,)])) == [20]  # outside the block: everything here
 
 
+def test_a_store_the_ranks_do_not_share_is_a_clear_error(tmp_path):
+    from sklearn_psa._distributed import split_work
+    from sklearn_psa._store import ArrayStore
+
+    class SecondOfTwo:  # rank 1 of 2, on a machine where rank 0's files never arrive
+        rank, world_size = 1, 2
+        share = staticmethod(lambda items: items[1::2])
+        broadcast_object = staticmethod(lambda items: items)
+        barrier = staticmethod(lambda: None)
+
+    store = ArrayStore(tmp_path)
+    store.save("cams", "a", np.zeros(2))  # there before: not computed again
+    written = []
+
+    def compute(keys):
+        written.extend(keys)
+        for key in keys:
+            store.save("cams", key, np.ones(2))
+
+    with split_work(SecondOfTwo()), pytest.raises(FileNotFoundError, match="file system the machines share"):
+        store.fill("cams", ["a", "b", "c", "d"], compute)
+    assert written == ["c"]  # its share of b, c, d
+    written.clear()
+    store.fill("cams", ["a", "b", "c", "d"], compute)  # one process: the rest, here
+    assert written == ["b", "d"]
+
+
 def test_batchnorm_syncs_where_it_trains_and_stays_frozen_where_frozen():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4),
                               torch.nn.Sequential(torch.nn.BatchNorm2d(4)))
@@ -244,6 +380,17 @@ def test_a_single_process_is_not_data_parallel(monkeypatch):
     assert launched()
     monkeypatch.setenv("SKLEARN_PSA_RANK_PID", str(os.getpid() + 1))
     assert not launched()  # a worker process that a rank started
+
+
+def test_the_demo_refuses_to_run_in_every_process_of_a_launcher(monkeypatch, tmp_path, capsys):
+    from sklearn_psa import cli
+
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("SKLEARN_PSA_RANK_PID", str(os.getpid()))):
+        monkeypatch.setenv(name, value)
+    assert cli.main(["demo", "--output", str(tmp_path / "demo"), "--quick"]) == 2
+    assert "demo runs in one process: start it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 # ----------------------------------------------------------------------------- the CLI under torchrun

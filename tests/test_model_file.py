@@ -73,6 +73,16 @@ def test_segmenter_round_trip_predicts_the_same(segmenter, data, tmp_path):
     np.testing.assert_allclose(recs[0].affinity, ref[0].affinity, atol=1e-5)
     for a, b in zip(segmenter.pseudo_labels_, loaded.pseudo_labels_):
         np.testing.assert_array_equal(a, b)
+    # read from the file when indexed; a pickle (or copy) holds their values
+    import copy
+    import pickle
+
+    assert not isinstance(loaded.pseudo_labels_, list) and len(loaded.pseudo_labels_) == len(X)
+    for copied in (pickle.loads(pickle.dumps(loaded)), copy.deepcopy(loaded)):
+        assert isinstance(copied.pseudo_labels_, list)
+        for a, b in zip(segmenter.pseudo_labels_, copied.pseudo_labels_):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(loaded.pseudo_labels_[1:][0], segmenter.pseudo_labels_[1])
     assert loaded.affinity_.history_ == segmenter.affinity_.history_
     assert loaded.affinity_.label_stats_ == segmenter.affinity_.label_stats_
     # the loaded estimator clones, refits and saves again

@@ -111,15 +111,27 @@ def test_fit_and_predict_on_image_files_hold_a_batch_at_a_time(image_folder, tmp
     read = LiveCount()
     monkeypatch.setattr(sklearn_psa._model_file._ZipArrays, "__getitem__",
                         read.wrap(sklearn_psa._model_file._ZipArrays.__getitem__))
-    full = load_model(model)
-    n_arrays = read.made
     light = load_model(model, pseudo_labels=False)
-    assert read.made - n_arrays == n_arrays - N_IMAGES and not hasattr(light, "pseudo_labels_")
+    n_arrays = read.made  # the networks' and fitted arrays: no mask
+    assert not hasattr(light, "pseudo_labels_")
+    # by default the masks are read from the file one at a time, when indexed
+    full = load_model(model)
+    assert read.made == 2 * n_arrays and len(full.pseudo_labels_) == N_IMAGES
+    np.testing.assert_array_equal(full.pseudo_labels_[3], seg.pseudo_labels_[3])
+    assert read.made == 2 * n_arrays + 1
+    # saving the loaded model again copies them one at a time, and they stay readable after
+    # the file is replaced (the loaded model holds the file it was read from open)
+    arrays_of = LiveCount()
+    monkeypatch.setattr(sklearn_psa._model_file._ModelFileArray, "load",
+                        arrays_of.wrap(sklearn_psa._model_file._ModelFileArray.load))
+    assert load_model(save_model(full, model)).pseudo_labels_[3].shape == seg.pseudo_labels_[3].shape
+    assert arrays_of.made == N_IMAGES and arrays_of.peak == 1
+    np.testing.assert_array_equal(full.pseudo_labels_[-1], seg.pseudo_labels_[-1])
     read.made = 0
     out = tmp_path / "predicted"
     assert main(["predict", os.path.dirname(paths[0]), "--model", model, "--output", str(out),
                  "-q"]) == 0
-    assert read.made == n_arrays - N_IMAGES and len(os.listdir(out)) == N_IMAGES
+    assert read.made == n_arrays and len(os.listdir(out)) == N_IMAGES
     for a, b in zip(full.predict(paths[:3]), light.predict(paths[:3])):
         np.testing.assert_array_equal(a, b)
     images.made = images.peak = 0
