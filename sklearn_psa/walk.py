@@ -23,6 +23,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._affinity_labels import score_stack
 from ._device import resolve_device
+from ._distributed import split_work
 from ._grid import STRIDE, neighbor_offsets
 from ._parallel import N_JOBS_CONSTRAINT, map_images
 from ._random_walk import BACKENDS, random_walk
@@ -362,12 +363,19 @@ def stored_masks(folder, refiner, records):
     setting = (type(refiner).__name__, params)
     keys = [joblib.hash((setting, r.labels.tolist(), r.shape, array_key(r.__dict__["cams"]),
                          array_key(r.__dict__["affinity"]))) for r in records.records]
-    todo = [i for i, key in enumerate(keys) if not store.has("pseudo-labels", key)]
-    if todo:
-        if isinstance(refiner, RandomWalkRefiner):
-            masks = refiner._refined(records[todo], as_mask=True, done=len(records) - len(todo))
-        else:
-            masks = refiner.predict(records[todo])
-        for i, mask in zip(todo, masks):
-            store.save("pseudo-labels", keys[i], mask)
+    index = {key: i for i, key in enumerate(keys)}  # (the same key twice: the same mask)
+
+    def walk(some_keys):
+        """Walk and write the masks of ``some_keys`` here (this process's share in a
+        data-parallel fit: the walk is not split again)."""
+        todo = [index[key] for key in some_keys]
+        with split_work(None):
+            if isinstance(refiner, RandomWalkRefiner):
+                masks = refiner._refined(records[todo], as_mask=True, done=len(records) - len(todo))
+            else:
+                masks = refiner.predict(records[todo])
+            for i, mask in zip(todo, masks):
+                store.save("pseudo-labels", keys[i], mask)
+
+    store.fill("pseudo-labels", list(index), walk)
     return StoredArrays(store.path("pseudo-labels", key) for key in keys)

@@ -158,12 +158,22 @@ def _rank(rank, world_size, port, out):
             return pseudo_labels(self, walked_records)
 
         PSASegmenter._pseudo_labels = keep
+        from sklearn_psa import _store
+
+        written, save = [], _store.ArrayStore.save  # the pseudo-labels this rank writes
+
+        def counted_save(self, kind, *args):
+            written.append(kind)
+            return save(self, kind, *args)
+
+        _store.ArrayStore.save = counted_save
         psa = PSASegmenter(**TINY, max_epochs=1, batch_size=4, cam__max_epochs=1,
                            cam__scales=(1.0,), cam__store=os.path.join(out, "psa-store"),
-                           affinity__max_epochs=1, affinity__crf=False,
-                           affinity__crop_size=24).fit(X, Y)
-        walk._refine = refine
+                           affinity__max_epochs=1, affinity__crf=False, affinity__crop_size=24,
+                           affinity__store=os.path.join(out, "psa-store")).fit(X, Y)
+        walk._refine, _store.ArrayStore.save = refine, save
         results["walked"], results["seen"] = len(walked), seen
+        results["pseudo_labels_written"] = written.count("pseudo-labels")
         results["psa_records"] = _arrays(kept["records"])
         results["pseudo_labels"] = torch.from_numpy(np.stack(psa.pseudo_labels_))
         results["psa"] = _state(psa)
@@ -212,6 +222,8 @@ def test_each_rank_computes_its_share_of_every_global_batch(ranks):
 def test_each_rank_walks_its_share_of_the_images_and_all_get_every_mask(ranks):
     _, (rank0, rank1) = ranks
     assert rank0["walked"] == rank1["walked"] == N_IMAGES // 2
+    # with a store each rank writes the masks of its share only
+    assert rank0["pseudo_labels_written"] == rank1["pseudo_labels_written"] == N_IMAGES // 2
     assert rank0["pseudo_labels"].shape == (N_IMAGES, 32, 32)
     assert torch.equal(rank0["pseudo_labels"], rank1["pseudo_labels"])
 
