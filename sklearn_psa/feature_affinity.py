@@ -19,6 +19,7 @@ from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._device import resolve_device
+from ._distributed import share_work
 from ._grid import STRIDE, neighbor_offsets, shift_slices
 from ._torch_estimator import TorchEstimatorMixin, device_type, images_to_tensor, iter_image_batches, module_type
 from ._validation import keep_params
@@ -173,15 +174,18 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
     def _store_fitted(self):
         return (self._network("backbone_"), self.mean_, self.scale_, self.distance_scale_)
 
-    def _grid_features(self, records, device):
-        """Yield ``(indices, features)``: raw grid features, batch by batch (run it under
-        ``torch.inference_mode``)."""
+    def _batches(self, records):
+        """The images' indices, batch by batch."""
+        return list(iter_image_batches([r.shape for r in records.records], max(1, int(self.batch_size))))
+
+    def _grid_features(self, records, device, batches=None):
+        """Yield ``(indices, features)``: raw grid features, batch by batch (``batches``: a
+        part of :meth:`_batches`; run it under ``torch.inference_mode``)."""
         from .nn.affinity_head import backbone_levels, resize_to
 
         net = self._network("backbone_", device)
-        shapes = [r.shape for r in records.records]
         level = _LEVELS[self.level]
-        for idx in iter_image_batches(shapes, max(1, int(self.batch_size))):
+        for idx in self._batches(records) if batches is None else batches:
             x = images_to_tensor([records[i].load_image() for i in idx], device)
             levels, size = backbone_levels(net, x, STRIDE, float(self.input_scale))
             yield idx, resize_to(levels[level].float().contiguous(), size)
@@ -230,35 +234,50 @@ class FeatureAffinity(TorchEstimatorMixin, AffinityTransformerMixin, BaseEstimat
 
         # One pass: per-channel sums give the mean and variance, and per-channel sums of
         # |f_c(i) - f_c(j)| over the pairs give the mean standardised distance afterwards
-        # (it is linear in them: mean_c |diff_c| / scale_c).
-        total = total_sq = abs_diff = 0.0
-        count = n_pairs = 0
+        # (it is linear in them: mean_c |diff_c| / scale_c). The sums of each batch, added in
+        # the batches' order: in a data-parallel fit each rank sums its share of the batches.
         bar = progress(verbose=self.verbose, desc="FeatureAffinity statistics", total=len(records))
-        with torch.inference_mode(), bar:
-            for idx, feats in self._grid_features(records, device):
-                bar.update(len(idx))
-                f = feats.double()
-                total = total + f.sum(dim=(0, 2, 3))
-                total_sq = total_sq + (f * f).sum(dim=(0, 2, 3))
-                count += f.shape[0] * f.shape[2] * f.shape[3]
-                h, w = f.shape[-2:]
-                for dy, dx in self.offsets_:
-                    (sy, sx), (ty, tx) = shift_slices(int(dy), int(dx), h, w)
-                    diff = (f[:, :, sy, sx] - f[:, :, ty, tx]).abs()
-                    abs_diff = abs_diff + diff.sum(dim=(0, 2, 3))
-                    n_pairs += diff.shape[0] * diff.shape[2] * diff.shape[3]
+
+        def batch_sums(batches):
+            out = []
+            with torch.inference_mode():
+                for idx, feats in self._grid_features(records, device, batches):
+                    bar.update(len(idx))
+                    out.append(self._feature_sums(feats.double()))
+            return out
+
+        with bar:
+            sums = share_work(batch_sums, self._batches(records))
+        total, total_sq, abs_diff = (sum(batch[k] for batch in sums) for k in range(3))
+        count, n_pairs = (sum(batch[k] for batch in sums) for k in (3, 4))
         if n_pairs == 0:
             raise ValueError(
                 f"the training images give no pair of grid cells within radius {self.radius}: "
                 f"images need more than one {STRIDE}x{STRIDE} cell"
             )
         mean = total / count
-        var = (total_sq / count - mean * mean).clamp_min(0.0)
-        self.mean_ = mean.float().cpu().numpy()
+        var = np.clip(total_sq / count - mean * mean, 0.0, None)
+        self.mean_ = mean.astype(np.float32)
         # a channel constant over the training cells carries no contrast: unit scale keeps it 0
-        std = var.sqrt().cpu().numpy()
+        std = np.sqrt(var)
         scale = np.where(std > 1e-6 * max(float(std.max()), 1e-12), std, 1.0)
         self.scale_ = scale.astype(np.float32)
-        d_mean = float(np.mean(abs_diff.cpu().numpy() / scale)) / n_pairs
+        d_mean = float(np.mean(abs_diff / scale)) / n_pairs
         self.distance_scale_ = max(d_mean, 1e-12)
         return self
+
+    def _feature_sums(self, f):
+        """``(sum, sum of squares, sum of |f_c(i) - f_c(j)|)`` per channel (float64 numpy) and
+        the numbers of cells and of pairs, of a batch of grid features ``f`` (float64)."""
+        total = f.sum(dim=(0, 2, 3))
+        total_sq = (f * f).sum(dim=(0, 2, 3))
+        abs_diff, n_pairs = 0.0, 0
+        h, w = f.shape[-2:]
+        for dy, dx in self.offsets_:
+            (sy, sx), (ty, tx) = shift_slices(int(dy), int(dx), h, w)
+            diff = (f[:, :, sy, sx] - f[:, :, ty, tx]).abs()
+            abs_diff = abs_diff + diff.sum(dim=(0, 2, 3))
+            n_pairs += diff.shape[0] * diff.shape[2] * diff.shape[3]
+        abs_diff = abs_diff.cpu().numpy() if n_pairs else np.zeros(f.shape[1])
+        return (total.cpu().numpy(), total_sq.cpu().numpy(), abs_diff,
+                f.shape[0] * f.shape[2] * f.shape[3], n_pairs)

@@ -89,6 +89,39 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _image_records(X):
+    """Records of the images ``X`` (one class, CAMs of ones): all FeatureAffinity.fit reads."""
+    from sklearn_psa.records import Records
+
+    return Records.from_arrays(list(X), np.ones((len(X), 1), np.uint8),
+                               [np.ones((1,) + x.shape[:2], np.float32) for x in X])
+
+
+def _feature_statistics(records, group=None):
+    """``FeatureAffinity``'s statistics of ``records`` (split over ``group`` when given, as
+    inside a data-parallel ``PSASegmenter.fit``) and the images its backbone saw here."""
+    from sklearn_psa import FeatureAffinity
+    from sklearn_psa._distributed import split_work
+    from sklearn_psa.nn import make_backbone
+
+    torch.manual_seed(0)
+    est = FeatureAffinity(backbone=make_backbone("tiny", width=4, depth=1).eval(), device="cpu",
+                          batch_size=2)
+    seen = []
+    grid_features = est._grid_features
+
+    def counted(records, device, batches=None):
+        for idx, feats in grid_features(records, device, batches):
+            seen.extend(idx)
+            yield idx, feats
+
+    est._grid_features = counted
+    with split_work(group):
+        est.fit(records)
+    return {"mean": torch.from_numpy(est.mean_), "scale": torch.from_numpy(est.scale_),
+            "distance_scale": est.distance_scale_, "seen": len(seen)}
+
+
 def _count_inference(seen):
     """Count in ``seen`` the images whose CAMs and affinities this process's networks infer."""
     from sklearn_psa.affinity import AffinityTransformerMixin
@@ -145,6 +178,7 @@ def _rank(rank, world_size, port, out):
         seg = PSASegmenter(**TINY, max_epochs=1, batch_size=4, supervision="pixel",
                            init="scratch").fit(X, masks)
         results["aff"], results["seg"] = _state(aff), _state(seg)
+        results["feature_stats"] = _feature_statistics(_image_records(X), process_group(torch.device("cpu")))
         from sklearn_psa import walk
 
         walked, refine = [], walk._refine  # the random walk of one image
@@ -260,6 +294,15 @@ def test_each_rank_infers_the_cams_and_affinities_of_its_share_of_the_images(ran
     half = {"cams": N_IMAGES // 2, "affinities": N_IMAGES // 2}
     assert rank0["seen_by_steps"] == rank1["seen_by_steps"] == half  # fit_transform of each step
     assert rank0["seen"] == rank1["seen"] == half  # inside PSASegmenter.fit
+
+
+def test_feature_affinity_statistics_are_summed_over_the_ranks_shares(ranks):
+    _, (rank0, rank1) = ranks
+    single = _feature_statistics(_image_records(_data()[0]))
+    assert single["seen"] == N_IMAGES and rank0["feature_stats"]["seen"] == rank1["feature_stats"]["seen"] == N_IMAGES // 2
+    for rank in (rank0, rank1):
+        for key in ("mean", "scale", "distance_scale"):
+            np.testing.assert_allclose(rank["feature_stats"][key], single[key], rtol=1e-6, err_msg=key)
 
 
 def test_share_work_takes_rank_0s_items_and_gives_everyone_all_results_in_order():
