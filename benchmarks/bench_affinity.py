@@ -275,6 +275,7 @@ def run(args):
         cam_params["scale_range"] = tuple(args.cam_scale_range)
     if args.cam_depth is not None:  # the CAM classifier's receptive field (tiny: 27 + 16 * depth px)
         cam_params["backbone_options"] = {"depth": args.cam_depth}
+    cam_params.update(args.cam_set)
     t0 = time.perf_counter()
     if args.records:
         import pickle
@@ -441,6 +442,8 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
                         help="an AffinityEstimator parameter for every learned row, e.g. "
                              "label_pooling=mean or dropout=0.3 (repeatable)")
+    parser.add_argument("--cam-set", action="append", default=[], metavar="NAME=JSON",
+                        help="a CAMClassifier parameter of the CAM records, e.g. dropout=0.5 (repeatable)")
     parser.add_argument("--quick", action="store_true", help="smoke run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -453,6 +456,7 @@ def main(argv=None):
     args.ablation = list(ABLATIONS) if args.ablation is None else args.ablation
     args.crf = args.crf == "on"
     args.set = dict(_parsed_setting(item) for item in args.set)
+    args.cam_set = dict(_parsed_setting(item) for item in args.cam_set)
     lines = run(args)
     print()
     print(f"make_shapes({_shapes_kwargs(args)}): {args.subset or args.n} training images, {args.image_size} px, "
