@@ -443,8 +443,9 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
     _later_params = {**TrainedNetworkMixin._later_params, "label_pooling": "vote", "dropout": 0.0}
 
     def __init__(self, backbone="auto", pretrained=None, alpha_low=4, alpha_high=32, radius=5,
-                 crf=True, label_pooling="vote", dropout=0.0, init="scratch", backbone_options=None, head_widths=(64, 128, 256),
-                 input_scale=1.0, crop_size=128, scale_range=(0.9, 1.1), batch_size=8,
+                 crf=True, label_pooling="vote", dropout=0.0, init="scratch",
+                 backbone_options=None, head_widths=(64, 128, 256), input_scale=1.0,
+                 crop_size=128, scale_range=(0.9, 1.1), batch_size=8,
                  max_epochs="auto", learning_rate="auto", head_lr_mult=10.0, weight_decay=5e-4,
                  device="auto", random_state=None, verbose=0, n_jobs=None,
                  store=None, warm_start=False, checkpoint=None, optimizer="sgd",
