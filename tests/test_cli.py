@@ -562,9 +562,15 @@ def test_fit_with_a_store_and_n_jobs(folder, tmp_path, capsys):
     fitted = load_model(tmp_path / "m.joblib")
     assert fitted.cam_.store == fitted.affinity_.store == str(store)
     assert fitted.refiner_.n_jobs == 2
-    # the model file holds the pseudo-labels' values, not references to the store
-    assert isinstance(fitted.pseudo_labels_, list) and len(fitted.pseudo_labels_) == 6
+    # the model file holds the pseudo-labels' values, not references to the store: they read
+    # from the file, with the store's copies gone
+    import shutil
+
+    kept = store.with_name("kept")
+    shutil.move(store / "pseudo-labels", kept)
+    assert len(fitted.pseudo_labels_) == 6
     assert all(type(m) is np.ndarray and m.dtype == np.uint8 for m in fitted.pseudo_labels_)
+    shutil.move(kept, store / "pseudo-labels")
     for kind in ("cams", "affinity", "affinity-labels"):
         assert len(list((store / kind).glob("*.npy"))) == 6, kind
     code = main(["predict", str(folder / "images"), "--model", str(tmp_path / "m.joblib"),
