@@ -259,8 +259,10 @@ def format_curves(curves):
     lines = ["## Training curves", "",
              "Training loss per epoch (`loss_curve_` of each network; `report.json` holds every "
              "epoch). The last column is the change of the loss over the last quarter of the "
-             "epochs: a few percent means the curve has flattened, tens of percent that the "
-             "network would still gain from more epochs.", ""]
+             "epochs: tens of percent mean the network would still gain from more epochs. A few "
+             "percent do not prove convergence: the poly schedule lowers the learning rate to 0 "
+             "at the last epoch, which flattens the end of any curve; training twice as long "
+             "and comparing is the test (docs/benchmarks.md does it for this demo).", ""]
     return "\n".join(lines + [_markdown_table(
         ["network", "epochs", "first", "middle", "last", "last quarter"], rows)])
 
