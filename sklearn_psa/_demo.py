@@ -223,8 +223,8 @@ def format_report(stages, class_names, *, times=None, cpu_times=None, settings=N
                       "(the paper: 76% with ResNet-38, 86% with DeepLab). Both networks train "
                       "for the demo's short budget, and the ratio means something only once the "
                       "fully supervised reference has converged: in docs/benchmarks.md "
-                      "('Backbones'), twice the demo's epochs raised the reference far more "
-                      "than the weakly supervised network."]
+                      "(issue #17, session 9), twice the demo's epochs raised the reference "
+                      "from 69.0 to 77.1 and lowered the segmenter from 59.6 to 58.7 (76%)."]
     if curves:
         lines += ["", format_curves(curves)]
     lines += ["", "## Per-class tables", ""]
