@@ -451,14 +451,23 @@ def test_the_demo_refuses_to_run_in_every_process_of_a_launcher(monkeypatch, tmp
 # ----------------------------------------------------------------------------- the CLI under torchrun
 
 
+#: How a rank ended when gloo's C++ threads were torn down badly at the end of a run (seen a few
+#: times in session 9 on a loaded machine, after the work was done and written; the cause,
+#: inside torch, is not known): the run is tried once more, and any other failure fails.
+_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def _torchrun(*args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
         env.pop(name, None)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "sklearn_psa", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "-m", "sklearn_psa", *args]
+    run = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if run.returncode != 0 and _TEARDOWN_ABORT in run.stderr:
+        run = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return run
 
 
 def test_the_cli_under_torchrun_writes_one_model_whose_masks_it_predicts(tmp_path):
@@ -508,7 +517,7 @@ def test_the_cli_under_torchrun_writes_one_model_whose_masks_it_predicts(tmp_pat
     assert sorted(p.name for p in (tmp_path / "rank1").iterdir()) == ["img1.png", "img3.png", "img5.png"]
 
     predict = _torchrun("predict", "images", "--model", "models/m.psa", "--output", "masks",
-                        "--device", "cpu", "-q", cwd=tmp_path)
+                        "--device", "cpu", "-q", "--overwrite", cwd=tmp_path)  # (the same if tried again)
     assert predict.returncode == 0, predict.stderr
     assert predict.stdout.count("6 masks written to masks") == 1  # the ranks' counts, said once
     expected = model.predict([str(images / f"img{i}.png") for i in range(6)])
