@@ -209,7 +209,9 @@ def share_work(compute, items, *, gather=True):
     Within a :func:`split_work` block of a group, each rank calls ``compute``
     on its share of ``items`` (every ``world_size``-th, from its rank; none:
     not called), in their order, and the results are gathered on every rank
-    in the order of ``items``, as one process gives them. ``items`` are rank
+    in the order of ``items``, as one process gives them. ``compute`` runs
+    outside the block (its share is not split again, e.g. by
+    :func:`~sklearn_psa._parallel.map_images`). ``items`` are rank
     0's: a list that each rank makes from a shared ``store`` (what is not
     there yet) is the same on all of them, even when another rank has begun
     to write. Every rank must call it at the same point (it is a collective).
@@ -238,11 +240,12 @@ def share_work(compute, items, *, gather=True):
         return list(results) if gather else None
     items = group.broadcast_object(items)
     mine = group.share(items)
-    results = compute(mine) if mine else []
+    with split_work(None):  # this rank's share: computed here
+        results = compute(mine) if mine else []
+        results = list(results) if gather else None
     if not gather:
         group.barrier()
         return None
-    results = list(results)
     if len(results) != len(mine):
         raise RuntimeError(f"share_work: compute returned {len(results)} results for {len(mine)} items")
     return in_order(group.all_gather(results))

@@ -23,7 +23,6 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._affinity_labels import score_stack
 from ._device import resolve_device
-from ._distributed import split_work
 from ._grid import STRIDE, neighbor_offsets
 from ._parallel import N_JOBS_CONSTRAINT, map_images
 from ._random_walk import BACKENDS, random_walk
@@ -76,8 +75,9 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         value whose walk agrees best (mean IoU) with the CAMs' confident
         regions (the class still wins against ``(1 - max_c M_c) ** 4``; the
         background still wins against ``** 16``; both refined by the dense
-        CRF; other pixels ignored), on at most 100 of the records. No mask is needed; docs/method.md ("Choosing
-        alpha and beta without masks") compares it with the best choice on masks.
+        CRF; other pixels ignored), on at most 100 of the records. No mask is
+        needed; docs/method.md ("Choosing alpha and beta without masks")
+        compares it with the best choice on masks.
     beta : float or "auto", default=8
         Power applied to the affinities. ``"auto"``: chosen by ``fit`` among
         ``(8, 16, 32)`` with alpha, as for ``alpha="auto"``.
@@ -366,16 +366,15 @@ def stored_masks(folder, refiner, records):
     index = {key: i for i, key in enumerate(keys)}  # (the same key twice: the same mask)
 
     def walk(some_keys):
-        """Walk and write the masks of ``some_keys`` here (this process's share in a
-        data-parallel fit: the walk is not split again)."""
+        """Walk and write the masks of ``some_keys`` (in a data-parallel fit: this process's
+        share)."""
         todo = [index[key] for key in some_keys]
-        with split_work(None):
-            if isinstance(refiner, RandomWalkRefiner):
-                masks = refiner._refined(records[todo], as_mask=True, done=len(records) - len(todo))
-            else:
-                masks = refiner.predict(records[todo])
-            for i, mask in zip(todo, masks):
-                store.save("pseudo-labels", keys[i], mask)
+        if isinstance(refiner, RandomWalkRefiner):
+            masks = refiner._refined(records[todo], as_mask=True, done=len(records) - len(todo))
+        else:
+            masks = refiner.predict(records[todo])
+        for i, mask in zip(todo, masks):
+            store.save("pseudo-labels", keys[i], mask)
 
     store.fill("pseudo-labels", list(index), walk)
     return StoredArrays(store.path("pseudo-labels", key) for key in keys)

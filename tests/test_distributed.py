@@ -306,7 +306,7 @@ def test_feature_affinity_statistics_are_summed_over_the_ranks_shares(ranks):
 
 
 def test_share_work_takes_rank_0s_items_and_gives_everyone_all_results_in_order():
-    from sklearn_psa._distributed import share_work, split_work
+    from sklearn_psa._distributed import share_work, split_work, work_group
 
     class SecondOfThree:  # rank 1 of 3, whose list of work differs from rank 0's
         rank, world_size, barriers = 1, 3, 0
@@ -321,16 +321,18 @@ def test_share_work_takes_rank_0s_items_and_gives_everyone_all_results_in_order(
         def barrier(cls):
             cls.barriers += 1
 
-    called = []
+    called, groups = [], []
 
     def times_ten(items):
         called.append(items)
+        groups.append(work_group())  # its share is not split again
         return [k * 10 for k in items]
 
     with split_work(SecondOfThree()):
         assert share_work(times_ten, [2, 3, 5]) == [0, 20, 30, 50, 70]
         assert share_work(times_ten, [2, 3], gather=False) is None  # written somewhere: a barrier
     assert called == [[2, 7], [2, 7]] and SecondOfThree.barriers == 1
+    assert groups == [None, None]
     assert share_work(times_ten, [4, 1]) == [40, 10] and called[-1] == [4, 1]  # outside: here
     assert share_work(times_ten, []) == [] and len(called) == 3  # nothing to do: not called
 
