@@ -176,18 +176,15 @@ def stored_cams(estimator, net, images, labels, run):
     asked = [None if labels is None else np.flatnonzero(labels[i]) for i in range(len(images))]
     keys = [joblib.hash((model, image_key(src), None if a is None else a.tolist()))
             for src, a in zip(images.sources, asked)]
-    index = {key: i for i, key in enumerate(keys)}
-
-    def compute(todo):  # the keys not there (in a data-parallel fit: this rank's share)
-        part = [index[key] for key in todo]
-
+    def compute(todo):  # the images not there (in a data-parallel fit: this rank's share)
         def emit(j, present, cams):
+            key = keys[todo[j]]
             if labels is None:  # the predicted classes: kept beside the CAMs
-                store.save("labels", todo[j], present.astype(np.int64))
-            store.save("cams", todo[j], cams)  # last: its presence means both are there
+                store.save("labels", key, present.astype(np.int64))
+            store.save("cams", key, cams)  # last: its presence means both are there
 
-        run(images.take(part), None if labels is None else labels[part],
-            emit=emit, done=len(images) - len(part))
+        run(images.take(todo), None if labels is None else labels[todo],
+            emit=emit, done=len(images) - len(todo))
 
     store.fill("cams", keys, compute)
     # references, not open memory maps: a record maps its file when it is used

@@ -191,7 +191,7 @@ class ArrayStore:
         return path
 
     def fill(self, kind, keys, compute):
-        """Have the arrays of ``keys`` there: ``compute(keys)`` writes those missing.
+        """Have the arrays of ``keys`` there: ``compute(positions)`` writes those missing.
 
         In a data-parallel fit (within :func:`~sklearn_psa._distributed.split_work`)
         each rank writes its share of the missing keys and waits for the others
@@ -204,19 +204,23 @@ class ArrayStore:
             The arrays' kind (their presence says the work of a key is done).
         keys : list of str
         compute : callable
-            ``compute(some_keys)`` writes their arrays (of ``kind``, and any
-            other kinds written before it).
+            ``compute(positions)`` writes the arrays (of ``kind``, and any
+            other kinds written before it) of ``keys[i]`` for each ``i`` of
+            ``positions``: the first position of each key not there.
 
         Raises
         ------
         FileNotFoundError
             When another rank's arrays are not found after it wrote them.
         """
-        todo = [key for key in keys if not self.has(kind, key)]
+        first = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        todo = [i for key, i in first.items() if not self.has(kind, key)]
         share_work(compute, todo, gather=False)
         if work_group() is None:
             return
-        missing = [key for key in todo if not self.has(kind, key)]
+        missing = [keys[i] for i in todo if not self.has(kind, keys[i])]
         if missing:
             raise FileNotFoundError(
                 f"{self.name}={os.fspath(self.folder)!r}: {len(missing)} arrays that the other "

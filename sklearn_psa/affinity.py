@@ -270,12 +270,9 @@ class AffinityTransformerMixin(TransformerMixin):
         store = ArrayStore(self.store)
         model = model_key(self, self._store_fitted())
         keys = [joblib.hash((model, image_key(r.image), tuple(r.shape))) for r in records.records]
-        index = {key: i for i, key in enumerate(keys)}
-
-        def compute(todo):  # the keys not there (in a data-parallel fit: this rank's share)
-            part = [index[key] for key in todo]
-            for j, aff in self._iter_affinities(records[part], done=len(records) - len(part)):
-                store.save("affinity", todo[j], aff)
+        def compute(todo):  # the records not there (in a data-parallel fit: this rank's share)
+            for j, aff in self._iter_affinities(records[todo], done=len(records) - len(todo)):
+                store.save("affinity", keys[todo[j]], aff)
 
         store.fill("affinity", keys, compute)
         return [store.reference("affinity", key) for key in keys]

@@ -363,12 +363,9 @@ def stored_masks(folder, refiner, records):
     setting = (type(refiner).__name__, params)
     keys = [joblib.hash((setting, r.labels.tolist(), r.shape, array_key(r.__dict__["cams"]),
                          array_key(r.__dict__["affinity"]))) for r in records.records]
-    index = {key: i for i, key in enumerate(keys)}  # (the same key twice: the same mask)
-
-    def walk(some_keys):
-        """Walk and write the masks of ``some_keys`` (in a data-parallel fit: this process's
-        share)."""
-        todo = [index[key] for key in some_keys]
+    def walk(todo):
+        """Walk and write the masks of the records ``todo`` (in a data-parallel fit: this
+        process's share of those not there)."""
         if isinstance(refiner, RandomWalkRefiner):
             masks = refiner._refined(records[todo], as_mask=True, done=len(records) - len(todo))
         else:
@@ -376,5 +373,5 @@ def stored_masks(folder, refiner, records):
         for i, mask in zip(todo, masks):
             store.save("pseudo-labels", keys[i], mask)
 
-    store.fill("pseudo-labels", list(index), walk)
+    store.fill("pseudo-labels", keys, walk)
     return StoredArrays(store.path("pseudo-labels", key) for key in keys)
