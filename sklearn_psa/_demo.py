@@ -267,16 +267,29 @@ def format_curves(curves):
         ["network", "epochs", "first", "middle", "last", "last quarter"], rows)])
 
 
-def plot_curves(path, curves):
-    """Write the training losses (one panel per network, log scale) as a PNG."""
+def _figure(figsize):
+    """A matplotlib Figure with the Agg canvas directly: no pyplot, no global backend switch."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig, path):
+    """Lay out ``fig`` and write it to ``path`` as a PNG, atomically."""
     from .io import atomic_write
 
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+
+
+def plot_curves(path, curves):
+    """Write the training losses (one panel per network, log scale) as a PNG."""
     curves = {k: v for k, v in curves.items() if v}
-    fig = Figure(figsize=(3.2 * max(len(curves), 1), 2.6))
-    FigureCanvasAgg(fig)
+    fig = _figure((3.2 * max(len(curves), 1), 2.6))
     axes = fig.subplots(1, max(len(curves), 1), squeeze=False)[0]
     for ax, (name, losses) in zip(axes, curves.items()):
         ax.plot(np.arange(1, len(losses) + 1), losses, marker=".")
@@ -285,9 +298,7 @@ def plot_curves(path, curves):
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel("training loss", fontsize=8)
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=100)
+    _save_png(fig, path)
 
 
 def report_numbers(scores, ratio, seconds, **settings):
@@ -324,16 +335,11 @@ def plot_grid(path, columns, n_rows):
         ``"mask"`` (class values, drawn in the VOC palette).
     n_rows : int
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .io import atomic_write, voc_palette
+    from .io import voc_palette
 
     palette = voc_palette()
     n_cols = len(columns)
-    # A Figure with the Agg canvas directly: no pyplot, no global backend switch.
-    fig = Figure(figsize=(1.9 * n_cols, 1.9 * n_rows))
-    FigureCanvasAgg(fig)
+    fig = _figure((1.9 * n_cols, 1.9 * n_rows))
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for c, (title, items, kind) in enumerate(columns):
         axes[0, c].set_title(title, fontsize=8)
@@ -347,9 +353,7 @@ def plot_grid(path, columns, n_rows):
                 ax.imshow(item, cmap="jet", vmin=0, vmax=1, interpolation="nearest")
             else:
                 ax.imshow(item, interpolation="nearest")
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=100)
+    _save_png(fig, path)
 
 
 def demo_estimator(quick=False, *, device="auto", random_state=0, verbose=0, memory=None,
@@ -484,6 +488,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
         ("Fully supervised (true masks)", "test", Mt, pred_full),
     ]
     peak = _peak_rss_mb()
+    walk_settings = _walk_settings(seg.refiner_)
     curves = {"CAM classifier": seg.cam_.loss_curve_, "AffinityNet": seg.affinity_.loss_curve_,
               "segmenter (weak)": seg.loss_curve_, "segmenter (full)": full.loss_curve_}
     curves = {k: [round(float(v), 6) for v in losses] for k, losses in curves.items()}
@@ -491,7 +496,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
         stages, class_names, times=watch.times, cpu_times=watch.cpu, peak_mb=peak, curves=curves,
         settings={"n_train": n_train, "n_test": n_test, "image_size": size, "device": used_device,
                   "random_state": random_state, "setting": setting, **settings["params"],
-                  "walk alpha and beta used": _walk_settings(seg.refiner_),
+                  "walk alpha and beta used": walk_settings,
                   "AffinityNet epochs trained": seg.affinity_.n_epochs_},
     )
     files = {"report": output / "report.md", "report_json": output / "report.json",
@@ -500,8 +505,7 @@ def run_demo(output, *, n_samples=None, device="auto", quick=False, random_state
         f.write(text)
     numbers = report_numbers(scores, ratio, time.perf_counter() - start, setting=setting, n_train=n_train,
                              n_test=n_test, image_size=size, device=used_device, random_state=random_state,
-                             walk_alpha=_walk_settings(seg.refiner_)[0],
-                             walk_beta=_walk_settings(seg.refiner_)[1],
+                             walk_alpha=walk_settings[0], walk_beta=walk_settings[1],
                              affinity_epochs=int(seg.affinity_.n_epochs_))
     numbers["loss_curves"] = curves
     with atomic_write(files["report_json"], "w") as f:
