@@ -374,6 +374,10 @@ def run(args):
         params.update(args.set)
         label = name if name.startswith("learned") else f"learned: {name}"
         label += "".join(f" {k}={v}" for k, v in args.set.items())
+        if args.label_walk:  # labels from the CAMs walked over ImageNet features first
+            params["label_affinity"] = FeatureAffinity(input_scale=args.label_walk_scale, device=args.device)
+            params["label_beta"] = args.label_walk
+            label += f" label_affinity=FeatureAffinity(input_scale={args.label_walk_scale}) label_beta={args.label_walk}"
         with _levers(**levers):
             add_fitted_row(label, AffinityEstimator(**params), recs)
     return lines
@@ -444,6 +448,11 @@ def main(argv=None):
                              "label_pooling=mean or dropout=0.3 (repeatable)")
     parser.add_argument("--cam-set", action="append", default=[], metavar="NAME=JSON",
                         help="a CAMClassifier parameter of the CAM records, e.g. dropout=0.5 (repeatable)")
+    parser.add_argument("--label-walk", type=float, default=None, metavar="BETA",
+                        help="learned rows draw their labels from the CAMs walked over FeatureAffinity "
+                             "with this beta (AffinityEstimator's label_affinity, label_beta)")
+    parser.add_argument("--label-walk-scale", type=float, default=2.0,
+                        help="FeatureAffinity input_scale of --label-walk")
     parser.add_argument("--quick", action="store_true", help="smoke run")
     args = parser.parse_args(argv)
     if args.quick:

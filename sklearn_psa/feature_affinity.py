@@ -23,7 +23,7 @@ from ._distributed import share_work
 from ._grid import STRIDE, neighbor_offsets, shift_slices
 from ._torch_estimator import TorchEstimatorMixin, device_type, images_to_tensor, iter_image_batches, module_type
 from ._validation import keep_params
-from .affinity import AffinityTransformerMixin
+from ._affinity_transform import AffinityTransformerMixin
 from .records import check_records
 
 __all__ = ["FeatureAffinity"]

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, clone
 
 from sklearn_psa import AffinityEstimator, RandomWalkRefiner, neighbor_offsets
 from sklearn_psa._affinity_labels import downsample_mask
@@ -15,7 +15,7 @@ from _estimator_checks import (RECORDS_INPUT_FAILED_CHECKS, assert_inapplicable_
                                sklearn_check_cases)
 
 FAST = dict(backbone="tiny", crf=False, head_widths=(8, 8, 8), backbone_options={"width": 4, "depth": 1},
-            crop_size=32, batch_size=4, device="cpu", random_state=0)
+            crop_size=32, batch_size=4, device="cpu", random_state=0, label_affinity=None)
 
 
 def square_records(n=12, size=32, seed=0, perfect_cams=True):
@@ -337,14 +337,16 @@ def _mixed_records(seed=0):
     return Records.from_arrays(images, Y, cams)
 
 
-def _training_grids(est, records, params=None, crop_size=None):
+def _training_grids(est, records, params=None, crop_size=None, label_affinity=None):
     """The grid labels ``get_loss`` trains on, for a batch of all ``records`` taken through
-    the training data path (``params``: each image's augmentation, default none)."""
+    the training data path (``params``: each image's augmentation, default none; ``label_affinity``:
+    a fitted ``label_affinity``)."""
     from sklearn_psa.affinity import _batch_grid_labels
     from sklearn_psa._training import _AS_IS, Augmentation, _host_batch, _Plan, _to_device_batch
 
     est.offsets_ = np.asarray(neighbor_offsets(est.radius))
-    samples = est._training_samples({"records": records, "device": torch.device("cpu")})
+    samples = est._training_samples({"records": records, "device": torch.device("cpu"),
+                                      "label_affinity": label_affinity})
     plan = _Plan(list(range(len(records))), params or [_AS_IS] * len(records))
     aug = Augmentation(crop_size=crop_size, color_jitter=0.0)
     batch = _to_device_batch(*_host_batch(samples, plan, aug), torch.device("cpu"), False)
@@ -478,3 +480,101 @@ def test_checkpoint_fingerprints_hold_the_new_options_only_when_set(squares):
     for change in ({"dropout": 0.3}, {"label_pooling": "mean"}):
         other, params = AffinityEstimator(**FAST, **change)._fingerprint({"records": records})
         assert other != fingerprint and params[next(iter(change))] == next(iter(change.values()))
+
+
+# ----------------------------------------------------------------------------- label walk
+
+
+class OnesAffinity(BaseEstimator):
+    """An affinity estimator whose affinity is 1 everywhere (the walk then spreads each map
+    evenly)."""
+
+    def __init__(self, radius=5):
+        self.radius = radius
+
+    def fit(self, X, y=None):
+        self.n_fitted_on_ = len(X)
+        return self
+
+    def transform(self, X):
+        k = len(neighbor_offsets(self.radius))
+        return X.with_affinity([np.ones((k, -(-r.shape[0] // 8), -(-r.shape[1] // 8)), np.float32)
+                                for r in X.records], self.radius)
+
+
+def _walked_records(records, affinity, beta, t):
+    """``records`` whose CAMs are the walk's class maps, each divided by its maximum: the
+    plain reference of the label walk (the refiner's walk; its background channel dropped)."""
+    scores = RandomWalkRefiner(alpha=1, beta=beta, t=t).transform(affinity.fit(records).transform(records))
+    cams = [s[1:] / s[1:].reshape(len(s) - 1, -1).max(axis=1)[:, None, None] for s in scores]
+    return Records([r.__class__(r.image, r.labels, c, shape=r.shape) for r, c in zip(records.records, cams)],
+                   records.n_classes, records.source)
+
+
+@pytest.mark.parametrize("pooling", ["vote", "mean"])
+def test_label_walk_draws_the_labels_from_the_walked_maps(pooling):
+    records = _mixed_records()
+    est = AffinityEstimator(**{**FAST, "label_affinity": OnesAffinity()}, label_beta=4, label_t=3, label_pooling=pooling)
+    got = _training_grids(est, records, label_affinity=est._fitted_label_affinity(records))
+    want = _training_grids(AffinityEstimator(label_pooling=pooling, **FAST),
+                           _walked_records(records, OnesAffinity(), beta=4, t=3))
+    plain = _training_grids(AffinityEstimator(label_pooling=pooling, **FAST), records)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    # an even walk makes every class a whole-image map: far more confident foreground
+    fg = lambda gs: np.mean([((g[0] > 0) & (g[0] != 255)).mean() for g in gs])  # noqa: E731
+    assert fg(got) > fg(plain) + 0.2
+
+
+def test_label_walk_fits_a_clone_of_its_affinity_and_leaves_background_only_images(squares):
+    records, _ = squares
+    given = OnesAffinity()
+    est = AffinityEstimator(max_epochs=0, **{**FAST, "label_affinity": given}).fit(records)
+    assert not hasattr(given, "n_fitted_on_") and est.get_params()["label_affinity__radius"] == 5
+    assert est.label_stats_ != AffinityEstimator(max_epochs=0, **FAST).fit(records).label_stats_
+    empty = Records.from_arrays([records[0].image], np.zeros((1, 1), np.uint8), [np.zeros((0, 32, 32), np.float32)])
+    stats = AffinityEstimator(max_epochs=0, **{**FAST, "label_affinity": given}).fit(empty).label_stats_
+    assert stats["foreground"] == 0 and stats["background"] == 1
+
+
+def test_label_walk_keeps_its_own_label_maps_in_the_store(squares, tmp_path):
+    records, _ = squares
+    with_walk = dict(FAST, max_epochs=0, label_affinity=OnesAffinity(), label_t=4)
+    expected = AffinityEstimator(**with_walk).fit(records).label_stats_
+    plain = AffinityEstimator(max_epochs=0, store=tmp_path, **FAST).fit(records).label_stats_
+    assert plain != expected
+    # the maps stored without the walk are not taken for the walk's, and the walk's are reused
+    assert AffinityEstimator(**with_walk, store=tmp_path).fit(records).label_stats_ == expected
+    n_files = len(list(tmp_path.rglob("*.npy")))
+    assert AffinityEstimator(**with_walk, store=tmp_path).fit(records).label_stats_ == expected
+    assert len(list(tmp_path.rglob("*.npy"))) == n_files
+    AffinityEstimator(**with_walk, label_beta=2, store=tmp_path).fit(records)
+    assert len(list(tmp_path.rglob("*.npy"))) > n_files
+
+
+def test_label_walk_parameters_are_checked_and_fingerprinted(squares):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    records, _ = squares
+    for bad in ({"label_affinity": "features"}, {"label_beta": 0}, {"label_t": -1}):
+        with pytest.raises(InvalidParameterError, match=next(iter(bad))):
+            AffinityEstimator(**{**FAST, **bad}).fit(records)
+    _, params = AffinityEstimator(**FAST)._fingerprint({"records": records})
+    assert not {"label_affinity", "label_beta", "label_t"} & set(params)  # None: the version before
+    fp1, params = AffinityEstimator(**{**FAST, "label_affinity": OnesAffinity()})._fingerprint({"records": records})
+    fp2, _ = AffinityEstimator(**{**FAST, "label_affinity": OnesAffinity(radius=3)})._fingerprint({"records": records})
+    assert "label_affinity" in params and fp1 != fp2
+
+
+def test_label_affinity_auto_is_imagenet_features_where_installed(monkeypatch):
+    import sklearn_psa.nn as nn_module
+    from sklearn_psa import FeatureAffinity
+
+    est = AffinityEstimator(device="cpu")
+    monkeypatch.setattr(nn_module, "resolve_backbone", lambda *a, **k: ("efficientnet_lite0", True, None))
+    chosen = est._label_affinity()
+    assert isinstance(chosen, FeatureAffinity) and chosen.device == "cpu"
+    monkeypatch.setattr(nn_module, "resolve_backbone", lambda *a, **k: ("tiny", None, None))
+    assert est._label_affinity() is None
+    given = OnesAffinity()
+    assert AffinityEstimator(label_affinity=given)._label_affinity() is given

@@ -175,6 +175,7 @@ def _rank(rank, world_size, port, out):
         records = aff.fit_transform(records)  # the affinities: each rank writes its share
         results["records"] = _arrays(records)
         results["seen_by_steps"] = dict(seen)
+        results["label_walk"] = aff._label_affinity() is not None  # "auto": ImageNet features
         seg = PSASegmenter(**TINY, max_epochs=1, batch_size=4, supervision="pixel",
                            init="scratch").fit(X, masks)
         results["aff"], results["seg"] = _state(aff), _state(seg)
@@ -291,7 +292,10 @@ def test_records_of_a_data_parallel_fit_are_those_of_one_process(ranks):
 
 def test_each_rank_infers_the_cams_and_affinities_of_its_share_of_the_images(ranks):
     _, (rank0, rank1) = ranks
-    half = {"cams": N_IMAGES // 2, "affinities": N_IMAGES // 2}
+    # the affinities once for the walk, and once more for AffinityNet's labels where its
+    # label_affinity ("auto") walks the CAMs over FeatureAffinity first: each its share
+    passes = 2 if rank0["label_walk"] else 1
+    half = {"cams": N_IMAGES // 2, "affinities": passes * N_IMAGES // 2}
     assert rank0["seen_by_steps"] == rank1["seen_by_steps"] == half  # fit_transform of each step
     assert rank0["seen"] == rank1["seen"] == half  # inside PSASegmenter.fit
 

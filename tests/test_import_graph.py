@@ -216,7 +216,7 @@ LAYERS = (
                            "nn.affinity_head nn.tiny nn.resnet nn.efficientnet _training "
                            "callbacks _parallel _store"),
     ("records", "records metrics"),
-    ("estimators", "_torch_estimator _base _cam_maps cam classifier_cam affinity "
+    ("estimators", "_torch_estimator _base _cam_maps cam classifier_cam _affinity_transform affinity "
                    "feature_affinity walk _walk_choice segmenter _stages"),
     ("pipeline, files, command line", "cli __main__ _demo io _model_file plotting"),
 )
