@@ -210,6 +210,22 @@ def _label_quality(records, masks, crf, alpha_low=4, alpha_high=32):
             "pairs_per_image": np.array([lab["pairs"][k]["per_image"] for k in kinds])}
 
 
+def _label_walk_records(records, beta, scale, device):
+    """``records`` whose CAMs are the maps ``AffinityEstimator(label_affinity=FeatureAffinity(
+    input_scale=scale), label_beta=beta)`` draws its labels from (the CAMs walked, each class
+    divided by its maximum)."""
+    import torch
+
+    from sklearn_psa import AffinityEstimator, FeatureAffinity
+    from sklearn_psa.records import Record, Records
+
+    est = AffinityEstimator(label_affinity=FeatureAffinity(input_scale=scale, device=device), label_beta=beta)
+    fitted = est._fitted_label_affinity(records)
+    maps = est._label_cams(records, fitted, torch.device(device))
+    return Records([Record(r.image, r.labels, m, shape=r.shape) for r, m in zip(records.records, maps)],
+                   records.n_classes, records.source)
+
+
 @contextlib.contextmanager
 def _levers(freeze_bn=False):
     """Freeze the backbone's BatchNorm layers (eval mode, affine weights fixed) for the
@@ -299,6 +315,13 @@ def run(args):
                  for lo, hi in ((0.25, 32), (1, 32), (2, 32), (4, 32), (8, 64))]
     if args.crf_quality:
         qualities.append(("dense CRF, alpha 4/32", _label_quality(records, masks, True)))
+    if args.label_walk:  # the maps AffinityNet's labels come from with --label-walk
+        walked = _label_walk_records(records, args.label_walk, args.label_walk_scale, args.device)
+        qualities.append((f"label walk (beta {args.label_walk}), no CRF, alpha 4/32",
+                          _label_quality(walked, masks, None)))
+        if args.crf_quality:
+            qualities.append((f"label walk (beta {args.label_walk}), dense CRF, alpha 4/32",
+                              _label_quality(walked, masks, True)))
     lines += [
         "Confident labels on the stride-8 grid against the true masks:",
         "",
