@@ -578,3 +578,18 @@ def test_label_affinity_auto_is_imagenet_features_where_installed(monkeypatch):
     assert est._label_affinity() is None
     given = OnesAffinity()
     assert AffinityEstimator(label_affinity=given)._label_affinity() is given
+
+
+def test_label_walk_parameters_survive_model_files_and_old_states(tmp_path):
+    from sklearn_psa.io import load_model, save_model
+
+    records, _ = square_records(n=4)
+    est = AffinityEstimator(max_epochs=1, **{**FAST, "label_affinity": "auto"}, label_beta=4.0, label_t=16)
+    est.set_params(label_affinity=None).fit(records).set_params(label_affinity="auto")
+    save_model(est, tmp_path / "aff.psa")
+    loaded = load_model(tmp_path / "aff.psa")
+    assert (loaded.label_affinity, loaded.label_beta, loaded.label_t) == ("auto", 4.0, 16)
+    old = pickle.loads(pickle.dumps(est))  # an estimator pickled before the options
+    del old.label_affinity, old.label_beta, old.label_t
+    old = pickle.loads(pickle.dumps(old))
+    assert (old.label_affinity, old.label_beta, old.label_t) == (None, 8.0, 256)  # as it was trained
