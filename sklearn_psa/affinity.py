@@ -35,7 +35,7 @@ from ._walk_kernels import average_pool, upsample_grid
 from .crf import ImageCRF, check_crf_options, placed_crf_options
 from .records import Record, check_records
 
-__all__ = ["AffinityEstimator", "AffinityTransformerMixin", "auto_epochs", "starts_from_weights"]
+__all__ = ["AffinityEstimator", "auto_epochs", "starts_from_weights"]
 
 #: ``max_epochs="auto"``: at least this many SGD steps from random weights (measured:
 #: docs/benchmarks.md, issue #17) ...
@@ -426,7 +426,9 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
     def _label_cams(self, records, label_affinity, device, chunk=16):
         """Yield the maps each record's confident labels come from: its CAMs, or with a
         fitted ``label_affinity`` its CAMs walked over that affinity, each class divided by
-        its maximum (``chunk`` records' affinities at a time)."""
+        its maximum (``chunk`` records' affinities at a time). In a data-parallel fit every
+        rank takes every chunk in order (the affinities of a chunk are split over the ranks
+        and gathered) and walks all of its records; the labels are then its share's."""
         if label_affinity is None:
             yield from (r.cams for r in records.records)
             return
