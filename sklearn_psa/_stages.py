@@ -81,12 +81,16 @@ def describe_step(name, step, n_images=None):
         from_weights = resolved[1] not in (None, False)
     else:
         network = "its own network"
+    label_affinity = step._label_affinity() if hasattr(step, "_label_affinity") else None
+    labels = "" if label_affinity is None else \
+        f", labels from the CAMs walked over {type(label_affinity).__name__}"
     n_epochs = params["max_epochs"]
     if isinstance(n_epochs, str) and n_epochs == "auto" and n_images:
         n_epochs = auto_epochs(n_images, params.get("batch_size", 8), pretrained=from_weights)
         steps = AUTO_MIN_STEPS_PRETRAINED if from_weights else AUTO_MIN_STEPS
-        return f"{title}: {network}, {epochs(n_epochs)} (auto: at least {steps} steps), on {_device(step)}"
-    return f"{title}: {network}, {epochs(n_epochs)}, on {_device(step)}"
+        return (f"{title}: {network}, {epochs(n_epochs)} (auto: at least {steps} steps){labels}, "
+                f"on {_device(step)}")
+    return f"{title}: {network}, {epochs(n_epochs)}{labels}, on {_device(step)}"
 
 
 class StageLog:

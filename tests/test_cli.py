@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sklearn_psa import PSASegmenter
+from sklearn_psa import AffinityEstimator, PSASegmenter
 from sklearn_psa._demo import format_report, run_demo
 from sklearn_psa._device import resolve_device
 from sklearn_psa.cli import CommandError, _make_estimator, build_parser, main
@@ -509,7 +509,9 @@ def test_fit_says_what_it_chose_before_training(folder, tmp_path, capsys):
     err = capsys.readouterr().err
     plan = ["PSASegmenter: 4 stages on 6 images (image-level labels)",
             "1/4 CAM classifier: tiny backbone from scratch, 1 epoch, on cpu",
-            "2/4 AffinityNet: tiny backbone from scratch, 1 epoch, on cpu",
+            "2/4 AffinityNet: tiny backbone from scratch, 1 epoch"
+            + (", labels from the CAMs walked over FeatureAffinity"  # ImageNet weights installed
+               if AffinityEstimator()._label_affinity() is not None else "") + ", on cpu",
             "4/4 segmentation network on the synthesized masks: the fitted CAM classifier's "
             "backbone, 1 epoch, on cpu", "[1/4] CAM classifier"]
     at = [err.find(line) for line in plan]

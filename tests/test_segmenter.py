@@ -606,7 +606,9 @@ def test_verbose_fit_says_its_plan_and_each_stage(shapes, capsys):
     err = capsys.readouterr().err
     plan = ["PSASegmenter: 4 stages on 6 images (image-level labels)",
             "1/4 CAM classifier: tiny backbone from scratch, 2 epochs, on cpu",
-            "2/4 AffinityNet: tiny backbone from scratch, 1 epoch, on cpu",
+            "2/4 AffinityNet: tiny backbone from scratch, 1 epoch"
+            + (", labels from the CAMs walked over FeatureAffinity"  # ImageNet weights installed
+               if AffinityEstimator()._label_affinity() is not None else "") + ", on cpu",
             "3/4 RandomWalkRefiner: random walk (alpha 16, beta 8, t 256) on cpu",
             "4/4 segmentation network on the synthesized masks: the fitted CAM classifier's "
             "backbone, 1 epoch, on cpu"]
@@ -651,6 +653,11 @@ def test_the_plan_names_what_auto_resolved_to(monkeypatch):
     assert ", 3 epochs, on cpu" in describe_step("affinity", aff.set_params(max_epochs=3), 200)
     from_cam = AffinityEstimator(backbone="tiny", init="cam", device="cpu")
     assert ", 16 epochs (auto: at least 400 steps), on cpu" in describe_step("affinity", from_cam, 200)
+    # no ImageNet weights: AffinityNet's labels come from the CAMs themselves
+    assert "labels from" not in describe_step("affinity", aff)
+    monkeypatch.setattr(AffinityEstimator, "_label_affinity", lambda self: FeatureAffinity())
+    assert describe_step("affinity", aff).endswith(
+        ", labels from the CAMs walked over FeatureAffinity, on cpu")
 
 
 def test_pickle_round_trip(fitted, shapes):
