@@ -212,18 +212,11 @@ def _label_quality(records, masks, crf, alpha_low=4, alpha_high=32):
 
 def _label_walk_records(records, beta, scale, device):
     """``records`` whose CAMs are the maps ``AffinityEstimator(label_affinity=FeatureAffinity(
-    input_scale=scale), label_beta=beta)`` draws its labels from (the CAMs walked, each class
-    divided by its maximum)."""
-    import torch
-
+    input_scale=scale), label_beta=beta)`` draws its labels from."""
     from sklearn_psa import AffinityEstimator, FeatureAffinity
-    from sklearn_psa.records import Record, Records
 
-    est = AffinityEstimator(label_affinity=FeatureAffinity(input_scale=scale, device=device), label_beta=beta)
-    fitted = est._fitted_label_affinity(records)
-    maps = est._label_cams(records, fitted, torch.device(device))
-    return Records([Record(r.image, r.labels, m, shape=r.shape) for r, m in zip(records.records, maps)],
-                   records.n_classes, records.source)
+    return AffinityEstimator(label_affinity=FeatureAffinity(input_scale=scale, device=device), label_beta=beta,
+                             device=device).label_records(records)
 
 
 @contextlib.contextmanager

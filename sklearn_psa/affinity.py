@@ -595,6 +595,37 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         self.n_epochs_ = self._n_epochs(len(records))
         return self
 
+    def label_records(self, X):
+        """The records whose CAMs are the maps ``fit`` draws its confident labels from.
+
+        Without a label walk (``label_affinity`` None, or ``"auto"`` without the
+        ImageNet weights) they are ``X`` itself; with one, each record's CAMs are
+        replaced by its walked class maps, each divided by its maximum, with
+        ``label_affinity`` fitted on ``X`` as ``fit`` fits it (pass the training
+        records to see the labels it trained on). Nothing else is needed:
+        ``sklearn_psa.metrics.affinity_report(est.label_records(records), masks,
+        alpha_low=est.alpha_low, alpha_high=est.alpha_high, crf=est.crf)`` says
+        how right the training labels are.
+
+        Parameters
+        ----------
+        X : Records
+            Records with CAMs.
+
+        Returns
+        -------
+        records : Records
+        """
+        from dataclasses import replace
+
+        self._validate_params()
+        records = check_records(X, name="X")
+        label_affinity = self._fitted_label_affinity(records)
+        if label_affinity is None:
+            return records
+        maps = self._label_cams(records, label_affinity, resolve_device(self.device))
+        return records._like([replace(r, cams=m) for r, m in zip(records.records, maps)])
+
     def fit_transform(self, X, y=None, **fit_params):
         """Fit, then add each training image's affinity to its record.
 

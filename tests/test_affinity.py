@@ -593,3 +593,15 @@ def test_label_walk_parameters_survive_model_files_and_old_states(tmp_path):
     del old.label_affinity, old.label_beta, old.label_t
     old = pickle.loads(pickle.dumps(old))
     assert (old.label_affinity, old.label_beta, old.label_t) == (None, 8.0, 256)  # as it was trained
+
+
+def test_label_records_are_the_maps_the_labels_come_from(squares):
+    records, _ = squares
+    est = AffinityEstimator(**{**FAST, "label_affinity": OnesAffinity()}, label_beta=4, label_t=3)
+    walked = est.label_records(records)
+    want = _walked_records(records, OnesAffinity(), beta=4, t=3)
+    for got, ref in zip(walked.records, want.records):
+        np.testing.assert_allclose(got.cams, ref.cams, rtol=1e-5, atol=1e-6)
+        assert got.image is not None and np.array_equal(got.labels, ref.labels)
+    assert not np.allclose(walked[0].cams, records[0].cams)
+    np.testing.assert_array_equal(AffinityEstimator(**FAST).label_records(records)[0].cams, records[0].cams)
