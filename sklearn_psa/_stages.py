@@ -12,7 +12,8 @@ import sys
 import time
 
 from ._device import resolve_device
-from .affinity import AUTO_MIN_EPOCHS, AUTO_MIN_STEPS, AUTO_MIN_STEPS_PRETRAINED, auto_epochs
+from .affinity import (AUTO_MIN_EPOCHS, AUTO_MIN_STEPS, AUTO_MIN_STEPS_PRETRAINED, auto_epochs,
+                       resolve_label_affinity)
 
 __all__ = ["StageLog", "describe_network", "describe_step", "epochs"]
 
@@ -81,7 +82,8 @@ def describe_step(name, step, n_images=None):
         from_weights = resolved[1] not in (None, False)
     else:
         network = "its own network"
-    label_affinity = step._label_affinity() if hasattr(step, "_label_affinity") else None
+    label_affinity = resolve_label_affinity(params["label_affinity"], params.get("device", "auto")) \
+        if "label_affinity" in params else None
     labels = "" if label_affinity is None else \
         f", labels from the CAMs walked over {type(label_affinity).__name__}"
     n_epochs = params["max_epochs"]

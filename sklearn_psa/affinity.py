@@ -33,9 +33,9 @@ from ._training import TrainResult
 from ._validation import keep_params
 from ._walk_kernels import average_pool, upsample_grid
 from .crf import ImageCRF, check_crf_options, placed_crf_options
-from .records import Record, check_records
+from .records import Record, Records, check_records
 
-__all__ = ["AffinityEstimator", "auto_epochs", "starts_from_weights"]
+__all__ = ["AffinityEstimator", "auto_epochs", "resolve_label_affinity", "starts_from_weights"]
 
 #: ``max_epochs="auto"``: at least this many SGD steps from random weights (measured:
 #: docs/benchmarks.md, issue #17) ...
@@ -72,6 +72,21 @@ def starts_from_weights(backbone="auto", pretrained=None, init="scratch", backbo
     if init == "cam" and pretrained in (None, False):
         return True
     return resolve_backbone(backbone, pretrained, backbone_options, warn=False)[1] not in (None, False)
+
+
+def resolve_label_affinity(label_affinity="auto", device="auto"):
+    """``AffinityEstimator(label_affinity=...)`` resolved: ``"auto"`` is
+    ``FeatureAffinity(device=device)`` where EfficientNet-Lite0's ImageNet weights are
+    installed (``sklearn-psa[pretrained]``), else None; anything else is returned as given."""
+    if not (isinstance(label_affinity, str) and label_affinity == "auto"):
+        return label_affinity
+    from .nn import resolve_backbone
+
+    if resolve_backbone("auto", warn=False)[1] in (None, False):
+        return None  # no ImageNet weights installed: labels from the CAMs
+    from .feature_affinity import FeatureAffinity
+
+    return FeatureAffinity(device=device)
 
 
 #: The label maps of a training sample: ``"low"`` and ``"high"`` value maps
@@ -408,15 +423,7 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
 
     def _label_affinity(self):
         """``label_affinity`` with ``"auto"`` resolved (an unfitted estimator, or None)."""
-        if not (isinstance(self.label_affinity, str) and self.label_affinity == "auto"):
-            return self.label_affinity
-        from .nn import resolve_backbone
-
-        if resolve_backbone("auto", warn=False)[1] in (None, False):
-            return None  # no ImageNet weights installed: labels from the CAMs
-        from .feature_affinity import FeatureAffinity
-
-        return FeatureAffinity(device=self.device)
+        return resolve_label_affinity(self.label_affinity, self.device)
 
     def _fitted_label_affinity(self, records):
         """A clone of ``label_affinity`` fitted on ``records`` (None without one)."""
@@ -624,7 +631,8 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
         if label_affinity is None:
             return records
         maps = self._label_cams(records, label_affinity, resolve_device(self.device))
-        return records._like([replace(r, cams=m) for r, m in zip(records.records, maps)])
+        return Records([replace(r, cams=m) for r, m in zip(records.records, maps)], records.n_classes,
+                       records.source, from_array=records.from_array)
 
     def fit_transform(self, X, y=None, **fit_params):
         """Fit, then add each training image's affinity to its record.

@@ -655,7 +655,7 @@ def test_the_plan_names_what_auto_resolved_to(monkeypatch):
     assert ", 16 epochs (auto: at least 400 steps), on cpu" in describe_step("affinity", from_cam, 200)
     # no ImageNet weights: AffinityNet's labels come from the CAMs themselves
     assert "labels from" not in describe_step("affinity", aff)
-    monkeypatch.setattr(AffinityEstimator, "_label_affinity", lambda self: FeatureAffinity())
+    monkeypatch.setattr(aff, "label_affinity", FeatureAffinity())
     assert describe_step("affinity", aff).endswith(
         ", labels from the CAMs walked over FeatureAffinity, on cpu")
 
