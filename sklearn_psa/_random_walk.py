@@ -14,9 +14,10 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 
 from ._device import cpu_threads, flush_denormal, resolve_device
 from ._transition import as_tensor, check_affinity, first_bad
-from ._walk_kernels import scipy_walk, torch_walk
+from ._grid import STRIDE
+from ._walk_kernels import average_pool, scipy_walk, torch_walk, upsample_grid
 
-__all__ = ["BACKENDS", "FLOAT32_MAX_T", "random_walk"]
+__all__ = ["BACKENDS", "FLOAT32_MAX_T", "random_walk", "walk_image_maps"]
 
 #: The ``backend`` values of :func:`random_walk` and ``RandomWalkRefiner``.
 BACKENDS = {"auto", "torch", "scipy"}
@@ -183,3 +184,16 @@ def random_walk(scores, affinity, *, beta=8, t=256, backend="auto", device=None)
     if scores_is_tensor:
         return out.to(S.device)
     return out.cpu().numpy()
+
+
+def walk_image_maps(maps, affinity, shape, *, beta=8, t=256, backend="auto", device=None):
+    """Score maps ``(C, H, W)`` at an image's size, walked on its stride-8 grid.
+
+    Each map is averaged over each 8x8 cell (border cells over their in-image
+    pixels), walked ``t`` steps by :func:`random_walk` with ``beta``, and
+    upsampled bilinearly back to ``shape``: how
+    :class:`~sklearn_psa.RandomWalkRefiner` walks a record's score stack and
+    ``AffinityEstimator(label_affinity=...)`` its CAMs.
+    """
+    walked = random_walk(average_pool(maps, STRIDE), affinity, beta=beta, t=t, backend=backend, device=device)
+    return upsample_grid(walked, shape, STRIDE)

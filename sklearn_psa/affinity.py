@@ -26,12 +26,11 @@ from ._base import TrainedNetworkMixin, training_parameters_doc
 from ._device import resolve_device
 from ._grid import IGNORE_INDEX, STRIDE, neighbor_offsets
 from ._parallel import N_JOBS_CONSTRAINT, map_images
-from ._random_walk import random_walk
+from ._random_walk import walk_image_maps
 from ._store import ArrayStore, StoredArray, image_key, model_key
 from ._torch_estimator import images_to_tensor, iter_image_batches
 from ._training import TrainResult
 from ._validation import keep_params
-from ._walk_kernels import average_pool, upsample_grid
 from .crf import ImageCRF, check_crf_options, placed_crf_options
 from .records import Record, Records, check_records
 
@@ -444,10 +443,9 @@ class AffinityEstimator(TrainedNetworkMixin, AffinityTransformerMixin, BaseEstim
                 if not len(r.labels):  # background only: nothing to walk
                     yield r.cams
                     continue
-                pooled = average_pool(np.asarray(r.cams, np.float32), STRIDE)
-                walked = random_walk(pooled, np.asarray(r.affinity), beta=float(self.label_beta),
-                                     t=int(self.label_t), device=device)
-                yield _max_normalized(upsample_grid(walked, r.shape, STRIDE))
+                walked = walk_image_maps(np.asarray(r.cams, np.float32), np.asarray(r.affinity), r.shape,
+                                         beta=float(self.label_beta), t=int(self.label_t), device=device)
+                yield _max_normalized(walked)
 
     def _stored_label_maps(self, records, label_affinity=None):
         """The training label maps' place in ``store`` (None without one)."""

@@ -23,13 +23,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._affinity_labels import score_stack
 from ._device import resolve_device
-from ._grid import STRIDE, neighbor_offsets
+from ._grid import neighbor_offsets
 from ._parallel import N_JOBS_CONSTRAINT, map_images
-from ._random_walk import BACKENDS, random_walk
+from ._random_walk import BACKENDS, random_walk, walk_image_maps
 from ._store import NOT_IN_KEY, ArrayStore, StoredArrays, array_key
 from ._transition import transition_matrix
 from ._validation import check_score_masks, format_masks, keep_params
-from ._walk_kernels import average_pool, upsample_grid
 from .metrics import mean_iou
 from .records import check_records
 
@@ -42,9 +41,7 @@ def _refine(cams, affinity, shape, labels, alpha, beta, t, backend, device, as_m
     """
     scores = score_stack(cams, alpha)
     if t > 0:
-        pooled = average_pool(scores, STRIDE)
-        walked = random_walk(pooled, affinity, beta=beta, t=t, backend=backend, device=device)
-        scores = upsample_grid(walked, shape, STRIDE)
+        scores = walk_image_maps(scores, affinity, shape, beta=beta, t=t, backend=backend, device=device)
     if not as_mask:
         return scores
     values = np.concatenate([[0], np.asarray(labels) + 1]).astype(np.uint8)
