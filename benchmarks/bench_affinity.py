@@ -210,13 +210,13 @@ def _label_quality(records, masks, crf, alpha_low=4, alpha_high=32):
             "pairs_per_image": np.array([lab["pairs"][k]["per_image"] for k in kinds])}
 
 
-def _label_walk_records(records, beta, scale, device):
-    """``records`` whose CAMs are the maps ``AffinityEstimator(label_affinity=FeatureAffinity(
-    input_scale=scale), label_beta=beta)`` draws its labels from."""
-    from sklearn_psa import AffinityEstimator, FeatureAffinity
+def _label_walk_params(args):
+    """The ``AffinityEstimator`` parameters of ``--label-walk``: its labels from the CAMs walked
+    over ``FeatureAffinity(input_scale=--label-walk-scale)`` with beta ``--label-walk``."""
+    from sklearn_psa import FeatureAffinity
 
-    return AffinityEstimator(label_affinity=FeatureAffinity(input_scale=scale, device=device), label_beta=beta,
-                             device=device).label_records(records)
+    return {"label_affinity": FeatureAffinity(input_scale=args.label_walk_scale, device=args.device),
+            "label_beta": args.label_walk}
 
 
 @contextlib.contextmanager
@@ -309,7 +309,7 @@ def run(args):
     if args.crf_quality:
         qualities.append(("dense CRF, alpha 4/32", _label_quality(records, masks, True)))
     if args.label_walk:  # the maps AffinityNet's labels come from with --label-walk
-        walked = _label_walk_records(records, args.label_walk, args.label_walk_scale, args.device)
+        walked = AffinityEstimator(**_label_walk_params(args), device=args.device).label_records(records)
         qualities.append((f"label walk (beta {args.label_walk}), no CRF, alpha 4/32",
                           _label_quality(walked, masks, None)))
         if args.crf_quality:
@@ -391,8 +391,7 @@ def run(args):
         label = name if name.startswith("learned") else f"learned: {name}"
         label += "".join(f" {k}={v}" for k, v in args.set.items())
         if args.label_walk:  # labels from the CAMs walked over ImageNet features first
-            params["label_affinity"] = FeatureAffinity(input_scale=args.label_walk_scale, device=args.device)
-            params["label_beta"] = args.label_walk
+            params.update(_label_walk_params(args))
             label += f" label_affinity=FeatureAffinity(input_scale={args.label_walk_scale}) label_beta={args.label_walk}"
         with _levers(**levers):
             add_fitted_row(label, AffinityEstimator(**params), recs)
