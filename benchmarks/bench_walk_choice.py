@@ -11,6 +11,8 @@ Usage::
 
     python benchmarks/bench_walk_choice.py                 # make_shapes default, 200 images
     python benchmarks/bench_walk_choice.py --hard          # its hard case
+    python benchmarks/bench_walk_choice.py --demo --seed 1 # the demo's data and steps
+    python benchmarks/bench_walk_choice.py --pairs 2,8 4,16 # "auto" with other confident regions
     python benchmarks/bench_walk_choice.py --quick         # smoke run
 
 The CAM records come from ``bench_affinity``'s cache (``--cache``), so a run after
@@ -26,52 +28,94 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+def _demo_records(seed, cache):
+    """The demo's training images ("pretrained" setting: EfficientNet-Lite0 CAMs), their CAM
+    records, the demo's AffinityNet's records and the masks."""
+    import joblib
+
+    def make(seed):
+        from sklearn_psa._demo import DEMO_SETTINGS, demo_estimator
+        from sklearn_psa.datasets import make_shapes
+
+        n, size = (DEMO_SETTINGS["pretrained"][k] for k in ("n_samples", "image_size"))
+        X, Y, masks = make_shapes(n, image_size=size, random_state=seed)
+        steps = demo_estimator(device="cpu", random_state=seed, setting="pretrained")._fit_steps()
+        records = steps["cam"].fit_transform(X, Y)
+        return records, steps["affinity"].fit_transform(records), masks
+
+    if cache:
+        make = joblib.Memory(cache, verbose=0).cache(make)
+    return make(seed)
+
+
+def _choices(records, masks, pairs):
+    """``(grid on the masks, {pair: (alpha, beta) chosen with those exponents})``."""
+    import sklearn_psa._walk_choice as choice
+    from sklearn_psa import RandomWalkRefiner
+
+    grid = {(float(a), float(b)): RandomWalkRefiner(alpha=a, beta=b, device="cpu").score(records, masks)
+            for a in choice.AUTO_ALPHAS for b in choice.AUTO_BETAS}
+    chosen, library = {}, choice.AUTO_LABEL_ALPHAS
+    try:
+        for pair in pairs:
+            choice.AUTO_LABEL_ALPHAS = pair
+            auto = RandomWalkRefiner(alpha="auto", beta="auto", device="cpu").fit(records)
+            chosen[pair] = (auto.alpha_, auto.beta_)
+    finally:
+        choice.AUTO_LABEL_ALPHAS = library
+    return grid, chosen
+
+
 def run(args):
     import torch
 
     import bench_affinity as B
     from sklearn_psa import AffinityEstimator, FeatureAffinity, RandomWalkRefiner, neighbor_offsets
     from sklearn_psa._affinity_labels import oracle_affinity
-    from sklearn_psa._walk_choice import AUTO_ALPHAS, AUTO_BETAS
+    from sklearn_psa._walk_choice import AUTO_ALPHAS, AUTO_LABEL_ALPHAS
 
     torch.set_num_threads(args.threads)
-    if args.label_alphas:  # another definition of the confident regions "auto" agrees with
-        import sklearn_psa._walk_choice as choice
+    pairs = [tuple(p) for p in args.pairs] if args.pairs else [tuple(AUTO_LABEL_ALPHAS)]
+    t0 = time.perf_counter()
+    if args.demo:
+        records, learned_records, masks = _demo_records(args.seed, args.cache)
+        learned_name = "AffinityNet (the demo's)"
+    else:
+        shapes = {"body_class_strength": 0.0, "distractors": "bodies"} if args.hard else {}
+        cam_params = {"device": "cpu", "backbone": "tiny", "max_epochs": args.cam_epochs}
+        records, masks = B._cam_records(args.n, args.image_size, args.seed, cam_params, args.cache, shapes)
+        params = {"backbone": "tiny", "device": "cpu", "random_state": args.seed,
+                  "max_epochs": args.affinity_epochs}
 
-        choice.AUTO_LABEL_ALPHAS = tuple(args.label_alphas)
-    shapes = {"body_class_strength": 0.0, "distractors": "bodies"} if args.hard else {}
-    cam_params = {"device": "cpu", "backbone": "tiny", "max_epochs": args.cam_epochs}
-    records, masks = B._cam_records(args.n, args.image_size, args.seed, cam_params, args.cache, shapes)
+        def learned(records, params):  # params in the key: a changed default is a new entry
+            return AffinityEstimator(**params).fit(records).transform(records)
+
+        if args.cache:  # cached: a rerun (e.g. after a change of the choice rule) skips the training
+            import joblib
+
+            learned = joblib.Memory(args.cache, verbose=0).cache(learned)
+        full = AffinityEstimator(**params).get_params(deep=False)
+        learned_records = learned(records, {k: v for k, v in full.items() if not hasattr(v, "fit")})
+        learned_name = f"AffinityNet (tiny, {args.affinity_epochs} epochs)"
+    print(f"records: {time.perf_counter() - t0:.0f} s", flush=True)
     affinities = {"oracle (true masks)": records.with_affinity(
         [oracle_affinity(m, neighbor_offsets(5)) for m in masks], 5)}
     try:
         affinities["FeatureAffinity"] = FeatureAffinity(input_scale=2.0, device="cpu").fit(records).transform(records)
     except ImportError as exc:
         print(f"FeatureAffinity left out: {exc}")
-    t0 = time.perf_counter()
+    affinities[learned_name] = learned_records
 
-    def learned(records, seed, max_epochs):
-        est = AffinityEstimator(backbone="tiny", device="cpu", random_state=seed, max_epochs=max_epochs)
-        return est.fit(records).transform(records)
-
-    if args.cache:  # cached: a rerun (e.g. after a change of the choice rule) skips the training
-        import joblib
-
-        learned = joblib.Memory(args.cache, verbose=0).cache(learned)
-    affinities[f"AffinityNet (tiny, {args.affinity_epochs} epochs)"] = learned(records, args.seed,
-                                                                               args.affinity_epochs)
-    print(f"AffinityNet: {time.perf_counter() - t0:.0f} s", flush=True)
-
-    lines = ["| affinity | best on the masks: (alpha, beta), mIoU | `\"auto\"`: (alpha, beta), mIoU "
-             "| CAM alone (best alpha) |", "|---|---|---|---|"]
+    head = " | ".join(f"`\"auto\"` with regions {p}" for p in pairs)
+    lines = [f"| affinity | CAM alone (best alpha) | best on the masks | {head} |",
+             "|---|---:|---|" + "---|" * len(pairs)]
     cam = max(RandomWalkRefiner(alpha=a, t=0, device="cpu").score(records, masks) for a in AUTO_ALPHAS)
     for name, recs in affinities.items():
-        grid = {(float(a), float(b)): RandomWalkRefiner(alpha=a, beta=b, device="cpu").score(recs, masks)
-                for a in AUTO_ALPHAS for b in AUTO_BETAS}
+        grid, chosen = _choices(recs, masks, pairs)
         best = max(grid, key=grid.get)
-        auto = RandomWalkRefiner(alpha="auto", beta="auto", device="cpu").fit(recs)
-        chosen = (auto.alpha_, auto.beta_)
-        lines.append(f"| {name} | {best}, {grid[best]:.3f} | {chosen}, {grid[chosen]:.3f} | {cam:.3f} |")
+        cells = " | ".join(f"{chosen[p]}, {grid[chosen[p]]:.3f} ({grid[chosen[p]] - grid[best]:+.3f})"
+                           for p in pairs)
+        lines.append(f"| {name} | {cam:.3f} | {best}, {grid[best]:.3f} | {cells} |")
         print(lines[-1], flush=True)
     return lines
 
@@ -87,16 +131,24 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default=os.path.join("scratch", "bench_affinity_cache"))
-    parser.add_argument("--label-alphas", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                        help="background exponents of the confident regions (default: the library's)")
+    parser.add_argument("--pairs", type=lambda v: tuple(float(x) for x in v.split(",")), nargs="+",
+                        default=None, metavar="LOW,HIGH",
+                        help="background exponents of the confident regions \"auto\" agrees with, one "
+                             "column each (default: the library's)")
+    parser.add_argument("--demo", action="store_true",
+                        help="the demo's data and steps (EfficientNet-Lite0 CAMs, the demo's AffinityNet)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.image_size, args.cam_epochs, args.affinity_epochs = 16, 64, 1, 1
     lines = run(args)
     print()
-    print(f"make_shapes({'hard case' if args.hard else 'default'}): {args.n} training images, "
-          f"{args.image_size} px, seed {args.seed}; tiny CAM classifier {args.cam_epochs} epochs; walk t=256.")
+    if args.demo:
+        print(f"The demo's training images and steps (pretrained setting), seed {args.seed}; walk t=256.")
+    else:
+        print(f"make_shapes({'hard case' if args.hard else 'default'}): {args.n} training images, "
+              f"{args.image_size} px, seed {args.seed}; tiny CAM classifier {args.cam_epochs} epochs; "
+              "walk t=256.")
     print()
     print("\n".join(lines))
 

@@ -70,8 +70,8 @@ class RandomWalkRefiner(TransformerMixin, BaseEstimator):
         Exponent of the background score; larger weakens the background.
         ``"auto"``: chosen by ``fit`` among ``(1, 2, 4, 8, 16, 32)`` as the
         value whose walk agrees best (mean IoU) with the CAMs' confident
-        regions (the class still wins against ``(1 - max_c M_c) ** 4``; the
-        background still wins against ``** 16``; both refined by the dense
+        regions (the class still wins against ``(1 - max_c M_c) ** 2``; the
+        background still wins against ``** 8``; both refined by the dense
         CRF; other pixels ignored), on at most 100 of the records. No mask is
         needed; docs/method.md ("Choosing alpha and beta without masks")
         compares it with the best choice on masks.

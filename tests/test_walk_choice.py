@@ -9,7 +9,7 @@ from sklearn.exceptions import NotFittedError
 
 from sklearn_psa import RandomWalkRefiner, neighbor_offsets
 from sklearn_psa._affinity_labels import affinity_label_map
-from sklearn_psa._walk_choice import AUTO_ALPHAS, AUTO_BETAS, walk_agreement
+from sklearn_psa._walk_choice import AUTO_ALPHAS, AUTO_BETAS, AUTO_LABEL_ALPHAS, walk_agreement
 from sklearn_psa.metrics import mean_iou
 from sklearn_psa.records import Record, Records
 
@@ -35,7 +35,8 @@ def make_records(seed, n=4, size=32, n_classes=3):
 
 
 def regions(records):
-    return [affinity_label_map(r.cams, r.labels, alpha_low=4, alpha_high=16, stride=1)
+    low, high = AUTO_LABEL_ALPHAS
+    return [affinity_label_map(r.cams, r.labels, alpha_low=low, alpha_high=high, stride=1)
             for r in records.records]
 
 
