@@ -53,12 +53,11 @@ DEMO_SETTINGS = {
             # more): at 4 epochs the walk gained +4.5 points over CAM alone, at 16 +13.4 (#17)
             "affinity__max_epochs": 16,
             "max_epochs": 10,  # the segmentation network starts from the CAM backbone
-            # chosen on the training masks, as the paper's Figure 8 does (AffinityNet's labels
-            # from the CAMs walked over ImageNet features, label_affinity="auto": (4, 32); from
-            # the CAMs themselves it was (2, 16)); alpha="auto" (no masks) chose 16 / 32 here
-            # and lost 27 points (docs/benchmarks.md, issue #17)
-            "refiner__alpha": 4,
-            "refiner__beta": 32,
+            # chosen without masks (alpha="auto": agreement with the CAMs' confident regions;
+            # it chose (4, 32), the best pair on the masks; before session 11's exponents it
+            # chose (16, 32) and lost 27 points; docs/benchmarks.md, issue #17)
+            "refiner__alpha": "auto",
+            "refiner__beta": "auto",
         },
     },
     "full": {
