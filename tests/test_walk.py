@@ -753,3 +753,75 @@ def test_transition_matrix_of_a_record_and_its_errors():
         transition_matrix(bad)
     with pytest.raises(ValueError, match="matches no neighbourhood"):
         transition_matrix(np.ones((5, 2, 2)))
+
+
+# ----------------------------------------------------------------- the CRF on the walked scores
+
+
+def crf_by_hand(record, scores, **options):
+    """The dense CRF over one record's refined scores, written out: the scores as per-pixel
+    distributions, the reference's kernels with the bilateral width scaled to the image."""
+    from sklearn_psa import dense_crf
+
+    probs = np.maximum(scores.astype(np.float64), 0)
+    total = probs.sum(axis=0, keepdims=True)
+    probs = np.where(total > 0, probs / np.where(total > 0, total, 1), 1 / len(probs))
+    options.setdefault("bilateral_sxy", 80 * max(record.shape) / 500)
+    return np.asarray(dense_crf(record.load_image(), probs.astype(np.float32), device="cpu", **options))
+
+
+@pytest.mark.parametrize("t", [0, 16])
+def test_crf_refines_the_walked_scores_as_the_dense_crf_does(records, t):
+    plain = RandomWalkRefiner(alpha=4, beta=8, t=t, device="cpu")
+    refined = clone(plain).set_params(crf=True)
+    scores = refined.transform(records)
+    masks = refined.predict(records)
+    for record, walked, marginals, mask in zip(records.records, plain.transform(records), scores, masks):
+        expected = crf_by_hand(record, walked)
+        np.testing.assert_allclose(marginals, expected, atol=1e-5)
+        np.testing.assert_allclose(marginals.sum(axis=0), 1, atol=1e-4)
+        values = np.concatenate([[0], record.labels + 1])
+        np.testing.assert_array_equal(mask, values[np.argmax(marginals, axis=0)])
+
+
+def test_crf_dict_options_are_passed_and_its_width_not_scaled(records):
+    record = records[[3]]
+    options = {"bilateral_sxy": 40.0, "n_iter": 3}
+    got = RandomWalkRefiner(alpha=4, t=16, device="cpu", crf=options).transform(record)[0]
+    walked = RandomWalkRefiner(alpha=4, t=16, device="cpu").transform(record)[0]
+    np.testing.assert_allclose(got, crf_by_hand(record.records[0], walked, **options), atol=1e-5)
+    scaled = RandomWalkRefiner(alpha=4, t=16, device="cpu", crf={"n_iter": 3}).transform(record)[0]
+    assert not np.allclose(got, scaled, rtol=1e-2, atol=0)
+
+
+def test_crf_snaps_the_mask_to_the_object_edge():
+    """A red square on grey whose CAM is a blur twice its size: the CAM alone spills over the
+    grey; the CRF brings the mask back to the square's edge."""
+    H = W = 64
+    image = np.full((H, W, 3), 128, np.uint8)
+    image[16:48, 16:48] = (220, 30, 30)
+    yy, xx = np.mgrid[:H, :W]
+    cam = np.exp(-((yy - 31.5) ** 2 + (xx - 31.5) ** 2) / (2 * 22.0 ** 2)).astype(np.float32)
+    records = Records.from_arrays([image], labels=[[1]], cams=[cam[None]])
+    truth = np.zeros((H, W), np.uint8)
+    truth[16:48, 16:48] = 1
+    spilled = RandomWalkRefiner(alpha=1, t=0).predict(records)[0]
+    snapped = RandomWalkRefiner(alpha=1, t=0, crf=True).predict(records)[0]
+    assert (spilled != truth).mean() > 0.1  # the CAM alone floods the grey around the square
+    assert (snapped != truth).mean() < 0.01
+
+
+def test_crf_workers_give_the_same_masks(records):
+    one = RandomWalkRefiner(alpha=4, t=16, device="cpu", crf=True).predict(records)
+    two = RandomWalkRefiner(alpha=4, t=16, device="cpu", crf=True, n_jobs=2).predict(records)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_crf_option_errors_name_the_parameter(records):
+    with pytest.raises(InvalidParameterError, match="crf"):
+        RandomWalkRefiner(crf="yes").predict(records)
+    with pytest.raises(ValueError, match=r"crf: unknown dense_crf options \['sxy'\]"):
+        RandomWalkRefiner(crf={"sxy": 3}).predict(records)
+    with pytest.raises(ValueError, match="crf"):
+        RandomWalkRefiner(crf={"bilateral_srgb": -1}).check_params()
