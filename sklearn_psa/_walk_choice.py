@@ -12,10 +12,10 @@ the mean IoU of the walk's masks against those regions (pixels in neither are
 ignored) and ``RandomWalkRefiner(alpha="auto")`` takes the best.
 
 The exponents were chosen by measurement (docs/benchmarks.md, "Alpha and beta
-without masks, again"): over ten walks (EfficientNet-Lite0 and tiny CAMs, learned
-and ImageNet-feature affinities, make_shapes' default and hard case) ``(2, 8)``
-chose a pair at most 9.0 points (2.6 on average) below the best on the masks,
-where ``(4, 16)``, the exponents before, lost up to 26.7 (9.8 on average): on
+without masks, again"): over eighteen walks (EfficientNet-Lite0 and tiny CAMs;
+learned, ImageNet-feature and oracle affinities; make_shapes' default and hard
+case) ``(2, 8)`` chose a pair at most 9.0 points (2.6 on average) below the best
+on the masks, where ``(4, 16)``, the exponents before, lost up to 26.7 (8.4 on average): on
 flat CAMs, which spill over the objects, the confident foreground at ``** 4``
 takes in the spill and rewards a walk that floods the background.
 
