@@ -48,6 +48,23 @@ def _demo_records(seed, cache):
     return make(seed)
 
 
+def _learned_records(records, seed, max_epochs, cache):
+    """``AffinityEstimator(backbone="tiny")``'s records, cached under its parameters."""
+    from sklearn_psa import AffinityEstimator
+
+    params = {"backbone": "tiny", "device": "cpu", "random_state": seed, "max_epochs": max_epochs}
+
+    def learned(records, params):  # params in the key: a changed default is a new entry
+        return AffinityEstimator(**params).fit(records).transform(records)
+
+    if cache:  # cached: a rerun (e.g. after a change of the choice rule) skips the training
+        import joblib
+
+        learned = joblib.Memory(cache, verbose=0).cache(learned)
+    full = AffinityEstimator(**params).get_params(deep=False)
+    return learned(records, {k: v for k, v in full.items() if not hasattr(v, "fit")})
+
+
 def _choices(records, masks, pairs):
     """``(grid on the masks, {pair: (alpha, beta) chosen with those exponents})``."""
     import sklearn_psa._walk_choice as choice
@@ -70,7 +87,7 @@ def run(args):
     import torch
 
     import bench_affinity as B
-    from sklearn_psa import AffinityEstimator, FeatureAffinity, RandomWalkRefiner, neighbor_offsets
+    from sklearn_psa import FeatureAffinity, RandomWalkRefiner, neighbor_offsets
     from sklearn_psa._affinity_labels import oracle_affinity
     from sklearn_psa._walk_choice import AUTO_ALPHAS, AUTO_LABEL_ALPHAS
 
@@ -84,18 +101,7 @@ def run(args):
         shapes = {"body_class_strength": 0.0, "distractors": "bodies"} if args.hard else {}
         cam_params = {"device": "cpu", "backbone": "tiny", "max_epochs": args.cam_epochs}
         records, masks = B._cam_records(args.n, args.image_size, args.seed, cam_params, args.cache, shapes)
-        params = {"backbone": "tiny", "device": "cpu", "random_state": args.seed,
-                  "max_epochs": args.affinity_epochs}
-
-        def learned(records, params):  # params in the key: a changed default is a new entry
-            return AffinityEstimator(**params).fit(records).transform(records)
-
-        if args.cache:  # cached: a rerun (e.g. after a change of the choice rule) skips the training
-            import joblib
-
-            learned = joblib.Memory(args.cache, verbose=0).cache(learned)
-        full = AffinityEstimator(**params).get_params(deep=False)
-        learned_records = learned(records, {k: v for k, v in full.items() if not hasattr(v, "fit")})
+        learned_records = _learned_records(records, args.seed, args.affinity_epochs, args.cache)
         learned_name = f"AffinityNet (tiny, {args.affinity_epochs} epochs)"
     print(f"records: {time.perf_counter() - t0:.0f} s", flush=True)
     affinities = {"oracle (true masks)": records.with_affinity(
