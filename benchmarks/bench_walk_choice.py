@@ -83,34 +83,44 @@ def _choices(records, masks, pairs):
     return grid, chosen
 
 
-def run(args):
-    import torch
-
+def _walk_sources(args):
+    """``(CAM records, true masks, {name: records with an affinity})`` for ``args`` (``--demo``
+    or make_shapes with ``--hard``, ``--n``, ...): the oracle affinity of the true masks,
+    ``FeatureAffinity`` (where its weights are installed) and AffinityNet, in that order."""
     import bench_affinity as B
-    from sklearn_psa import FeatureAffinity, RandomWalkRefiner, neighbor_offsets
+    from sklearn_psa import FeatureAffinity, neighbor_offsets
     from sklearn_psa._affinity_labels import oracle_affinity
-    from sklearn_psa._walk_choice import AUTO_ALPHAS, AUTO_LABEL_ALPHAS
 
-    torch.set_num_threads(args.threads)
-    pairs = [tuple(p) for p in args.pairs] if args.pairs else [tuple(AUTO_LABEL_ALPHAS)]
-    t0 = time.perf_counter()
     if args.demo:
-        records, learned_records, masks = _demo_records(args.seed, args.cache)
+        records, learned, masks = _demo_records(args.seed, args.cache)
         learned_name = "AffinityNet (the demo's)"
     else:
         shapes = {"body_class_strength": 0.0, "distractors": "bodies"} if args.hard else {}
         cam_params = {"device": "cpu", "backbone": "tiny", "max_epochs": args.cam_epochs}
         records, masks = B._cam_records(args.n, args.image_size, args.seed, cam_params, args.cache, shapes)
-        learned_records = _learned_records(records, args.seed, args.affinity_epochs, args.cache)
+        learned = _learned_records(records, args.seed, args.affinity_epochs, args.cache)
         learned_name = f"AffinityNet (tiny, {args.affinity_epochs} epochs)"
-    print(f"records: {time.perf_counter() - t0:.0f} s", flush=True)
     affinities = {"oracle (true masks)": records.with_affinity(
         [oracle_affinity(m, neighbor_offsets(5)) for m in masks], 5)}
     try:
         affinities["FeatureAffinity"] = FeatureAffinity(input_scale=2.0, device="cpu").fit(records).transform(records)
     except ImportError as exc:
         print(f"FeatureAffinity left out: {exc}")
-    affinities[learned_name] = learned_records
+    affinities[learned_name] = learned
+    return records, masks, affinities
+
+
+def run(args):
+    import torch
+
+    from sklearn_psa import RandomWalkRefiner
+    from sklearn_psa._walk_choice import AUTO_ALPHAS, AUTO_LABEL_ALPHAS
+
+    torch.set_num_threads(args.threads)
+    pairs = [tuple(p) for p in args.pairs] if args.pairs else [tuple(AUTO_LABEL_ALPHAS)]
+    t0 = time.perf_counter()
+    records, masks, affinities = _walk_sources(args)
+    print(f"records: {time.perf_counter() - t0:.0f} s", flush=True)
 
     head = " | ".join(f"`\"auto\"` with regions {p}" for p in pairs)
     lines = [f"| affinity | CAM alone (best alpha) | best on the masks | {head} |",

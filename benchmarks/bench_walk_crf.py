@@ -26,27 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def run(args):
     import torch
 
-    import bench_affinity as B
     import bench_walk_choice as C
-    from sklearn_psa import FeatureAffinity, RandomWalkRefiner, neighbor_offsets
-    from sklearn_psa._affinity_labels import oracle_affinity
+    from sklearn_psa import RandomWalkRefiner
     from sklearn_psa._walk_choice import AUTO_ALPHAS, AUTO_BETAS
 
     torch.set_num_threads(args.threads)
-    if args.demo:
-        records, learned, masks = C._demo_records(args.seed, args.cache)
-    else:
-        shapes = {"body_class_strength": 0.0, "distractors": "bodies"} if args.hard else {}
-        cam_params = {"device": "cpu", "backbone": "tiny", "max_epochs": args.cam_epochs}
-        records, masks = B._cam_records(args.n, args.image_size, args.seed, cam_params, args.cache, shapes)
-        learned = C._learned_records(records, args.seed, args.affinity_epochs, args.cache)
-    walks = {"oracle (true masks)": records.with_affinity(
-        [oracle_affinity(m, neighbor_offsets(5)) for m in masks], 5)}
-    try:
-        walks["FeatureAffinity"] = FeatureAffinity(input_scale=2.0, device="cpu").fit(records).transform(records)
-    except ImportError as exc:
-        print(f"FeatureAffinity left out: {exc}")
-    walks["AffinityNet"] = learned
+    records, masks, walks = C._walk_sources(args)
     crfs = [True] + [{"bilateral_sxy": float(s)} for s in args.sxy]
     head = " | ".join("`crf=True`" if c is True else f"sxy {c['bilateral_sxy']:g}" for c in crfs)
     lines = [f"| masks | (alpha, beta) | without CRF | {head} | seconds per image (`crf=True`) |",
