@@ -7,6 +7,8 @@ On the demo's training images (EfficientNet-Lite0 CAMs, the demo's AffinityNet, 
 - ``walk``: the walk's masks (what ``PSASegmenter`` trains on);
 - ``crf``: the same walk through the dense CRF (``RandomWalkRefiner(crf=True)``);
 - ``agree``: the walk's masks where the CRF's agree, the other pixels ignored (255);
+- ``union``: the walk's masks where they mark an object, the CRF's elsewhere (the CRF adds
+  object pixels and removes none);
 - ``true``: the true masks (the fully supervised reference, trained as long).
 
 Each row also gives the masks' own quality on the training images: mIoU (ignored pixels
@@ -29,7 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-VARIANTS = ("walk", "crf", "agree", "true")
+VARIANTS = ("walk", "crf", "agree", "union", "true")
 
 
 def _data(args):
@@ -52,7 +54,7 @@ def _data(args):
 
 def _mask_sets(learned, masks):
     """``{variant: masks}``: the walk's at the pair ``"auto"`` chooses, through the CRF, their
-    agreement, and the true masks."""
+    agreement, their union (the walk's objects, the CRF's elsewhere) and the true masks."""
     import numpy as np
 
     from sklearn_psa import RandomWalkRefiner
@@ -62,7 +64,8 @@ def _mask_sets(learned, masks):
     walk = RandomWalkRefiner(alpha=pair[0], beta=pair[1], device="cpu").predict(learned)
     crf = RandomWalkRefiner(alpha=pair[0], beta=pair[1], device="cpu", crf=True).predict(learned)
     agree = [np.where(w == c, w, 255).astype(np.uint8) for w, c in zip(walk, crf)]
-    return pair, {"walk": list(walk), "crf": list(crf), "agree": agree,
+    union = [np.where(w > 0, w, c).astype(np.uint8) for w, c in zip(walk, crf)]
+    return pair, {"walk": list(walk), "crf": list(crf), "agree": agree, "union": union,
                   "true": [np.asarray(m) for m in masks]}
 
 
