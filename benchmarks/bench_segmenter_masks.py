@@ -37,18 +37,14 @@ VARIANTS = ("walk", "crf", "agree", "union", "true")
 def _data(args):
     """``(X, true masks, test X, test masks, learned records, setting)``."""
     import bench_walk_choice as C
-    from sklearn_psa._demo import DEMO_SETTINGS, demo_estimator
+    from sklearn_psa._demo import _TEST_SEED_OFFSET, DEMO_SETTINGS
     from sklearn_psa.datasets import make_shapes
 
     setting = "quick" if args.quick else "pretrained"
     n, n_test, size = (DEMO_SETTINGS[setting][k] for k in ("n_samples", "n_test", "image_size"))
-    X, Y, masks = make_shapes(n, image_size=size, random_state=args.seed)
-    Xt, _, Mt = make_shapes(n_test, image_size=size, random_state=args.seed + 1000)
-    if args.quick:
-        steps = demo_estimator(quick=True, device="cpu", random_state=args.seed)._fit_steps()
-        learned = steps["affinity"].fit_transform(steps["cam"].fit_transform(X, Y))
-    else:
-        _, learned, _ = C._demo_records(args.seed, args.cache)
+    X, _, masks = make_shapes(n, image_size=size, random_state=args.seed)
+    Xt, _, Mt = make_shapes(n_test, image_size=size, random_state=args.seed + _TEST_SEED_OFFSET)
+    _, learned, _ = C._demo_records(args.seed, args.cache, setting)
     return X, masks, Xt, Mt, learned, setting
 
 

@@ -28,24 +28,25 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def _demo_records(seed, cache):
-    """The demo's training images ("pretrained" setting: EfficientNet-Lite0 CAMs), their CAM
-    records, the demo's AffinityNet's records and the masks."""
+def _demo_records(seed, cache, setting="pretrained"):
+    """The demo's training images (``setting`` of ``DEMO_SETTINGS``; "pretrained":
+    EfficientNet-Lite0 CAMs), their CAM records, the demo's AffinityNet's records and the
+    masks."""
     import joblib
 
-    def make(seed):
+    def make(seed, setting):
         from sklearn_psa._demo import DEMO_SETTINGS, demo_estimator
         from sklearn_psa.datasets import make_shapes
 
-        n, size = (DEMO_SETTINGS["pretrained"][k] for k in ("n_samples", "image_size"))
+        n, size = (DEMO_SETTINGS[setting][k] for k in ("n_samples", "image_size"))
         X, Y, masks = make_shapes(n, image_size=size, random_state=seed)
-        steps = demo_estimator(device="cpu", random_state=seed, setting="pretrained")._fit_steps()
+        steps = demo_estimator(device="cpu", random_state=seed, setting=setting)._fit_steps()
         records = steps["cam"].fit_transform(X, Y)
         return records, steps["affinity"].fit_transform(records), masks
 
     if cache:
         make = joblib.Memory(cache, verbose=0).cache(make)
-    return make(seed)
+    return make(seed, setting)
 
 
 def _learned_records(records, seed, max_epochs, cache):
