@@ -32,7 +32,13 @@ import numpy as np
 from . import _device
 from ._device import cpu_threads, flush_denormal, resolve_device
 
-__all__ = ["DenseCRF", "dense_crf", "ImageCRF", "check_crf_options", "placed_crf_options"]
+__all__ = ["DenseCRF", "dense_crf", "ImageCRF", "check_crf_options", "placed_crf_options",
+           "scaled_crf_options", "CRF_REFERENCE_SIDE"]
+
+#: The reference code's CRF kernels are for VOC images of about this many pixels a side;
+#: ``crf=True`` of the walk and of the segmenter scales their bilateral width (80 px there)
+#: with the image's longer side (:func:`scaled_crf_options`).
+CRF_REFERENCE_SIDE = 500
 
 # Probabilities are clipped here before the log, as pydensecrf.utils.unary_from_softmax
 # (which the reference code uses) does by default.
@@ -518,6 +524,19 @@ def check_crf_options(crf, name="crf"):
     if "backend" in crf and crf["backend"] not in _BACKENDS:
         raise ValueError(f"{name}: backend must be one of {_BACKENDS}, got {crf['backend']!r}")
     return dict(crf)
+
+
+def scaled_crf_options(options, shape):
+    """Dense CRF options for an image of ``shape`` ``(H, W)``, bilateral width scaled to it.
+
+    ``options`` as :func:`check_crf_options` returns them; where they leave
+    ``bilateral_sxy`` out, it is the reference code's 80 px scaled by the
+    image's longer side over :data:`CRF_REFERENCE_SIDE` (500 px): 20.5 px at
+    128 px, 80 px at 500 px. The estimators' ``crf=True`` runs with these.
+    """
+    out = dict(options)
+    out.setdefault("bilateral_sxy", 80.0 * max(shape[:2]) / CRF_REFERENCE_SIDE)
+    return out
 
 
 def placed_crf_options(options, device):

@@ -29,27 +29,11 @@ from ._random_walk import BACKENDS, random_walk, walk_image_maps
 from ._store import NOT_IN_KEY, ArrayStore, StoredArrays, array_key
 from ._transition import transition_matrix
 from ._validation import check_score_masks, format_masks, keep_params
-from .crf import check_crf_options, placed_crf_options
+from .crf import check_crf_options, placed_crf_options, scaled_crf_options
 from .metrics import mean_iou
 from .records import check_records
 
 __all__ = ["neighbor_offsets", "random_walk", "transition_matrix", "RandomWalkRefiner"]
-
-#: The reference code's CRF kernels are for VOC images of about this many pixels a side; the
-#: walk's CRF scales their bilateral width (80 px there) with the image's longer side.
-CRF_REFERENCE_SIDE = 500
-
-
-def walk_crf_options(options, shape):
-    """The dense CRF options of ``RandomWalkRefiner(crf=...)`` for an image of ``shape``.
-
-    ``options`` as :func:`sklearn_psa.crf.check_crf_options` returns them;
-    where they leave ``bilateral_sxy`` out, it is the reference's 80 px scaled
-    by the image's longer side over 500 px (20.5 px at 128 px).
-    """
-    out = dict(options)
-    out.setdefault("bilateral_sxy", 80.0 * max(shape) / CRF_REFERENCE_SIDE)
-    return out
 
 
 def _crf_refined(image, scores, options):
@@ -60,7 +44,7 @@ def _crf_refined(image, scores, options):
     probs = np.maximum(np.asarray(scores, np.float32), 0)
     total = probs.sum(axis=0, keepdims=True)
     probs = np.where(total > 0, probs / np.where(total > 0, total, 1), np.float32(1 / len(probs)))
-    return np.asarray(dense_crf(image, probs.astype(np.float32), **walk_crf_options(options, scores.shape[1:])))
+    return np.asarray(dense_crf(image, probs.astype(np.float32), **scaled_crf_options(options, scores.shape[1:])))
 
 
 def _refine(image, cams, affinity, shape, labels, alpha, beta, t, backend, device, crf, as_mask):

@@ -71,18 +71,27 @@ def test_demo_writes_report_grid_and_model(demo_dir):
     report = (demo_dir / "report.md").read_text()
     for title in ("CAM (train images)", "CAM + random walk (synthesized labels) (train images)",
                   "PSASegmenter (image-level labels) (test images)",
-                  "Fully supervised (true masks) (test images)"):
+                  "Fully supervised (true masks) (test images)",
+                  "PSASegmenter + dense CRF (image-level labels) (test images)",
+                  "Fully supervised + dense CRF (true masks) (test images)"):
         assert f"### {title}" in report
-    assert report.count("background") >= 4 and report.count("\nmean ") >= 4
+    assert report.count("background") >= 6 and report.count("\nmean ") >= 6
     assert "Weakly / fully supervised mIoU" in report
+    assert "Weakly / fully supervised mIoU, both through the dense CRF" in report
     with Image.open(demo_dir / "grid.png") as grid:
         assert grid.format == "PNG" and grid.width > 600
     numbers = json.loads((demo_dir / "report.json").read_text())
     assert set(numbers) >= {"cam_miou", "walk_miou", "segmenter_miou", "reference_miou", "seconds"}
-    for key in ("cam_miou", "walk_miou", "segmenter_miou", "reference_miou"):
+    for key in ("cam_miou", "walk_miou", "segmenter_miou", "reference_miou", "segmenter_crf_miou",
+                "reference_crf_miou"):
         # the same numbers as the Markdown summary (percentages with one decimal there)
         assert 0 <= numbers[key] <= 1 and f"| {100 * numbers[key]:.1f} |" in report, key
     assert numbers["walk_gain"] == pytest.approx(numbers["walk_miou"] - numbers["cam_miou"], abs=2e-4)
+    for key, weak, full in (("weak_over_full", "segmenter_miou", "reference_miou"),
+                            ("weak_over_full_crf", "segmenter_crf_miou", "reference_crf_miou")):
+        assert numbers[key] is None or numbers[key] == pytest.approx(numbers[weak] / numbers[full])
+    # the saved model predicts as it was fitted (the CRF was only for the report)
+    assert load_model(demo_dir / "model.psa").crf is False
     assert numbers["seconds"] > 0 and numbers["settings"]["setting"] == "quick"
     # every network's loss per epoch, in the report, the JSON and a figure
     curves = numbers["loss_curves"]
@@ -126,10 +135,28 @@ def test_report_ratio_needs_a_reference_that_scores_a_class():
                   ("Fully supervised (true masks)", "test", y, full_pred)]
         return format_report(stages, ["a"])
 
-    text, scores, ratio = report(background)  # both background only: mIoU 0.375 each
-    assert np.isnan(ratio) and "supervised mIoU: not meaningful" in text and "%**" not in text
-    text, scores, ratio = report(y)
-    assert ratio == pytest.approx(0.375 / 1.0) and "supervised mIoU: **38%**" in text
+    text, scores, ratios = report(background)  # both background only: mIoU 0.375 each
+    assert list(ratios) == ["weak_over_full"]  # no CRF stages, no CRF ratio
+    assert np.isnan(ratios["weak_over_full"]) and "supervised mIoU: not meaningful" in text
+    assert "%**" not in text
+    text, scores, ratios = report(y)
+    assert ratios["weak_over_full"] == pytest.approx(0.375 / 1.0) and "supervised mIoU: **38%**" in text
+
+
+def test_report_gives_the_ratio_through_the_crf_where_both_networks_have_it():
+    y = np.zeros((2, 8, 8), np.uint8)
+    y[:, 2:6, 2:6] = 1
+    half = y.copy()
+    half[:, 2:4] = 0
+    stages = [("PSASegmenter (image-level labels)", "test", y, half),
+              ("Fully supervised (true masks)", "test", y, y),
+              ("PSASegmenter + dense CRF (image-level labels)", "test", y, y),
+              ("Fully supervised + dense CRF (true masks)", "test", y, half)]
+    text, scores, ratios = format_report(stages, ["a"])
+    plain = scores["PSASegmenter (image-level labels)"]
+    assert ratios["weak_over_full"] == pytest.approx(plain)  # the reference is perfect
+    assert ratios["weak_over_full_crf"] == pytest.approx(1 / plain)
+    assert f"mIoU, both through the dense CRF: **{100 / plain:.0f}%**" in text
 
 
 def test_predict_writes_masks_and_resumes(demo_model, folder, tmp_path, capsys):

@@ -510,6 +510,16 @@ def test_check_crf_options_of_the_estimators():
         check_crf_options("yes")
 
 
+def test_scaled_crf_options_scale_the_bilateral_width_with_the_longer_side():
+    from sklearn_psa.crf import scaled_crf_options
+
+    assert scaled_crf_options({}, (500, 375)) == {"bilateral_sxy": 80.0}
+    assert scaled_crf_options({"n_iter": 3}, (96, 128, 3)) == {"n_iter": 3, "bilateral_sxy": 20.48}
+    given_width = {"bilateral_sxy": 7}
+    assert scaled_crf_options(given_width, (1000, 1000)) == given_width
+    assert given_width == {"bilateral_sxy": 7}  # not changed in place
+
+
 def test_reversed_and_read_only_arrays_are_accepted(rng):
     # negative strides (probs[::-1]) crashed in torch.as_tensor; read-only arrays (memory maps)
     # made torch warn about non-writable memory

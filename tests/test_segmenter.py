@@ -264,6 +264,32 @@ def test_score_is_mean_iou(fitted, shapes):
     assert fitted.score(X, masks) == pytest.approx(mean_iou(masks, fitted.predict(X)))
 
 
+def test_crf_refines_the_network_with_kernels_scaled_to_each_image(fitted, shapes):
+    """``crf=True``: the dense CRF of the network's probabilities, its bilateral width the
+    reference's 80 px scaled by each image's longer side over 500 px; a dict's own width is
+    kept, one without a width is scaled."""
+    from sklearn_psa import dense_crf
+
+    X, _, _ = shapes
+    images = [X[0], X[1][:40, :56]]
+    plain = fitted.predict_proba(images)
+    seg = pickle.loads(pickle.dumps(fitted))
+    seg.set_params(crf=True)
+    for image, p, got, mask in zip(images, plain, seg.predict_proba(images), seg.predict(images)):
+        expected = dense_crf(image, p, device="cpu", bilateral_sxy=80 * max(image.shape[:2]) / 500)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        np.testing.assert_array_equal(mask, np.argmax(got, axis=0))
+    seg.set_params(crf={"n_iter": 3, "bilateral_sxy": 40.0})
+    got = seg.predict_proba(images[:1])[0]
+    np.testing.assert_allclose(got, dense_crf(images[0], plain[0], device="cpu", n_iter=3,
+                                              bilateral_sxy=40.0), atol=1e-5)
+    seg.set_params(crf={"n_iter": 3})
+    scaled = seg.predict_proba(images[:1])[0]
+    np.testing.assert_allclose(scaled, dense_crf(images[0], plain[0], device="cpu", n_iter=3,
+                                                 bilateral_sxy=80 * 64 / 500), atol=1e-5)
+    assert not np.allclose(scaled, got, rtol=1e-2, atol=0)
+
+
 def test_bad_input_names_the_item(fitted, shapes):
     X, Y, _ = shapes
     with pytest.raises(TypeError, match=r"X\[1\]"):
