@@ -82,10 +82,10 @@ def _quality(found, masks):
 
 def _flattening(losses):
     """The training loss at the last epoch and its change over the last quarter of the epochs
-    (as the demo's report says it)."""
-    n = len(losses)
-    before = losses[max(n - 1 - max(1, n // 4), 0)]
-    return f"loss {losses[-1]:.4f}, {100 * (losses[-1] - before) / before:+.1f}% over the last quarter"
+    (the demo report's measure)."""
+    from sklearn_psa._demo import last_quarter_change
+
+    return f"loss {losses[-1]:.4f}, {100 * last_quarter_change(losses):+.1f}% over the last quarter"
 
 
 def _table(args, rows):
@@ -162,6 +162,7 @@ def main(argv=None):
               f"test images {how}.")
         print()
         print("\n".join(_table(args, rows)))
+
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")

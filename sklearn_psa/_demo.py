@@ -232,9 +232,9 @@ def format_report(stages, class_names, *, times=None, cpu_times=None, settings=N
     rows = [[title, data, f"{100 * scores[title]:.1f}"] for title, data, _, _ in stages]
     lines.append(_markdown_table(["stage", "images", "mIoU (%)"], rows))
     ratios = {}
-    for key, weak, full, how in _RATIOS:
-        weak = next((t for t, *_ in stages if t.startswith(weak)), None)
-        full = next((t for t, *_ in stages if t.startswith(full)), None)
+    for key, weak_prefix, full_prefix, how in _RATIOS:
+        weak = next((t for t, *_ in stages if t.startswith(weak_prefix)), None)
+        full = next((t for t, *_ in stages if t.startswith(full_prefix)), None)
         if weak is None or full is None:
             if key == "weak_over_full":
                 ratios[key] = float("nan")
@@ -267,6 +267,14 @@ def format_report(stages, class_names, *, times=None, cpu_times=None, settings=N
     return "\n".join(lines) + "\n", scores, ratios
 
 
+def last_quarter_change(losses):
+    """Relative change of a training loss over the last quarter of its epochs (at least the
+    last epoch): ``(last - before) / before``; nan with fewer than two epochs or a zero loss."""
+    n = len(losses)
+    before = losses[max(n - 1 - max(1, n // 4), 0)] if n else 0
+    return (losses[-1] - before) / before if n > 1 and before else float("nan")
+
+
 def format_curves(curves):
     """The training losses as a Markdown section: per network its loss at the first, middle
     and last epoch and how much the last quarter of the epochs still lowered it."""
@@ -275,9 +283,7 @@ def format_curves(curves):
         n = len(losses)
         if not n:
             continue
-        q = max(1, n // 4)
-        before = losses[max(n - 1 - q, 0)]
-        change = (losses[-1] - before) / before if n > 1 and before else float("nan")
+        change = last_quarter_change(losses)
         rows.append([name, str(n), f"{losses[0]:.4f}", f"{losses[n // 2]:.4f}", f"{losses[-1]:.4f}",
                      "-" if math.isnan(change) else f"{100 * change:+.1f}%"])
     lines = ["## Training curves", "",
